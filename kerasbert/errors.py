@@ -1,0 +1,24 @@
+"""One error type for bad user input, and the CLI wrapper that reports it.
+
+Library code raises `UsageError` with a message that names the file or flag
+and the problem. Command-line entry points run under `run_cli`, which prints
+that message as one line on stderr and exits with code 2 -- no traceback.
+"""
+
+import sys
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a path, a flag, a corpus, a vocabulary)."""
+
+
+def run_cli(main, argv=None):
+    """Runs `main(argv)`; a `UsageError` becomes one line and exit code 2."""
+    try:
+        return main(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
