@@ -136,6 +136,7 @@ class DataConfig(_JsonMixin):
     nsp_probability: float = 0.5
     short_seq_prob: float = 0.1
     holdout_fraction: float = 0.05
+    heldout_corpus: str | None = None  # evaluate on this instead of a split
 
 
 @dataclass
@@ -144,9 +145,9 @@ class TrainConfig(_JsonMixin):
 
     batch_size: int = 32
     max_steps: int | None = None  # wins over `epochs` when set
-    epochs: int = 1
+    epochs: int = 15
     steps_per_epoch: int | None = None  # None: one pass over the pairs
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     optimizer: str = "adamw"  # adamw|lamb
@@ -159,3 +160,5 @@ class TrainConfig(_JsonMixin):
     output_dir: str | None = None  # None: runs/<timestamp>
     backup_every: int = 50  # steps between resume backups
     eval_batches: int = 20  # held-out batches per evaluation
+    log_every: int = 10  # steps per metrics.csv row and TensorBoard point
+    overwrite: bool = False  # start afresh even if output_dir holds a run

@@ -1,0 +1,105 @@
+"""Fill in `[MASK]` with a pretrained model, like HF's fill-mask pipeline.
+
+    python -m kerasbert.fill_mask --model RUN_DIR "the [MASK] sat down ." \
+        [--top-k 5] [--json]
+
+For each `[MASK]` in the text it prints the `top_k` most likely tokens, their
+probabilities and the text with the token filled in.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kerasbert.errors import UsageError, run_cli  # noqa: E402
+
+
+def load_tokenizer(run_dir):
+    from kerasbert.tokenizer import Tokenizer
+    path = os.path.join(run_dir, "tokenizer")
+    if not os.path.isdir(path):
+        raise UsageError(f"--model: {run_dir} has no tokenizer/ folder")
+    return Tokenizer.load(path)
+
+
+def fill_mask(model, tokenizer, text: str, top_k: int = 5,
+              max_sequence_length: int | None = None) -> list[list[dict]]:
+    """Returns, per `[MASK]` in `text`, the top-k {token, token_id, score,
+    sequence} dicts (best first)."""
+    import numpy as np
+
+    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
+    limit = max_sequence_length or model.backbone.max_sequence_length
+    if len(ids) > limit:
+        raise UsageError(f"text: {len(ids)} tokens, more than the model's "
+                         f"{limit}")
+    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    if not positions:
+        raise UsageError("text: no [MASK] token in the text")
+    x = {
+        "token_ids": np.array([ids], "int32"),
+        "segment_ids": np.zeros((1, len(ids)), "int32"),
+        "padding_mask": np.ones((1, len(ids)), "int32"),
+        "mask_positions": np.array([positions], "int32"),
+    }
+    logits = np.asarray(model(x, training=False)["mlm_logits"],
+                        "float64")[0]
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    results = []
+    for slot, position in enumerate(positions):
+        best = np.argsort(-probs[slot])[:top_k]
+        candidates = []
+        for token_id in best:
+            filled = list(ids[1:-1])
+            filled[position - 1] = int(token_id)
+            candidates.append({
+                "token": tokenizer.id_to_token(int(token_id)),
+                "token_id": int(token_id),
+                "score": float(probs[slot, token_id]),
+                "sequence": tokenizer.decode(filled),
+            })
+        results.append(candidates)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m kerasbert.fill_mask",
+        description="Predict the tokens behind [MASK] with a pretrained "
+                    "kerasbert model.")
+    parser.error = lambda message: (_ for _ in ()).throw(UsageError(message))
+    parser.add_argument("text", help='text with one or more "[MASK]"')
+    parser.add_argument("--model", required=True,
+                        help="run directory of kerasbert.fit")
+    parser.add_argument("--checkpoint", choices=["model", "best", "latest"],
+                        default="model")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        raise UsageError("--top-k: must be >= 1")
+    from kerasbert.export import load_run_model
+    tokenizer = load_tokenizer(args.model)
+    model = load_run_model(args.model, args.checkpoint)
+    results = fill_mask(model, tokenizer, args.text, args.top_k)
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0],
+                         ensure_ascii=False, indent=2))
+        return 0
+    for i, candidates in enumerate(results):
+        if len(results) > 1:
+            print(f"[MASK] #{i + 1}")
+        for c in candidates:
+            print(f"{c['score']:8.4f}  {c['token']:<15} {c['sequence']}")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

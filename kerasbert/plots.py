@@ -1,0 +1,50 @@
+"""`loss.png`: MLM and NSP loss and accuracy curves from `metrics.csv`."""
+
+import csv
+import os
+
+
+def read_metrics(csv_path: str) -> dict:
+    """Returns {split: {column: ([steps], [values])}}, blanks skipped."""
+    series = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            split = series.setdefault(row["split"], {})
+            step = float(row["step"])
+            for key, value in row.items():
+                if key in ("split", "step") or value in ("", None):
+                    continue
+                steps, values = split.setdefault(key, ([], []))
+                steps.append(step)
+                values.append(float(value))
+    return series
+
+
+def plot_metrics(csv_path: str, png_path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; never needs a display.
+    import matplotlib.pyplot as plt
+
+    series = read_metrics(csv_path)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    panels = [("mlm_loss", "MLM loss"), ("nsp_loss", "NSP loss"),
+              ("mlm_accuracy", "MLM accuracy"),
+              ("nsp_accuracy", "NSP accuracy")]
+    styles = {"train": dict(marker=None), "heldout": dict(marker="o")}
+    for ax, (column, title) in zip(axes.flat, panels):
+        for split, values in series.items():
+            if column in values:
+                steps, points = values[column]
+                ax.plot(steps, points, label=split, **styles.get(split, {}))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("step")
+    axes[0][0].legend()
+    fig.tight_layout()
+    tmp = f"{png_path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path

@@ -1,0 +1,246 @@
+"""One pretraining run, from configs to a finished run directory.
+
+`pretrain(model_cfg, data_cfg, train_cfg)` is what `python -m kerasbert.fit`
+calls. It validates everything before it creates the run directory, so bad
+input leaves nothing behind, and it resumes by itself when the directory
+holds a backup of the same configuration.
+
+Run directory:
+    config.json        resolved model/data/train configs
+    tokenizer/         the tokenizer (BertTokenizerFast-loadable)
+    checkpoints/       latest.keras, best.keras (+ best.json)
+    backup/            step-level resume state (model + optimizer)
+    metrics.csv        train rows every `log_every` steps, held-out rows
+    logs/              TensorBoard
+    loss.png           MLM/NSP loss and accuracy curves
+    summary.json       steps, seconds, tokens/s, final metrics
+    model.keras        the final pretrainer
+    export/saved_model serving signatures (see kerasbert.export)
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+
+from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+from kerasbert.errors import UsageError
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
+             train_cfg: TrainConfig) -> None:
+    """Checks every value a user can set, before anything is written."""
+    model_cfg.validate()
+    t, d = train_cfg, data_cfg
+    checks = [
+        (t.batch_size >= 1, "--batch-size", "must be >= 1"),
+        (t.max_steps is None or t.max_steps >= 1, "--max-steps",
+         "must be >= 1"),
+        (t.epochs >= 1, "--epochs", "must be >= 1"),
+        (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
+         "--steps-per-epoch", "must be >= 1"),
+        (t.learning_rate > 0, "--learning-rate", "must be > 0"),
+        (0 <= t.warmup_ratio <= 1, "--warmup-ratio", "must be in [0, 1]"),
+        (t.weight_decay >= 0, "--weight-decay", "must be >= 0"),
+        (t.clipnorm >= 0, "--clipnorm", "must be >= 0 (0 turns it off)"),
+        (t.gradient_accumulation_steps >= 1,
+         "--gradient-accumulation-steps", "must be >= 1"),
+        (t.backup_every >= 1, "--backup-every", "must be >= 1"),
+        (t.log_every >= 1, "--log-every", "must be >= 1"),
+        (t.eval_batches >= 0, "--eval-batches", "must be >= 0"),
+        (d.sequence_length >= 8, "--sequence-length", "must be >= 8"),
+        (d.sequence_length <= model_cfg.max_sequence_length,
+         "--sequence-length",
+         f"{d.sequence_length} is above --max-sequence-length "
+         f"{model_cfg.max_sequence_length}"),
+        (d.max_predictions >= 1, "--max-predictions", "must be >= 1"),
+        (0 < d.mask_rate <= 1, "--mask-rate", "must be in (0, 1]"),
+        (0 <= d.nsp_probability <= 1, "--nsp-probability",
+         "must be in [0, 1]"),
+        (0 <= d.short_seq_prob <= 1, "--short-seq-prob",
+         "must be in [0, 1]"),
+        (0 <= d.holdout_fraction < 1, "--holdout-fraction",
+         "must be in [0, 1)"),
+        (d.vocab_size >= 10, "--vocab-size", "must be >= 10"),
+    ]
+    for ok, flag, problem in checks:
+        if not ok:
+            raise UsageError(f"{flag}: {problem}")
+    from kerasbert import train
+    train.select_precision(t.precision)
+    train.select_jit_compile(t.jit_compile)
+    if t.strategy not in train.STRATEGIES:
+        train.make_strategy(t.strategy)  # raises the one-line error
+    if t.optimizer not in train.OPTIMIZERS:
+        raise UsageError(f"--optimizer: unknown value {t.optimizer!r} "
+                         f"(choose from {', '.join(train.OPTIMIZERS)})")
+
+
+def default_output_dir(model_cfg_size: str | None) -> str:
+    return os.path.join("runs", model_cfg_size or "custom")
+
+
+def _configs_dict(model_cfg, data_cfg, train_cfg):
+    return {"model": model_cfg.to_dict(), "data": data_cfg.to_dict(),
+            "train": train_cfg.to_dict()}
+
+
+# Fields that may change between a run and its resume without making the
+# backup meaningless (bookkeeping, not what is learned).
+_RESUME_FREE = {"output_dir", "overwrite", "backup_every", "log_every",
+                "eval_batches", "jit_compile", "cache_dir"}
+
+
+def _same_run(saved: dict, current: dict) -> list[str]:
+    diffs = []
+    for part in ("model", "data", "train"):
+        for key, value in current[part].items():
+            if key in _RESUME_FREE:
+                continue
+            if saved.get(part, {}).get(key) != value:
+                diffs.append(f"{key}: {saved.get(part, {}).get(key)!r} -> "
+                             f"{value!r}")
+    return diffs
+
+
+def prepare_run_dir(output_dir, configs, overwrite) -> str:
+    """Returns 'new', 'resume' or 'done', after checking the directory."""
+    config_path = os.path.join(output_dir, "config.json")
+    if overwrite and os.path.exists(output_dir):
+        shutil.rmtree(output_dir)
+    if not os.path.exists(config_path):
+        if os.path.exists(output_dir) and os.listdir(output_dir):
+            raise UsageError(
+                f"--output-dir: {output_dir} exists and is not a kerasbert "
+                "run directory (choose another or pass --overwrite)")
+        return "new"
+    with open(config_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    diffs = _same_run(saved, configs)
+    if diffs:
+        raise UsageError(
+            f"--output-dir: {output_dir} holds a run with another "
+            f"configuration ({'; '.join(diffs[:3])}); pass --overwrite or "
+            "another --output-dir")
+    if os.path.exists(os.path.join(output_dir, "summary.json")):
+        return "done"
+    return "resume"
+
+
+def _chief_by_tf_config() -> bool:
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except json.JSONDecodeError:
+        raise UsageError("TF_CONFIG: not valid JSON") from None
+    task = tf_config.get("task", {})
+    cluster = tf_config.get("cluster", {})
+    if task.get("type") == "chief":
+        return True
+    return "chief" not in cluster and task.get("type", "worker") == "worker" \
+        and int(task.get("index", 0)) == 0
+
+
+def _write_json(path, value):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
+             train_cfg: TrainConfig, size: str | None = None,
+             verbose: int = 1, log=print, callbacks=()) -> dict:
+    """Runs (or resumes) pretraining; returns the summary dict.
+
+    `callbacks` are extra Keras callbacks for `model.fit` (not used by the
+    multi-worker loop).
+    """
+    validate(model_cfg, data_cfg, train_cfg)
+    output_dir = train_cfg.output_dir or default_output_dir(size)
+    if train_cfg.strategy == "multi_worker" and not _chief_by_tf_config():
+        # Only the chief owns the run directory; the others write scratch
+        # files where they cannot race it.
+        output_dir = tempfile.mkdtemp(prefix="kerasbert-worker-")
+    train_cfg = dataclasses.replace(train_cfg, output_dir=output_dir)
+
+    # Inputs first: a bad corpus or vocabulary must fail before the run
+    # directory exists. The tokenizer is trained into a staging folder.
+    from kerasbert.cache import prepare_corpus
+    staging = f"{output_dir.rstrip('/')}.tokenizer-staging"
+    tokenizer_dir = os.path.join(output_dir, "tokenizer")
+    resuming_tokenizer = os.path.isdir(tokenizer_dir)
+    data_for_prepare = data_cfg
+    if resuming_tokenizer and data_cfg.tokenizer is None:
+        # The run trained its tokenizer already: reuse it, don't retrain.
+        data_for_prepare = dataclasses.replace(data_cfg,
+                                               tokenizer=tokenizer_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tokenizer, corpus = prepare_corpus(
+            data_for_prepare,
+            tokenizer_dir=None if resuming_tokenizer else staging,
+            progress=verbose > 0)
+        heldout_corpus = None
+        if data_cfg.heldout_corpus:
+            tok_path = staging if os.path.isdir(staging) else (
+                tokenizer_dir if resuming_tokenizer else data_cfg.tokenizer)
+            if tok_path is None or not os.path.exists(tok_path):
+                tokenizer.save(staging)
+                tok_path = staging
+            _, heldout_corpus = prepare_corpus(
+                dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus,
+                                    tokenizer=tok_path),
+                progress=verbose > 0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    model_cfg = dataclasses.replace(
+        model_cfg, vocabulary_size=tokenizer.vocabulary_size)
+    configs = _configs_dict(model_cfg, data_cfg, train_cfg)
+    try:
+        state = prepare_run_dir(output_dir, configs, train_cfg.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if state == "done":
+        shutil.rmtree(staging, ignore_errors=True)
+        log(f"{output_dir}: this run is already complete (summary.json); "
+            "pass --overwrite to start again")
+        with open(os.path.join(output_dir, "summary.json"),
+                  encoding="utf-8") as f:
+            return json.load(f)
+    os.makedirs(output_dir, exist_ok=True)
+    if os.path.isdir(staging):
+        if os.path.isdir(tokenizer_dir):
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, tokenizer_dir)
+    if not os.path.isdir(tokenizer_dir):
+        tokenizer.save(tokenizer_dir)
+    _write_json(os.path.join(output_dir, "config.json"), configs)
+
+    from kerasbert.trainer import Trainer
+    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus,
+                      heldout_corpus, verbose=verbose, log=log,
+                      callbacks=callbacks)
+    return trainer.run(resume=state == "resume")
+
+
+def perplexity(mlm_loss):
+    try:
+        return math.exp(mlm_loss)
+    except OverflowError:
+        return float("inf")
+
+
+def elapsed(start):
+    return time.perf_counter() - start

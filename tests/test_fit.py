@@ -1,0 +1,330 @@
+"""End-to-end runs of `python -m kerasbert.fit` and the tools around it.
+
+Each test runs the real CLI in a subprocess on the bundled corpus, shortened
+by flags (tiny model, short sequences, a few steps). The token cache is shared
+through KERASBERT_CACHE so the corpus is tokenized once per session.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SHORT = ["--sequence-length", "32", "--batch-size", "8", "--vocab-size",
+         "2000", "--max-predictions", "5", "--eval-batches", "2",
+         "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    e = dict(os.environ, KERASBERT_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2",
+             KERAS_BACKEND="tensorflow", PYTHONUNBUFFERED="1")
+    e.pop("TF_CONFIG", None)
+    return e
+
+
+def fit(args, env, cwd=None, timeout=600, check=True):
+    cmd = [sys.executable, "-m", "kerasbert.fit", *args]
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True,
+                         text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n"
+                             f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory, env):
+    """The no-flag default (tiny, bundled corpus), shortened by flags."""
+    run_dir = tmp_path_factory.mktemp("default") / "run"
+    args = ["--max-steps", "6", "--steps-per-epoch", "3", "--log-every",
+            "1", "--backup-every", "2", "--output-dir", str(run_dir),
+            *SHORT]
+    out = fit(args, env)
+    return run_dir, args, out
+
+
+def test_default_run_writes_every_file(default_run):
+    run_dir, _, out = default_run
+    for name in ["config.json", "tokenizer", "checkpoints/latest.keras",
+                 "checkpoints/best.keras", "backup/latest.weights.h5",
+                 "metrics.csv", "logs", "loss.png", "summary.json",
+                 "export/saved_model/saved_model.pb", "model.keras"]:
+        assert (run_dir / name).exists(), name
+    assert any(p.name.startswith("events.out.tfevents")
+               for p in (run_dir / "logs").rglob("*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 6
+    assert summary["tokens_per_second"] > 0
+    for key in ["train_mlm_accuracy", "heldout_mlm_accuracy",
+                "heldout_nsp_accuracy", "heldout_mlm_perplexity"]:
+        assert summary[key] is not None and np.isfinite(summary[key]), key
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["num_layers"] == 2  # tiny
+    assert config["model"]["hidden_dim"] == 128
+    rows = read_rows(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["split"] == "train"] == [
+        1, 2, 3, 4, 5, 6]
+    # Held-out rows at the end of both epochs (the last is the run's end).
+    assert [int(r["step"]) for r in rows if r["split"] == "heldout"] == [
+        3, 6]
+    assert "precision:" in out.stdout
+
+
+def test_tokenizer_in_run_dir_loads_in_transformers(default_run):
+    from transformers import BertTokenizerFast
+
+    from kerasbert.tokenizer import Tokenizer
+
+    run_dir, _, _ = default_run
+    ours = Tokenizer.load(str(run_dir / "tokenizer"))
+    hf = BertTokenizerFast.from_pretrained(str(run_dir / "tokenizer"))
+    text = "The game was released in Japan in 2011 ."
+    assert hf(text, add_special_tokens=False)["input_ids"] == ours.encode(
+        text)
+    assert len(hf) == ours.vocabulary_size
+
+
+def test_saved_model_matches_keras_model(default_run):
+    import keras
+    import tensorflow as tf
+
+    import kerasbert.model  # noqa: F401
+
+    run_dir, _, _ = default_run
+    model = keras.saving.load_model(str(run_dir / "model.keras"),
+                                    safe_mode=True)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(5, 2000, (3, 32)).astype("int32"),
+         "segment_ids": np.repeat([[0] * 16 + [1] * 16], 3, 0)
+         .astype("int32"),
+         "padding_mask": np.ones((3, 32), "int32"),
+         "mask_positions": np.array([[1, 4, 9, 0, 0]] * 3, "int32")}
+    x["padding_mask"][1, 20:] = 0
+    expected = model(x, training=False)
+    backbone = model.backbone({k: x[k] for k in
+                               ("token_ids", "segment_ids", "padding_mask")},
+                              training=False)
+    loaded = tf.saved_model.load(str(run_dir / "export" / "saved_model"))
+    got = loaded.signatures["serving_default"](
+        **{k: tf.constant(v) for k, v in x.items()})
+    for key, want in [("mlm_logits", expected["mlm_logits"]),
+                      ("nsp_logits", expected["nsp_logits"]),
+                      ("sequence_output", backbone["sequence_output"]),
+                      ("pooled_output", backbone["pooled_output"])]:
+        np.testing.assert_allclose(got[key].numpy(),
+                                   np.asarray(want, "float32"), atol=1e-5,
+                                   err_msg=key)
+    enc = loaded.signatures["encode"](
+        **{k: tf.constant(x[k]) for k in
+           ("token_ids", "segment_ids", "padding_mask")})
+    np.testing.assert_allclose(enc["pooled_output"].numpy(),
+                               got["pooled_output"].numpy(), atol=1e-6)
+
+
+def test_fill_mask_and_export_cli(default_run, env, tmp_path):
+    run_dir, _, _ = default_run
+    out = subprocess.run(
+        [sys.executable, "-m", "kerasbert.fill_mask", "--model",
+         str(run_dir), "the [MASK] of the game .", "--top-k", "3",
+         "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    top = json.loads(out.stdout)
+    assert len(top) == 3
+    assert top[0]["score"] >= top[1]["score"] >= top[2]["score"] > 0
+    assert all("[MASK]" not in c["sequence"] for c in top)
+    no_mask = subprocess.run(
+        [sys.executable, "-m", "kerasbert.fill_mask", "--model",
+         str(run_dir), "no mask here"], env=env, capture_output=True,
+        text=True, timeout=300)
+    assert no_mask.returncode == 2
+    assert no_mask.stderr.strip().splitlines() == [
+        "error: text: no [MASK] token in the text"]
+
+    target = tmp_path / "again.keras"
+    out = subprocess.run(
+        [sys.executable, "-m", "kerasbert.export", str(run_dir), "--format",
+         "keras", "--output", str(target)], env=env, capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert target.stat().st_size > 0
+
+
+def test_rerunning_a_finished_run_does_nothing(default_run, env):
+    run_dir, args, _ = default_run
+    before = (run_dir / "summary.json").read_text()
+    out = fit(args, env)
+    assert "already complete" in out.stdout
+    assert (run_dir / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--learning-rate", "-1"], "--learning-rate"),
+    (["--sequence-length", "600"], "--sequence-length"),
+    (["--size", "huge"], "--size"),
+    (["--mask-rate", "1.5"], "--mask-rate"),
+    (["--max-steps", "three"], "--max-steps"),
+])
+def test_bad_flags_one_line_exit_2_no_run_dir(flags, message, env, tmp_path):
+    run_dir = tmp_path / "run"
+    out = fit([*flags, "--output-dir", str(run_dir)], env, check=False,
+              timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not run_dir.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_corpus_leaves_no_run_dir(env, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n\n  \n")
+    run_dir = tmp_path / "run"
+    out = fit(["--corpus", str(empty), "--output-dir", str(run_dir)], env,
+              check=False, timeout=120)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert str(empty) in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
+
+
+def test_resume_after_sigkill(env, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--max-steps", "120", "--steps-per-epoch", "40",
+            "--backup-every", "10", "--log-every", "5", "--output-dir",
+            str(run_dir), *SHORT]
+    proc = subprocess.Popen([sys.executable, "-m", "kerasbert.fit", *args],
+                            env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    meta = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if meta.exists() and json.loads(meta.read_text())["step"] >= 10:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    backup_step = json.loads(meta.read_text())["step"]
+    assert 0 < backup_step < 120
+    before = {p.relative_to(run_dir) for p in run_dir.rglob("*")
+              if p.is_file() and ".tmp" not in p.name}
+    rows_before = [r for r in read_rows(run_dir / "metrics.csv")
+                   if int(r["step"]) <= backup_step]
+
+    out = fit(args, env)
+    assert f"resuming from step {backup_step}" in out.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 120
+    assert summary["resumed_from_step"] == backup_step
+    assert summary["steps_this_session"] == 120 - backup_step
+    after = {p.relative_to(run_dir) for p in run_dir.rglob("*")
+             if p.is_file()}
+    assert before <= after  # nothing written before the kill was lost
+    rows = read_rows(run_dir / "metrics.csv")
+    train_steps = [int(r["step"]) for r in rows if r["split"] == "train"]
+    assert train_steps == list(range(5, 121, 5))  # continuous, no repeats
+    assert rows[:len(rows_before)] == rows_before
+
+
+def test_divergence_stops_with_clear_message(env, tmp_path, monkeypatch,
+                                             capsys, dtype_policy):
+    """A weight turned NaN mid-run (a forced divergence) stops the run."""
+    import keras
+
+    import kerasbert.model  # noqa: F401
+    from kerasbert import fit as fit_cli
+    from kerasbert import run
+
+    class PoisonAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer._iterations.numpy()) == 6:
+                w = self.model.trainable_variables[0]
+                w.assign(np.full(w.shape, np.nan, "float32"))
+
+    pretrain = run.pretrain
+    monkeypatch.setattr(run, "pretrain", lambda *a, **k: pretrain(
+        *a, callbacks=[PoisonAt()], **k))
+    monkeypatch.setenv("KERASBERT_CACHE", env["KERASBERT_CACHE"])
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        fit_cli.main(["--max-steps", "20", "--steps-per-epoch", "4",
+                      "--backup-every", "1", "--output-dir", str(run_dir),
+                      *SHORT])
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: training diverged at step 7 (loss=nan)")
+    latest = run_dir / "checkpoints" / "latest.keras"
+    assert str(latest) in message
+    model = keras.saving.load_model(str(latest), safe_mode=True)
+    assert all(np.isfinite(np.asarray(w)).all() for w in model.get_weights())
+    meta = json.loads((run_dir / "backup/training_metadata.json").read_text())
+    assert meta["step"] == 6  # the last good step; none after it
+    assert not (run_dir / "summary.json").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_matches_one_process(env, tmp_path):
+    common = ["--max-steps", "6", "--steps-per-epoch", "6", "--log-every",
+              "1", "--hidden-dropout", "0", "--attention-dropout", "0",
+              "--precision", "float32", "--seed", "3", *SHORT]
+    single = tmp_path / "single"
+    fit([*common, "--strategy", "one_device", "--output-dir", str(single)],
+        env)
+
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        worker_env = dict(env, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker",
+                                          "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "kerasbert.fit", *common, "--strategy",
+             "multi_worker", "--output-dir", str(tmp_path / "multi")],
+            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    try:
+        outputs = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+
+    def losses(run):
+        return [float(r["loss"]) for r in read_rows(run / "metrics.csv")
+                if r["split"] == "train"]
+
+    one, two = losses(single), losses(tmp_path / "multi")
+    assert len(one) == len(two) == 6
+    np.testing.assert_allclose(two, one, rtol=2e-2)
+    assert not np.allclose(one[0], one[-1])  # it did learn something

@@ -1,0 +1,127 @@
+"""Unit tests of the training pieces: plan, schedule, optimizer, policy."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from kerasbert import train
+from kerasbert.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    "total,per_epoch,start,expected",
+    [
+        (30, 10, 0, [(0, 3, 10)]),
+        (25, 10, 0, [(0, 2, 10), (2, 3, 5)]),
+        (30, 10, 17, [(1, 2, 3), (2, 3, 10)]),
+        (25, 10, 22, [(2, 3, 3)]),
+        (30, 10, 30, []),
+        (5, 10, 0, [(0, 1, 5)]),
+    ],
+)
+def test_plan_fit_calls(total, per_epoch, start, expected):
+    calls = train.plan_fit_calls(total, per_epoch, start)
+    assert calls == expected
+    # Whatever the split, the calls run exactly the remaining steps.
+    assert sum((e - i) * s for i, e, s in calls) == total - start
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    schedule = train.WarmupLinearDecay(1e-3, warmup_steps=10,
+                                       total_steps=100)
+    lrs = np.array([float(schedule(s)) for s in range(101)])
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[9] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[:10]) > 0)
+    assert np.all(np.diff(lrs[10:]) < 0)
+    assert lrs[100] == pytest.approx(0.0)
+    # Serialisable, so .keras files with the optimizer reload.
+    again = train.WarmupLinearDecay.from_config(schedule.get_config())
+    assert float(again(50)) == pytest.approx(float(schedule(50)))
+
+
+def test_optimizer_skips_decay_for_layernorm_and_bias():
+    from kerasbert.model import build_pretrainer
+
+    model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
+                             num_heads=2, intermediate_dim=16,
+                             max_sequence_length=16)
+    optimizer = train.make_optimizer("adamw", 1e-3, total_steps=10)
+    decayed = {v.path for v in model.trainable_variables
+               if optimizer._use_weight_decay(v)}
+    assert decayed, "kernels and embeddings must be decayed"
+    for v in model.trainable_variables:
+        short = v.path.split("/")[-1]
+        if short in ("gamma", "beta") or "bias" in short:
+            assert v.path not in decayed, v.path
+    assert any("kernel" in p for p in decayed)
+    lamb = train.make_optimizer("lamb", 1e-3, total_steps=10)
+    assert isinstance(lamb, keras.optimizers.Lamb)
+    with pytest.raises(UsageError, match="--optimizer"):
+        train.make_optimizer("sgd", 1e-3, total_steps=10)
+
+
+def test_select_precision_and_jit():
+    assert train.select_precision("float32") == ("float32", "requested")
+    policy, why = train.select_precision("auto")
+    assert policy in ("float32", "mixed_bfloat16", "mixed_float16")
+    assert why
+    with pytest.raises(UsageError, match="--precision"):
+        train.select_precision("fp8")
+    assert train.select_jit_compile("on") is True
+    assert train.select_jit_compile("off") is False
+    with pytest.raises(UsageError, match="--jit-compile"):
+        train.select_jit_compile("maybe")
+    with pytest.raises(UsageError, match="--strategy"):
+        train.make_strategy("ring")
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="TF_CONFIG"):
+        train.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UsageError, match="TF_CONFIG"):
+        train.make_strategy("multi_worker")
+
+
+def test_step_backup_round_trip_is_atomic(tmp_path):
+    from kerasbert.model import build_pretrainer
+
+    def make():
+        keras.utils.set_random_seed(0)
+        model = build_pretrainer(vocabulary_size=31, hidden_dim=8,
+                                 num_layers=1, num_heads=2,
+                                 intermediate_dim=16, max_sequence_length=16)
+        model.compile(optimizer=train.make_optimizer("adamw", 1e-2, 10))
+        x = {"token_ids": np.ones((2, 9), "int32"),
+             "segment_ids": np.zeros((2, 9), "int32"),
+             "padding_mask": np.ones((2, 9), "int32"),
+             "mask_positions": np.array([[1, 2], [3, 4]], "int32")}
+        y = {"mask_ids": np.array([[5, 6], [7, 8]], "int32"),
+             "mask_weights": np.ones((2, 2), "float32"),
+             "next_sentence_label": np.array([0, 1], "int32")}
+        return model, x, y
+
+    model, x, y = make()
+    backup = train.StepBackup(str(tmp_path / "backup"), every=2)
+    backup.set_model(model)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[backup])
+    files = sorted(os.listdir(tmp_path / "backup"))
+    assert files == ["latest.weights.h5", "training_metadata.json"]
+    meta = json.loads((tmp_path / "backup/training_metadata.json")
+                      .read_text())
+    assert meta["step"] == 2  # saved at step 2, not at 1 or 3
+
+    fresh, _, _ = make()
+    fresh(x)
+    step = train.StepBackup(str(tmp_path / "backup"), every=2).restore(fresh)
+    assert step == 2
+    assert int(fresh.optimizer._iterations.numpy()) == 2
+    # Optimizer slots came back too, not only the weights.
+    first_slot = [v for v in fresh.optimizer.variables if "momentum" in v.path]
+    assert first_slot and np.any(
+        np.abs(keras.ops.convert_to_numpy(first_slot[0])) > 0)
