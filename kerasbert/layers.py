@@ -1,0 +1,384 @@
+"""BERT building blocks as Keras 3 layers.
+
+Backend-agnostic (`keras.ops` only). Parameters follow the Hugging Face
+`BertForPreTraining` layout -- separate query/key/value projections with
+bias, post-LayerNorm blocks, an MLM decoder tied to the token embeddings --
+so parameter counts match and checkpoints map one weight to one weight.
+Heads emit float32 logits whatever the dtype policy.
+"""
+
+import keras
+from keras import ops
+
+
+def _initializer(stddev):
+    # A fresh object per weight: one shared unseeded initializer would draw
+    # the same seed for every weight and yield identical tables.
+    return keras.initializers.TruncatedNormal(stddev=stddev)
+
+
+@keras.saving.register_keras_serializable(package="kerasbert")
+class BertEmbedding(keras.layers.Layer):
+    """Token + learned position + segment embeddings, LayerNorm, dropout.
+
+    Args:
+        vocabulary_size: int. Number of token ids.
+        hidden_dim: int. Width of the embeddings.
+        max_sequence_length: int. Number of learned positions.
+        num_segments: int. Number of segment (token type) ids.
+        dropout: float. Dropout rate applied after the LayerNorm.
+        layer_norm_epsilon: float. Epsilon of the LayerNorm.
+        initializer_range: float. Stddev of the truncated-normal init.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        token_ids: int tensor `[batch, seq]`.
+        segment_ids: int tensor `[batch, seq]`; `None` means all zeros.
+        training: bool. Whether dropout is active.
+
+    The token table lives in the sublayer `token_embedding` (a
+    `keras.layers.Embedding`) so that an MLM decoder can share it.
+    """
+
+    def __init__(self, vocabulary_size, hidden_dim, max_sequence_length=512,
+                 num_segments=2, dropout=0.1, layer_norm_epsilon=1e-12,
+                 initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.max_sequence_length = max_sequence_length
+        self.num_segments = num_segments
+        self.dropout = dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.token_embedding = keras.layers.Embedding(
+            vocabulary_size, hidden_dim,
+            embeddings_initializer=_initializer(initializer_range),
+            dtype=self.dtype_policy, name="token_embedding")
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy,
+            name="layer_norm")
+        self.dropout_layer = keras.layers.Dropout(
+            dropout, dtype=self.dtype_policy, name="dropout")
+
+    def build(self, token_ids_shape):
+        self.token_embedding.build(token_ids_shape)
+        self.position_embeddings = self.add_weight(
+            name="position_embeddings",
+            shape=(self.max_sequence_length, self.hidden_dim),
+            initializer=_initializer(self.initializer_range))
+        self.segment_embeddings = self.add_weight(
+            name="segment_embeddings",
+            shape=(self.num_segments, self.hidden_dim),
+            initializer=_initializer(self.initializer_range))
+        self.layer_norm.build((*token_ids_shape, self.hidden_dim))
+        self.built = True
+
+    def call(self, token_ids, segment_ids=None, training=None):
+        x = self.token_embedding(token_ids)
+        seq_len = ops.shape(token_ids)[1]
+        positions = ops.slice(
+            self.position_embeddings, (0, 0), (seq_len, self.hidden_dim))
+        x = x + ops.cast(positions, x.dtype)[None]
+        if segment_ids is not None:
+            segments = ops.take(self.segment_embeddings, segment_ids, axis=0)
+        else:  # segment 0 everywhere, as for a single sentence
+            segments = self.segment_embeddings[0][None, None]
+        x = x + ops.cast(segments, x.dtype)
+        x = self.layer_norm(x)
+        return self.dropout_layer(x, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "hidden_dim": self.hidden_dim,
+            "max_sequence_length": self.max_sequence_length,
+            "num_segments": self.num_segments,
+            "dropout": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasbert")
+class EncoderBlock(keras.layers.Layer):
+    """Post-LayerNorm transformer encoder block (BERT).
+
+    self-attention -> dropout -> residual -> LayerNorm -> GELU feed-forward
+    -> dropout -> residual -> LayerNorm. Query, key, value and output
+    projections are separate `Dense` layers with bias (the HF layout).
+
+    With `attention_dropout == 0` and no attention probabilities requested,
+    attention runs through the fused `keras.ops.dot_product_attention`;
+    otherwise through an explicit float32 softmax followed by dropout.
+
+    Args:
+        num_heads: int. Attention heads; must divide the hidden width.
+        intermediate_dim: int. Width of the feed-forward layer.
+        hidden_dropout: float. Dropout on the attention output and the
+            feed-forward output, before each residual.
+        attention_dropout: float. Dropout on the attention probabilities.
+        layer_norm_epsilon: float. Epsilon of both LayerNorms.
+        initializer_range: float. Stddev of the truncated-normal init.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: float tensor `[batch, seq, hidden]`.
+        padding_mask: 0/1 (or bool) tensor `[batch, seq]`; keys at 0 are
+            ignored. `None` attends everywhere.
+        training: bool. Whether dropout is active.
+        return_attention_scores: bool. Also return the attention
+            probabilities `[batch, heads, seq, seq]` (for visualisation;
+            forces the slower explicit path).
+    """
+
+    def __init__(self, num_heads, intermediate_dim, hidden_dropout=0.1,
+                 attention_dropout=0.1, layer_norm_epsilon=1e-12,
+                 initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+
+    def _dense(self, units, name, activation=None):
+        return keras.layers.Dense(
+            units, activation=activation,
+            kernel_initializer=_initializer(self.initializer_range),
+            dtype=self.dtype_policy, name=name)
+
+    def build(self, inputs_shape):
+        hidden_dim = inputs_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden width {hidden_dim} is not divisible by num_heads "
+                f"{self.num_heads}")
+        self.head_dim = hidden_dim // self.num_heads
+        self.query = self._dense(hidden_dim, "query")
+        self.key = self._dense(hidden_dim, "key")
+        self.value = self._dense(hidden_dim, "value")
+        self.attention_output = self._dense(hidden_dim, "attention_output")
+        self.attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="attention_layer_norm")
+        # Keras' "gelu" is the exact erf form (approximate=False), as BERT.
+        self.intermediate = self._dense(
+            self.intermediate_dim, "intermediate", activation="gelu")
+        self.output_dense = self._dense(hidden_dim, "output_dense")
+        self.output_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="output_layer_norm")
+        self.attention_probs_dropout = keras.layers.Dropout(
+            self.attention_dropout, dtype=self.dtype_policy,
+            name="attention_probs_dropout")
+        self.attention_output_dropout = keras.layers.Dropout(
+            self.hidden_dropout, dtype=self.dtype_policy,
+            name="attention_output_dropout")
+        self.output_dropout = keras.layers.Dropout(
+            self.hidden_dropout, dtype=self.dtype_policy,
+            name="output_dropout")
+        for layer in (self.query, self.key, self.value, self.attention_output,
+                      self.attention_layer_norm, self.output_layer_norm):
+            layer.build(inputs_shape)
+        self.intermediate.build(inputs_shape)
+        self.output_dense.build((*inputs_shape[:-1], self.intermediate_dim))
+        self.built = True
+
+    def _attention(self, x, padding_mask, training, return_scores):
+        def split_heads(t):  # [b, s, hidden] -> [b, s, heads, head_dim]
+            return ops.reshape(
+                t, ops.shape(t)[:-1] + (self.num_heads, self.head_dim))
+
+        q = split_heads(self.query(x))
+        k = split_heads(self.key(x))
+        v = split_heads(self.value(x))
+        mask = None
+        if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
+            mask = ops.cast(padding_mask, "bool")[:, None, None, :]
+        if self.attention_dropout == 0 and not return_scores:
+            out = ops.dot_product_attention(q, k, v, mask=mask)
+            return ops.reshape(out, ops.shape(x)), None
+        scores = ops.einsum("btnh,bsnh->bnts", q, k)
+        scores = ops.cast(scores, "float32") / (self.head_dim ** 0.5)
+        if mask is not None:
+            # A large finite negative keeps fully padded rows finite.
+            scores = ops.where(mask, scores, -1e9)
+        probs = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
+        dropped = self.attention_probs_dropout(probs, training=training)
+        out = ops.einsum("bnts,bsnh->btnh", dropped, v)
+        return ops.reshape(out, ops.shape(x)), probs
+
+    def call(self, inputs, padding_mask=None, training=None,
+             return_attention_scores=False):
+        attended, probs = self._attention(
+            inputs, padding_mask, training, return_attention_scores)
+        attended = self.attention_output(attended)
+        attended = self.attention_output_dropout(attended, training=training)
+        x = self.attention_layer_norm(inputs + attended)
+        ffn = self.output_dense(self.intermediate(x))
+        ffn = self.output_dropout(ffn, training=training)
+        x = self.output_layer_norm(x + ffn)
+        if return_attention_scores:
+            return x, probs
+        return x
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "hidden_dropout": self.hidden_dropout,
+            "attention_dropout": self.attention_dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasbert")
+class Pooler(keras.layers.Layer):
+    """Dense + tanh on the first ([CLS]) vector of a sequence.
+
+    Args:
+        initializer_range: float. Stddev of the truncated-normal init.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: float tensor `[batch, seq, hidden]`; returns
+            `[batch, hidden]`.
+    """
+
+    def __init__(self, initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer_range = initializer_range
+
+    def build(self, inputs_shape):
+        self.dense = keras.layers.Dense(
+            inputs_shape[-1], activation="tanh",
+            kernel_initializer=_initializer(self.initializer_range),
+            dtype=self.dtype_policy, name="dense")
+        self.dense.build((inputs_shape[0], inputs_shape[-1]))
+        self.built = True
+
+    def call(self, inputs):
+        return self.dense(inputs[:, 0, :])
+
+    def get_config(self):
+        return {**super().get_config(),
+                "initializer_range": self.initializer_range}
+
+
+@keras.saving.register_keras_serializable(package="kerasbert")
+class MaskedLMHead(keras.layers.Layer):
+    """Masked-LM logits at the masked positions only.
+
+    Gathers the hidden vectors at `mask_positions` first (so the
+    vocabulary-wide matmul costs `max_predictions`, not `seq`, rows), then
+    dense -> GELU -> LayerNorm, then a decoder tied to the token embedding
+    matrix (`x @ embeddings.T`) plus a per-token output bias.
+
+    Args:
+        vocabulary_size: int. Number of output logits.
+        token_embedding: optional `keras.layers.Embedding` whose table is
+            the (tied) decoder. Not serialised: `from_config` without it
+            gives an untied head with its own `decoder_kernel`; models
+            re-tie by passing it again (see `BertPretrainer`).
+        layer_norm_epsilon: float. Epsilon of the transform LayerNorm.
+        initializer_range: float. Stddev of the truncated-normal init.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: float tensor `[batch, seq, hidden]`.
+        mask_positions: int tensor `[batch, max_predictions]`.
+
+    Returns float32 logits `[batch, max_predictions, vocabulary_size]`.
+    """
+
+    def __init__(self, vocabulary_size, token_embedding=None,
+                 layer_norm_epsilon=1e-12, initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.token_embedding = token_embedding
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+
+    def build(self, inputs_shape, mask_positions_shape=None):
+        hidden_dim = inputs_shape[-1]
+        self.dense = keras.layers.Dense(
+            hidden_dim, activation="gelu",  # exact erf GELU, as BERT
+            kernel_initializer=_initializer(self.initializer_range),
+            dtype=self.dtype_policy, name="dense")
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="layer_norm")
+        self.dense.build(inputs_shape)
+        self.layer_norm.build(inputs_shape)
+        if self.token_embedding is None:
+            # Same [vocab, hidden] layout as an embedding table.
+            self.decoder_kernel = self.add_weight(
+                name="decoder_kernel",
+                shape=(self.vocabulary_size, hidden_dim),
+                initializer=_initializer(self.initializer_range))
+        # float32 and not autocast: it is added to float32 logits.
+        self.output_bias = self.add_weight(
+            name="output_bias", shape=(self.vocabulary_size,),
+            initializer="zeros", dtype="float32", autocast=False)
+        self.built = True
+
+    def call(self, inputs, mask_positions):
+        x = ops.take_along_axis(
+            inputs, ops.cast(mask_positions, "int32")[:, :, None], axis=1)
+        x = self.layer_norm(self.dense(x))
+        if self.token_embedding is not None:
+            table = self.token_embedding.embeddings
+        else:
+            table = self.decoder_kernel
+        logits = ops.matmul(x, ops.transpose(ops.cast(table, x.dtype)))
+        return ops.cast(logits, "float32") + self.output_bias
+
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasbert")
+class NSPHead(keras.layers.Layer):
+    """Next-sentence-prediction logits (2 classes, float32).
+
+    Class 0 means "B follows A", 1 means "B is random".
+
+    Args:
+        initializer_range: float. Stddev of the truncated-normal init.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: pooled float tensor `[batch, hidden]`; returns
+            `[batch, 2]`.
+    """
+
+    def __init__(self, initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer_range = initializer_range
+        # float32, not the policy: logits feed a softmax cross-entropy.
+        self.dense = keras.layers.Dense(
+            2, kernel_initializer=_initializer(initializer_range),
+            dtype="float32", name="dense")
+
+    def build(self, inputs_shape):
+        self.dense.build(inputs_shape)
+        self.built = True
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+    def get_config(self):
+        return {**super().get_config(),
+                "initializer_range": self.initializer_range}
