@@ -1,0 +1,421 @@
+"""Tokenize a corpus once into .npy files on disk; load them memory-mapped.
+
+`prepare_corpus(data_config)` runs read -> clean -> split sentences ->
+(train a WordPiece vocabulary when `tokenizer` is None) -> tokenize, and
+caches each expensive result under the cache directory
+(`data_config.cache_dir`, else $KERASBERT_CACHE, else ~/.cache/kerasbert):
+
+    tokenizer-<key>/   a trained vocabulary (tokenizer.save layout)
+    tokens-<key>/      tokens.npy, sentence_offsets.npy,
+                       document_offsets.npy, meta.json
+
+Keys hash the corpus fingerprint (path, size and mtime of every file; the
+name/config/split for an HF hub dataset), the reading/cleaning/splitting
+settings, the tokenizer's vocabulary and normaliser, and FORMAT_VERSION.
+A re-run with the same inputs reads nothing but the .npy files.
+
+Each result is built in a private `tmp-<pid>-<random>/` workspace and
+moved into place with one os.replace, so a killed run leaves at most a
+workspace, never a half cache; the next run deletes workspaces whose
+process is gone (same host only).
+
+The cache holds the whole corpus as one shard: tokens stream to disk while
+tokenizing and are then written out as three .npy files, so
+`load_token_cache` returns one memory-mapped `TokenCorpus` whatever the
+corpus size.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kerasbert import corpus as corpus_lib
+from kerasbert.errors import UsageError
+from kerasbert.tokenizer import Tokenizer, train_wordpiece
+
+FORMAT_VERSION = 1
+_ARRAYS = ("tokens", "sentence_offsets", "document_offsets")
+
+
+def _ranges(starts, lengths):
+    """Concatenation of arange(s, s + n) for each (s, n), vectorised."""
+    starts = np.asarray(starts, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(lengths)
+    shift = np.repeat(starts - (ends - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+@dataclass(eq=False)  # arrays: == would be elementwise and ambiguous
+class TokenCorpus:
+    """Token ids with sentence and document boundaries, all flat arrays.
+
+    Sentence i is `tokens[sentence_offsets[i]:sentence_offsets[i + 1]]`;
+    document d is sentences `document_offsets[d]` .. `document_offsets[d+1]
+    - 1`. No document or sentence is empty. `path` is the cache directory
+    the arrays are memory-mapped from, if any.
+    """
+
+    tokens: np.ndarray  # int32 [num_tokens]
+    sentence_offsets: np.ndarray  # int64 [num_sentences + 1]
+    document_offsets: np.ndarray  # int64 [num_documents + 1]
+    path: str | None = field(default=None, repr=False)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.document_offsets) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sentence_offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def from_documents(cls, docs) -> "TokenCorpus":
+        """docs -> sentences -> ids; empty sentences and documents go."""
+        tokens, sentence_offsets, document_offsets = [], [0], [0]
+        for doc in docs:
+            sentences = [list(s) for s in doc if len(s)]
+            if not sentences:
+                continue
+            for s in sentences:
+                tokens.extend(s)
+                sentence_offsets.append(sentence_offsets[-1] + len(s))
+            document_offsets.append(document_offsets[-1] + len(sentences))
+        return cls(np.asarray(tokens, np.int32),
+                   np.asarray(sentence_offsets, np.int64),
+                   np.asarray(document_offsets, np.int64))
+
+    def select_documents(self, doc_ids) -> "TokenCorpus":
+        """A new in-memory corpus with only these documents, in this order."""
+        doc_ids = np.asarray(doc_ids, np.int64).reshape(-1)
+        do = np.asarray(self.document_offsets)
+        so = np.asarray(self.sentence_offsets)
+        s_start, s_count = do[doc_ids], do[doc_ids + 1] - do[doc_ids]
+        sentences = _ranges(s_start, s_count)
+        t_start, t_count = so[sentences], so[sentences + 1] - so[sentences]
+        tokens = np.asarray(self.tokens)[_ranges(t_start, t_count)]
+        zero = np.zeros(1, np.int64)
+        return TokenCorpus(
+            tokens.astype(np.int32),
+            np.concatenate([zero, np.cumsum(t_count)]),
+            np.concatenate([zero, np.cumsum(s_count)]))
+
+
+# Writing and loading the cache.
+
+
+class _TokenWriter:
+    """Appends documents to raw files; `finish` turns them into .npy."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self._files = {name: open(os.path.join(directory, f"{name}.bin"), "wb")
+                       for name in _ARRAYS}
+        self.num_tokens = self.num_sentences = self.num_documents = 0
+        zero = np.zeros(1, np.int64).tobytes()
+        self._files["sentence_offsets"].write(zero)
+        self._files["document_offsets"].write(zero)
+
+    def add(self, sentences: list[list[int]]) -> None:
+        lengths = np.array([len(s) for s in sentences if len(s)], np.int64)
+        if not len(lengths):
+            return
+        ids = np.fromiter((i for s in sentences for i in s), np.int32,
+                          int(lengths.sum()))
+        self._files["tokens"].write(ids.tobytes())
+        offsets = self.num_tokens + np.cumsum(lengths)
+        self._files["sentence_offsets"].write(offsets.tobytes())
+        self.num_tokens += len(ids)
+        self.num_sentences += len(lengths)
+        self.num_documents += 1
+        self._files["document_offsets"].write(
+            np.array([self.num_sentences], np.int64).tobytes())
+
+    def close(self):
+        for f in self._files.values():
+            f.close()
+
+    def finish(self, meta: dict) -> None:
+        self.close()
+        shapes = {"tokens": self.num_tokens,
+                  "sentence_offsets": self.num_sentences + 1,
+                  "document_offsets": self.num_documents + 1}
+        for name in _ARRAYS:
+            raw = os.path.join(self.directory, f"{name}.bin")
+            dtype = np.int32 if name == "tokens" else np.int64
+            with open(os.path.join(self.directory, f"{name}.npy"), "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {
+                    "descr": np.dtype(dtype).str, "fortran_order": False,
+                    "shape": (shapes[name],)})
+                with open(raw, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 22)
+            os.remove(raw)
+        meta = {**meta, "format_version": FORMAT_VERSION,
+                "num_tokens": self.num_tokens,
+                "num_sentences": self.num_sentences,
+                "num_documents": self.num_documents}
+        with open(os.path.join(self.directory, "meta.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def load_token_cache(path: str) -> TokenCorpus:
+    """Loads a tokens-<key> directory as one memory-mapped TokenCorpus."""
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        arrays = {name: np.load(os.path.join(path, f"{name}.npy"),
+                                mmap_mode="r") for name in _ARRAYS}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a complete token cache ({e})") from None
+    result = TokenCorpus(**arrays, path=path)
+    if (meta.get("format_version") != FORMAT_VERSION
+            or result.num_tokens != meta["num_tokens"]
+            or result.num_sentences != meta["num_sentences"]
+            or result.num_documents != meta["num_documents"]):
+        raise UsageError(f"{path}: token cache does not match its meta.json")
+    return result
+
+
+# Orchestration.
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("KERASBERT_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "kerasbert")
+
+
+def corpus_fingerprint(data_config) -> list:
+    """What identifies the corpus input without reading it."""
+    c = data_config.corpus
+    if (data_config.corpus_format == "hf" and c is not None
+            and not os.path.exists(c)):
+        # A hub dataset: name, config and split (a new upstream revision
+        # under the same name is not noticed; clear the cache for that).
+        return ["hf", c, data_config.hf_config, data_config.hf_split]
+    files = corpus_lib.corpus_files(c)
+    return [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns]
+            for p in files]
+
+
+def _hash(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_workspaces(cache_dir):
+    for name in os.listdir(cache_dir):
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "tmp" and parts[1].isdigit():
+            if not _pid_alive(int(parts[1])):
+                shutil.rmtree(os.path.join(cache_dir, name),
+                              ignore_errors=True)
+
+
+def _move_into_place(src, dst):
+    """os.replace a finished directory; if another run won, keep theirs."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if not os.path.isdir(dst):
+            raise
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def _progress(iterable, progress, **kwargs):
+    if not progress:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, **kwargs)
+
+
+def _corpus_name(data_config):
+    return data_config.corpus or corpus_lib.BUNDLED_CORPUS
+
+
+def _check_documents(data_config, num_documents):
+    name = _corpus_name(data_config)
+    if num_documents == 0:
+        raise UsageError(f"{name}: corpus is empty (no text after cleaning)")
+    if num_documents == 1:
+        raise UsageError(
+            f"{name}: corpus has 1 document; next-sentence pairs need at "
+            "least 2 (separate documents with a blank line, or set "
+            "--one-doc-per-line)")
+
+
+def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
+    """Corpus -> one sentence a line, a blank line after each document.
+
+    Returns (resolved language, number of documents).
+    """
+    dc = data_config
+    documents = corpus_lib.iter_documents(
+        dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
+        dc.hf_config, dc.hf_split)
+    language, documents = corpus_lib.resolve_language(documents, dc.language)
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for sentences in _progress(
+                corpus_lib.iter_sentences(documents, language, dc.clean),
+                progress, desc="sentences", unit=" docs"):
+            f.write("\n".join(sentences))
+            f.write("\n\n")
+            count += 1
+    _check_documents(dc, count)
+    return language, count
+
+
+def _read_sentence_documents(path):
+    doc = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                doc.append(line)
+            elif doc:
+                yield doc
+                doc = []
+    if doc:
+        yield doc
+
+
+def _sentence_lines(path):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def tokenize_sentences(sentences_path, tokenizer, out_dir, meta,
+                       num_documents=None, progress=True, batch_docs=256):
+    """Sentence file -> token cache files in `out_dir` (not yet in place)."""
+    writer = _TokenWriter(out_dir)
+    try:
+        batch = []
+
+        def flush():
+            flat = [s for doc in batch for s in doc]
+            ids = iter(tokenizer.encode_batch(flat))
+            for doc in batch:
+                writer.add([next(ids) for _ in doc])
+            batch.clear()
+
+        for doc in _progress(_read_sentence_documents(sentences_path),
+                             progress, desc="tokens", unit=" docs",
+                             total=num_documents):
+            batch.append(doc)
+            if len(batch) >= batch_docs:
+                flush()
+        if batch:
+            flush()
+    finally:
+        writer.close()
+    writer.finish(meta)
+    return writer.num_documents
+
+
+def prepare_corpus(data_config, tokenizer_dir: str | None = None,
+                   progress: bool = True) -> tuple[Tokenizer, TokenCorpus]:
+    """Reads, splits, tokenizes and caches the corpus; returns both parts.
+
+    With `data_config.tokenizer` None a WordPiece vocabulary of
+    `vocab_size` is trained (and cached) and saved to `tokenizer_dir` when
+    given. `strip_accents=None` follows `lowercase` except for Korean,
+    where it stays False: accent stripping runs NFD, which splits every
+    Hangul syllable into jamo.
+    """
+    dc = data_config
+    corpus_lib.check_choices(dc.corpus_format, dc.language)
+    cache_dir = dc.cache_dir or default_cache_dir()
+    fingerprint = corpus_fingerprint(dc)
+    text_key = [FORMAT_VERSION, fingerprint, dc.corpus_format,
+                dc.one_doc_per_line, dc.text_field, dc.hf_config,
+                dc.hf_split, dc.language, dc.clean]
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--cache-dir: cannot create {cache_dir} ({e})") \
+            from None
+    _remove_stale_workspaces(cache_dir)
+    work = None
+    sentences_path = num_documents = None
+
+    def workspace():
+        nonlocal work
+        if work is None:
+            work = os.path.join(
+                cache_dir, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
+            os.makedirs(work)
+        return work
+
+    try:
+        if dc.tokenizer is not None:
+            tokenizer = Tokenizer.load(dc.tokenizer)
+        else:
+            tok_dir = os.path.join(cache_dir, "tokenizer-" + _hash(
+                text_key, dc.vocab_size, dc.lowercase, dc.strip_accents))
+            if os.path.isdir(tok_dir):
+                tokenizer = Tokenizer.load(tok_dir)
+            else:
+                sentences_path = os.path.join(workspace(), "sentences.txt")
+                language, num_documents = write_sentences(
+                    dc, sentences_path, progress)
+                strip = dc.strip_accents
+                if strip is None:
+                    strip = False if language == "ko" else dc.lowercase
+                tokenizer = train_wordpiece(
+                    _sentence_lines(sentences_path), dc.vocab_size,
+                    dc.lowercase, strip, progress)
+                tokenizer.save(os.path.join(work, "tokenizer"))
+                _move_into_place(os.path.join(work, "tokenizer"), tok_dir)
+            if tokenizer_dir:
+                tokenizer.save(tokenizer_dir)
+
+        out = os.path.join(cache_dir, "tokens-" + _hash(
+            text_key, tokenizer.fingerprint()))
+        if os.path.isdir(out):
+            try:
+                return tokenizer, load_token_cache(out)
+            except UsageError:
+                shutil.rmtree(out, ignore_errors=True)  # damaged: rebuild
+        if sentences_path is None:
+            sentences_path = os.path.join(workspace(), "sentences.txt")
+            _, num_documents = write_sentences(dc, sentences_path, progress)
+        built = os.path.join(work, "tokens")
+        count = tokenize_sentences(
+            sentences_path, tokenizer, built,
+            {"corpus": _corpus_name(dc), "tokenizer": tokenizer.source},
+            num_documents, progress)
+        _check_documents(dc, count)
+        _move_into_place(built, out)
+        return tokenizer, load_token_cache(out)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)

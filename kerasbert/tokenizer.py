@@ -1,0 +1,315 @@
+"""WordPiece and SentencePiece tokenizers behind one small interface.
+
+`Tokenizer` wraps either an HF `tokenizers` WordPiece pipeline (BERT's
+normaliser and pre-tokenizer, so ids match `transformers.BertTokenizerFast`)
+or a SentencePiece `.model`. `encode` never adds [CLS]/[SEP]: the pairing code
+packs sequences itself. A literal "[MASK]" in the text does become `mask_id`,
+which is what fill-mask needs.
+
+Saved layouts:
+- WordPiece: vocab.txt, tokenizer.json, tokenizer_config.json and
+  special_tokens_map.json; `BertTokenizerFast.from_pretrained(dir)` loads it
+  with the same ids.
+- SentencePiece: sentencepiece.model plus kerasbert_tokenizer.json. HF's
+  BertTokenizerFast has no SentencePiece model, so this layout is ours only.
+"""
+
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+
+from kerasbert.errors import UsageError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_SPM_META = "kerasbert_tokenizer.json"
+_SPM_FILE = "sentencepiece.model"
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _wordpiece_pipeline(vocab, lowercase, strip_accents):
+    """BERT's normaliser, pre-tokenizer, model and decoder around `vocab`."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    tok = HFTokenizer(models.WordPiece(
+        vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True,
+        strip_accents=strip_accents, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    # Added (special) tokens are matched on the raw text before
+    # normalisation, so "[MASK]" survives lowercasing as one id.
+    present = [t for t in SPECIAL_TOKENS if t in vocab]
+    tok.add_special_tokens(present)
+    return tok
+
+
+class Tokenizer:
+    """A WordPiece or SentencePiece vocabulary with BERT's special tokens.
+
+    Build one with `Tokenizer.load(path)` or `train_wordpiece(...)`.
+    `lowercase`/`strip_accents` describe the WordPiece normaliser (None for
+    SentencePiece, whose normalisation lives in the .model).
+    """
+
+    def __init__(self, backend, kind, source="tokenizer", lowercase=None,
+                 strip_accents=None):
+        self._backend = backend
+        self.kind = kind  # "wordpiece" | "sentencepiece"
+        self.source = source
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        if kind == "wordpiece":
+            vocab = backend.get_vocab()
+            self._tokens = [None] * len(vocab)
+            for token, i in vocab.items():
+                self._tokens[i] = token
+            names = {"pad": "[PAD]", "unk": "[UNK]"}
+        else:
+            n = backend.get_piece_size()
+            self._tokens = [backend.id_to_piece(i) for i in range(n)]
+            names = {"pad": backend.id_to_piece(backend.pad_id())
+                     if backend.pad_id() >= 0 else "[PAD]",
+                     "unk": backend.id_to_piece(backend.unk_id())}
+        self._index = {t: i for i, t in enumerate(self._tokens)}
+        for name in ("cls", "sep", "mask"):
+            names[name] = f"[{name.upper()}]"
+        for name, token in names.items():
+            if token not in self._index:
+                raise UsageError(f"{source}: vocabulary has no {token} token")
+            setattr(self, f"{name}_id", self._index[token])
+        special = {self.pad_id, self.unk_id, self.cls_id, self.sep_id,
+                   self.mask_id}
+        if kind == "wordpiece":
+            # [unused0] and friends are reserved slots, special by intent.
+            special |= {i for i, t in enumerate(self._tokens)
+                        if re.fullmatch(r"\[[A-Za-z0-9_]+\]", t)}
+        else:
+            special |= {i for i in range(len(self._tokens))
+                        if backend.is_control(i) or backend.is_unknown(i)
+                        or self._tokens[i] in names.values()}
+        self.special_ids = sorted(special)
+        self._special_re = re.compile("(" + "|".join(
+            re.escape(self._tokens[i]) for i in
+            (self.cls_id, self.sep_id, self.mask_id, self.pad_id)) + ")")
+
+    # Interface used by the data pipeline.
+
+    @property
+    def vocabulary_size(self) -> int:
+        return len(self._tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        texts = list(texts)
+        if self.kind == "wordpiece":
+            encodings = self._backend.encode_batch(
+                texts, add_special_tokens=False)
+            return [e.ids for e in encodings]
+        return [self._encode_spm(t) for t in texts]
+
+    def _encode_spm(self, text):
+        # SentencePiece emits a stray "▁" before a user symbol glued to
+        # spaces ("a [MASK] b" -> ▁a ▁ [MASK] ▁b); encoding the pieces
+        # between special tokens separately avoids it.
+        ids = []
+        for i, part in enumerate(self._special_re.split(text)):
+            if i % 2:
+                ids.append(self._index[part])
+            elif part.strip():
+                ids.extend(self._backend.encode(part, out_type=int))
+        return ids
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self.kind == "wordpiece":
+            return self._backend.decode(ids, skip_special_tokens=False)
+        return self._backend.decode(ids)
+
+    def id_to_token(self, i: int) -> str:
+        return self._tokens[int(i)]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._index.get(token)
+
+    def word_start_mask(self) -> np.ndarray:
+        """bool [vocabulary_size]: True where a token begins a word."""
+        if self.kind == "wordpiece":
+            mask = np.array([not t.startswith("##") for t in self._tokens])
+        else:
+            mask = np.array([t.startswith("▁") for t in self._tokens])
+        mask[self.special_ids] = True
+        return mask
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that decides the ids (for cache keys)."""
+        h = hashlib.sha256(self.kind.encode())
+        if self.kind == "wordpiece":
+            h.update(json.dumps([self.lowercase, self.strip_accents]).encode())
+            h.update("\n".join(self._tokens).encode())
+        else:
+            h.update(self._backend.serialized_model_proto())
+        return h.hexdigest()
+
+    # Saving and loading.
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if self.kind == "sentencepiece":
+            tmp = os.path.join(directory, f"{_SPM_FILE}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(self._backend.serialized_model_proto())
+            os.replace(tmp, os.path.join(directory, _SPM_FILE))
+            _write_atomic(os.path.join(directory, _SPM_META), json.dumps(
+                {"kind": "sentencepiece", "model_file": _SPM_FILE},
+                indent=2) + "\n")
+            return
+        from tokenizers import processors
+
+        _write_atomic(os.path.join(directory, "vocab.txt"),
+                      "\n".join(self._tokens) + "\n")
+        # The saved pipeline adds [CLS] A [SEP] (B [SEP]) like HF's BERT;
+        # our own encode() keeps calling with add_special_tokens=False.
+        hf = type(self._backend).from_str(self._backend.to_str())
+        hf.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
+        _write_atomic(os.path.join(directory, "tokenizer.json"), hf.to_str())
+        specials = {"pad_token": "[PAD]", "unk_token": "[UNK]",
+                    "cls_token": "[CLS]", "sep_token": "[SEP]",
+                    "mask_token": "[MASK]"}
+        config = {"tokenizer_class": "BertTokenizer",
+                  "do_lower_case": self.lowercase,
+                  "strip_accents": self.strip_accents,
+                  "tokenize_chinese_chars": True,
+                  "model_max_length": 512, **specials}
+        _write_atomic(os.path.join(directory, "tokenizer_config.json"),
+                      json.dumps(config, indent=2) + "\n")
+        _write_atomic(os.path.join(directory, "special_tokens_map.json"),
+                      json.dumps(specials, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str, lowercase: bool | None = None,
+             strip_accents: bool | None = None) -> "Tokenizer":
+        """Loads a saved directory, an HF BERT dir, a vocab.txt or a .model.
+
+        `lowercase`/`strip_accents` override the WordPiece normaliser; by
+        default they come from tokenizer_config.json beside the vocabulary,
+        else `lowercase` is True unless the vocabulary has upper-case tokens.
+        """
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such tokenizer file or directory")
+        if os.path.isdir(path):
+            meta = os.path.join(path, _SPM_META)
+            if os.path.exists(os.path.join(path, "vocab.txt")):
+                path = os.path.join(path, "vocab.txt")
+            elif os.path.exists(meta):
+                with open(meta, encoding="utf-8") as f:
+                    path = os.path.join(path, json.load(f)["model_file"])
+            else:
+                models = sorted(n for n in os.listdir(path)
+                                if n.endswith(".model"))
+                if len(models) != 1:
+                    raise UsageError(
+                        f"{path}: no vocab.txt or single SentencePiece "
+                        ".model in this directory")
+                path = os.path.join(path, models[0])
+        if path.endswith(".model"):
+            return cls._load_sentencepiece(path)
+        return cls._load_vocab(path, lowercase, strip_accents)
+
+    @classmethod
+    def _load_sentencepiece(cls, path):
+        import sentencepiece as spm
+
+        try:
+            sp = spm.SentencePieceProcessor(model_file=path)
+        except (OSError, RuntimeError) as e:
+            raise UsageError(
+                f"{path}: not a SentencePiece model ({e})") from None
+        return cls(sp, "sentencepiece", source=path)
+
+    @classmethod
+    def _load_vocab(cls, path, lowercase, strip_accents):
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens = [line.rstrip("\n").rstrip("\r") for line in f]
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"{path}: not UTF-8 at byte {e.start}") from None
+        while tokens and not tokens[-1]:
+            tokens.pop()
+        if any("\t" in t for t in tokens[:10]):
+            raise UsageError(
+                f"{path}: looks like a SentencePiece .vocab (piece<TAB>"
+                "score); pass the .model file instead")
+        vocab = {}
+        for t in tokens:
+            vocab.setdefault(t, len(vocab))
+        if len(vocab) != len(tokens):
+            raise UsageError(f"{path}: vocabulary has duplicate tokens")
+        config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+        saved = {}
+        if os.path.exists(config):
+            with open(config, encoding="utf-8") as f:
+                saved = json.load(f)
+        if lowercase is None:
+            lowercase = saved.get("do_lower_case")
+        if lowercase is None:
+            lowercase = not any(t != t.lower() for t in tokens
+                                if not t.startswith("["))
+        if strip_accents is None:
+            strip_accents = saved.get("strip_accents")
+        backend = _wordpiece_pipeline(vocab, lowercase, strip_accents)
+        return cls(backend, "wordpiece", source=path, lowercase=lowercase,
+                   strip_accents=strip_accents)
+
+
+def train_wordpiece(texts, vocab_size: int, lowercase: bool = True,
+                    strip_accents: bool | None = None,
+                    progress: bool = True) -> Tokenizer:
+    """Trains a BERT WordPiece vocabulary on an iterable of strings.
+
+    Special tokens come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
+    `strip_accents=None` follows `lowercase`, as in BERT (but see
+    `kerasbert.cache.prepare_corpus`, which keeps Hangul composed).
+    The vocabulary can exceed `vocab_size` when the corpus has more
+    distinct characters: every character keeps a token so nothing is [UNK].
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+    from tokenizers.trainers import WordPieceTrainer
+
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise UsageError(f"--vocab-size: {vocab_size} is too small")
+    tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True,
+        strip_accents=strip_accents, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        show_progress=progress, continuing_subword_prefix="##")
+    tok.train_from_iterator(texts, trainer=trainer)
+    vocab = tok.get_vocab()
+    if len(vocab) <= len(SPECIAL_TOKENS):
+        raise UsageError("corpus: no text to train a vocabulary on")
+    # Rebuild through the loading path so trained and loaded tokenizers are
+    # the same object in every detail.
+    return Tokenizer(
+        _wordpiece_pipeline(vocab, lowercase, strip_accents), "wordpiece",
+        source="trained", lowercase=lowercase, strip_accents=strip_accents)
+
