@@ -14,6 +14,12 @@ from dataclasses import dataclass, fields
 
 from kerasbert.errors import UsageError
 
+# Choices of the string-valued train fields (checked before TF is imported).
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE = ("auto", "on", "off")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+OPTIMIZERS = ("adamw", "lamb")
+
 # layers / hidden / heads / intermediate. tiny..large follow the BERT
 # miniatures (Turc et al. 2019) and the original paper; `comment` is the
 # 6-layer, 256-wide model of a Korean/English emotion-comment project

@@ -28,8 +28,21 @@ def _spec(name):
     return tf.TensorSpec([None, None], tf.int32, name=name)
 
 
+def float32_copy(pretrainer):
+    """The same pretrainer computing in float32 (weights are shared values,
+    not shared variables). Mixed precision speeds up training; serving on
+    a CPU wants exact, reproducible float32 outputs."""
+    from kerasbert.model import BertBackbone, BertPretrainer
+
+    config = pretrainer.backbone.get_config()
+    config["dtype"] = "float32"
+    copy = BertPretrainer(BertBackbone.from_config(config))
+    copy.set_weights(pretrainer.get_weights())
+    return copy
+
+
 def export_saved_model(pretrainer, path: str) -> str:
-    """Writes a SavedModel of `pretrainer` (a `BertPretrainer`) to `path`.
+    """Writes a float32 SavedModel of `pretrainer` (a `BertPretrainer`).
 
     Writes to a temp folder first and renames it, so `path` is either the
     old export or the complete new one.
@@ -37,6 +50,7 @@ def export_saved_model(pretrainer, path: str) -> str:
     import keras
     import tensorflow as tf
 
+    pretrainer = float32_copy(pretrainer)
     backbone = pretrainer.backbone
 
     def run(token_ids, segment_ids, padding_mask, mask_positions=None):

@@ -25,20 +25,25 @@ def load_tokenizer(run_dir):
     return Tokenizer.load(path)
 
 
-def fill_mask(model, tokenizer, text: str, top_k: int = 5,
-              max_sequence_length: int | None = None) -> list[list[dict]]:
+def encode_masked(tokenizer, text: str):
+    """`[CLS] text [SEP]` ids and the positions of its `[MASK]` tokens."""
+    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
+    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    if not positions:
+        raise UsageError("text: no [MASK] token in the text")
+    return ids, positions
+
+
+def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
     """Returns, per `[MASK]` in `text`, the top-k {token, token_id, score,
     sequence} dicts (best first)."""
     import numpy as np
 
-    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
-    limit = max_sequence_length or model.backbone.max_sequence_length
+    ids, positions = encode_masked(tokenizer, text)
+    limit = model.backbone.max_sequence_length
     if len(ids) > limit:
         raise UsageError(f"text: {len(ids)} tokens, more than the model's "
                          f"{limit}")
-    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
-    if not positions:
-        raise UsageError("text: no [MASK] token in the text")
     x = {
         "token_ids": np.array([ids], "int32"),
         "segment_ids": np.zeros((1, len(ids)), "int32"),
@@ -86,6 +91,7 @@ def main(argv=None):
         raise UsageError("--top-k: must be >= 1")
     from kerasbert.export import load_run_model
     tokenizer = load_tokenizer(args.model)
+    encode_masked(tokenizer, args.text)  # bad text fails before TF loads
     model = load_run_model(args.model, args.checkpoint)
     results = fill_mask(model, tokenizer, args.text, args.top_k)
     if args.json:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -73,14 +74,20 @@ def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
     for ok, flag, problem in checks:
         if not ok:
             raise UsageError(f"{flag}: {problem}")
-    from kerasbert import train
-    train.select_precision(t.precision)
-    train.select_jit_compile(t.jit_compile)
-    if t.strategy not in train.STRATEGIES:
-        train.make_strategy(t.strategy)  # raises the one-line error
-    if t.optimizer not in train.OPTIMIZERS:
-        raise UsageError(f"--optimizer: unknown value {t.optimizer!r} "
-                         f"(choose from {', '.join(train.OPTIMIZERS)})")
+    from kerasbert.config import (
+        JIT_COMPILE,
+        OPTIMIZERS,
+        PRECISIONS,
+        STRATEGIES,
+    )
+    for flag, value, choices in [
+            ("--precision", t.precision, PRECISIONS),
+            ("--jit-compile", t.jit_compile, JIT_COMPILE),
+            ("--strategy", t.strategy, STRATEGIES),
+            ("--optimizer", t.optimizer, OPTIMIZERS)]:
+        if value not in choices:
+            raise UsageError(f"{flag}: unknown value {value!r} "
+                             f"(choose from {', '.join(choices)})")
 
 
 def default_output_dir(model_cfg_size: str | None) -> str:
@@ -183,11 +190,14 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
         data_for_prepare = dataclasses.replace(data_cfg,
                                                tokenizer=tokenizer_dir)
     shutil.rmtree(staging, ignore_errors=True)
+    # Progress bars only on a terminal: in logs they are noise, and before a
+    # one-line error they would bury it.
+    show_progress = verbose > 0 and sys.stderr.isatty()
     try:
         tokenizer, corpus = prepare_corpus(
             data_for_prepare,
             tokenizer_dir=None if resuming_tokenizer else staging,
-            progress=verbose > 0)
+            progress=show_progress)
         heldout_corpus = None
         if data_cfg.heldout_corpus:
             tok_path = staging if os.path.isdir(staging) else (
@@ -198,7 +208,7 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
             _, heldout_corpus = prepare_corpus(
                 dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus,
                                     tokenizer=tok_path),
-                progress=verbose > 0)
+                progress=show_progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -17,12 +17,9 @@ import time
 import keras
 import tensorflow as tf
 
+from kerasbert.config import JIT_COMPILE, OPTIMIZERS, PRECISIONS, STRATEGIES
 from kerasbert.errors import UsageError
-
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-OPTIMIZERS = ("adamw", "lamb")
-
+from kerasbert.schedules import WarmupLinearDecay
 
 # --------------------------------------------------------------------------
 # Hardware choices.
@@ -62,7 +59,7 @@ def select_precision(precision: str) -> tuple[str, str]:
 
 def select_jit_compile(jit_compile: str) -> bool:
     """XLA helps on GPUs; on CPUs graph mode was faster here (see README)."""
-    if jit_compile not in ("auto", "on", "off"):
+    if jit_compile not in JIT_COMPILE:
         raise UsageError(
             f"--jit-compile: unknown value {jit_compile!r} "
             "(choose from auto, on, off)")
@@ -107,30 +104,6 @@ def is_chief(strategy) -> bool:
 
 # --------------------------------------------------------------------------
 # Optimizer.
-
-
-@keras.saving.register_keras_serializable(package="kerasbert")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`."""
-
-    def __init__(self, peak, warmup_steps, total_steps):
-        self.peak = peak
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warmup = keras.ops.maximum(float(self.warmup_steps), 1.0)
-        decay = keras.ops.maximum(
-            float(self.total_steps - self.warmup_steps), 1.0)
-        up = (step + 1.0) / warmup
-        down = (float(self.total_steps) - step) / decay
-        factor = keras.ops.where(step < self.warmup_steps, up, down)
-        return self.peak * keras.ops.clip(factor, 0.0, 1.0)
-
-    def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps}
 
 
 def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,

@@ -93,8 +93,11 @@ class Trainer:
                      "evaluation (raise --holdout-fraction or lower "
                      "--batch-size)")
             return None
-        self._heldout = ds
-        return ds
+        # Repeated, with validation_steps = one cycle: Keras keeps one
+        # evaluation iterator across epochs, so a finite set would run dry
+        # in the second epoch; each evaluation still sees the same batches.
+        self._heldout = ds.repeat()
+        return self._heldout
 
     def steps_per_epoch(self):
         if self.cfg.steps_per_epoch:
@@ -293,13 +296,14 @@ class Trainer:
         if self.multi_worker:
             from kerasbert.model import pretraining_losses
             sums, n = {}, 0
-            for x, y in heldout:
+            for x, y in heldout.take(self.heldout_batches):
                 out = pretraining_losses(y, self.model(x, training=False))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
             return {k: v / max(n, 1) for k, v in sums.items()}
-        return self.model.evaluate(heldout, verbose=0, return_dict=True)
+        return self.model.evaluate(heldout, steps=self.heldout_batches,
+                                   verbose=0, return_dict=True)
 
     def _finish(self, strategy, start, seconds, tokens_per_step):
         steps_done = self.total_steps - start

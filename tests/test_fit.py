@@ -106,9 +106,13 @@ def test_saved_model_matches_keras_model(default_run):
 
     import kerasbert.model  # noqa: F401
 
+    from kerasbert.export import float32_copy
+
     run_dir, _, _ = default_run
-    model = keras.saving.load_model(str(run_dir / "model.keras"),
-                                    safe_mode=True)
+    trained = keras.saving.load_model(str(run_dir / "model.keras"),
+                                      safe_mode=True)
+    assert trained.backbone.dtype_policy.name == "mixed_bfloat16"
+    model = float32_copy(trained)  # the export serves in float32
     rng = np.random.default_rng(0)
     x = {"token_ids": rng.integers(5, 2000, (3, 32)).astype("int32"),
          "segment_ids": np.repeat([[0] * 16 + [1] * 16], 3, 0)

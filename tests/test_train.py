@@ -9,6 +9,7 @@ import pytest
 
 from kerasbert import train
 from kerasbert.errors import UsageError
+from kerasbert.schedules import WarmupLinearDecay
 
 
 @pytest.mark.parametrize(
@@ -30,7 +31,7 @@ def test_plan_fit_calls(total, per_epoch, start, expected):
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    schedule = train.WarmupLinearDecay(1e-3, warmup_steps=10,
+    schedule = WarmupLinearDecay(1e-3, warmup_steps=10,
                                        total_steps=100)
     lrs = np.array([float(schedule(s)) for s in range(101)])
     assert lrs[0] == pytest.approx(1e-4)
@@ -39,7 +40,7 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert np.all(np.diff(lrs[10:]) < 0)
     assert lrs[100] == pytest.approx(0.0)
     # Serialisable, so .keras files with the optimizer reload.
-    again = train.WarmupLinearDecay.from_config(schedule.get_config())
+    again = WarmupLinearDecay.from_config(schedule.get_config())
     assert float(again(50)) == pytest.approx(float(schedule(50)))
 
 
