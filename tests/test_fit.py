@@ -105,7 +105,6 @@ def test_saved_model_matches_keras_model(default_run):
     import tensorflow as tf
 
     import kerasbert.model  # noqa: F401
-
     from kerasbert.export import float32_copy
 
     run_dir, _, _ = default_run
