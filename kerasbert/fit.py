@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="JSON file with any of the fields "
                         "below; flags override it")
-    parser.add_argument("--size", default="tiny",
-                        help=f"model size: {', '.join(SIZES)}")
+    parser.add_argument("--size", default=argparse.SUPPRESS,
+                        help=f"model size: {', '.join(SIZES)} "
+                             "(default: tiny)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar")
     for group_name, cls in CONFIG_CLASSES.items():

@@ -126,3 +126,35 @@ def test_step_backup_round_trip_is_atomic(tmp_path):
     first_slot = [v for v in fresh.optimizer.variables if "momentum" in v.path]
     assert first_slot and np.any(
         np.abs(keras.ops.convert_to_numpy(first_slot[0])) > 0)
+
+
+def test_gradient_accumulation_updates_every_k_steps():
+    from kerasbert.model import build_pretrainer
+
+    model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
+                             num_heads=2, intermediate_dim=16,
+                             max_sequence_length=16, hidden_dropout=0.0,
+                             attention_dropout=0.0)
+    optimizer = train.make_optimizer("adamw", 1e-2, total_steps=10,
+                                     warmup_ratio=0.0,
+                                     gradient_accumulation_steps=2)
+    model.compile(optimizer=optimizer)
+    x = {"token_ids": np.array([[2, 7, 8, 3, 9, 3, 0]], "int32"),
+         "segment_ids": np.array([[0, 0, 0, 0, 1, 1, 0]], "int32"),
+         "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 0]], "int32"),
+         "mask_positions": np.array([[1, 4]], "int32")}
+    y = {"mask_ids": np.array([[7, 9]], "int32"),
+         "mask_weights": np.ones((1, 2), "float32"),
+         "next_sentence_label": np.array([0], "int32")}
+    kernel = model.backbone.token_embedding.embeddings
+
+    def snapshot():
+        return np.array(keras.ops.convert_to_numpy(kernel))
+
+    start = snapshot()
+    model.train_on_batch(x, y)
+    after_one = snapshot()
+    model.train_on_batch(x, y)
+    after_two = snapshot()
+    np.testing.assert_array_equal(after_one, start)  # only accumulated
+    assert not np.allclose(after_two, start)  # applied on the 2nd step

@@ -1,0 +1,102 @@
+"""The fit CLI's flag and config-file handling (no training here)."""
+
+import dataclasses
+import json
+
+import pytest
+
+from kerasbert import fit
+from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+from kerasbert.errors import UsageError
+from kerasbert.run import validate
+
+
+def test_help_documents_every_field(capsys):
+    with pytest.raises(SystemExit) as e:
+        fit.build_parser().parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for cls in (ModelConfig, DataConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            assert flag in text, flag
+            assert fit.HELP.get(f.name), f"no help text for {f.name}"
+    for flag in ("--config", "--size", "--quiet"):
+        assert flag in text
+
+
+def test_no_flags_is_tiny_on_the_bundled_corpus():
+    size, model, data, train, quiet = fit.resolve_configs([])
+    assert size == "tiny"
+    assert (model.num_layers, model.hidden_dim, model.num_heads,
+            model.intermediate_dim) == (2, 128, 2, 512)
+    assert data.corpus is None
+    assert train == TrainConfig()
+    assert not quiet
+
+
+def test_config_file_then_flags_override(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"size": "mini", "batch_size": 7,
+                                "learning_rate": 1e-3, "whole_word": True,
+                                "hidden_dropout": 0.0}))
+    size, model, data, train, _ = fit.resolve_configs(
+        ["--config", str(path), "--batch-size", "9", "--no-whole-word"])
+    assert size == "mini" and model.num_layers == 4
+    assert model.hidden_dropout == 0.0
+    assert train.batch_size == 9  # the flag wins
+    assert train.learning_rate == 1e-3  # the file's value stays
+    assert data.whole_word is False
+
+
+def test_a_runs_nested_config_json_is_accepted(tmp_path):
+    nested = {"model": dataclasses.asdict(ModelConfig.from_size("small")),
+              "data": {"sequence_length": 64},
+              "train": {"seed": 5}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(nested))
+    _, model, data, train, _ = fit.resolve_configs(["--config", str(path)])
+    assert model.hidden_dim == 512 and model.num_heads == 8
+    assert data.sequence_length == 64 and train.seed == 5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--size", "giant"], "--size"),
+    (["--batch-size", "x"], "--batch-size"),
+    (["--nonsense"], "--nonsense"),
+    (["--config", "/no/such.json"], "--config"),
+])
+def test_bad_arguments_raise_one_line(argv, message):
+    with pytest.raises(UsageError, match=message):
+        fit.resolve_configs(argv)
+
+
+def test_bad_config_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{oops")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        fit.resolve_configs(["--config", str(path)])
+    path.write_text(json.dumps({"batch_sise": 3}))
+    with pytest.raises(UsageError, match="batch_sise"):
+        fit.resolve_configs(["--config", str(path)])
+
+
+@pytest.mark.parametrize("change,flag", [
+    (dict(train=dict(batch_size=0)), "--batch-size"),
+    (dict(train=dict(learning_rate=-1.0)), "--learning-rate"),
+    (dict(train=dict(precision="fp8")), "--precision"),
+    (dict(train=dict(strategy="ring")), "--strategy"),
+    (dict(train=dict(optimizer="sgd")), "--optimizer"),
+    (dict(train=dict(gradient_accumulation_steps=0)),
+     "--gradient-accumulation-steps"),
+    (dict(data=dict(sequence_length=1024)), "--sequence-length"),
+    (dict(data=dict(nsp_probability=2.0)), "--nsp-probability"),
+    (dict(model=dict(hidden_dim=129)), "--hidden-dim"),
+])
+def test_validate_names_the_flag(change, flag):
+    model = dataclasses.replace(ModelConfig.from_size("tiny"),
+                                **change.get("model", {}))
+    data = dataclasses.replace(DataConfig(), **change.get("data", {}))
+    train = dataclasses.replace(TrainConfig(), **change.get("train", {}))
+    with pytest.raises(UsageError, match=flag):
+        validate(model, data, train)
