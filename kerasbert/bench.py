@@ -1,0 +1,250 @@
+"""Benchmarks. `python -m kerasbert.bench data`: input pipeline throughput.
+
+`data` times sequences/s through NSP pairing + dynamic masking + batching at
+one sequence length, on a tokenized corpus (default: the bundled sample,
+tokenized and cached by `prepare_corpus`), and then the same token ids
+through a reference pipeline written the way users copy it today: Python
+per-instance pairing building token lists (HF's former
+`TextDatasetForNextSentencePrediction`, itself Google's algorithm), then
+`transformers.DataCollatorForLanguageModeling` with a `BertTokenizerFast`
+built from the same vocabulary. It prints both figures and their ratio.
+"""
+
+import argparse
+import os
+import platform
+import random
+import tempfile
+import time
+
+from kerasbert.errors import UsageError, run_cli
+
+
+def _load(args, tokenizer_dir):
+    """(Tokenizer, TokenCorpus, path for the reference's BertTokenizerFast)."""
+    from kerasbert.cache import prepare_corpus
+    from kerasbert.config import DataConfig
+
+    config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer,
+                        vocab_size=args.vocab_size)
+    tokenizer, corpus = prepare_corpus(config, tokenizer_dir=tokenizer_dir,
+                                       progress=False)
+    hf_path = args.tokenizer or tokenizer_dir
+    return tokenizer, corpus, hf_path
+
+
+def _documents(corpus):
+    """The corpus as Python lists: what a per-instance pipeline starts from."""
+    tokens = corpus.tokens.tolist()
+    so = corpus.sentence_offsets.tolist()
+    do = corpus.document_offsets.tolist()
+    return [[tokens[so[s]:so[s + 1]] for s in range(do[d], do[d + 1])]
+            for d in range(len(do) - 1)]
+
+
+def _reference_examples(documents, doc_index, max_num_tokens, short_seq_prob,
+                        nsp_probability, tokenizer, rng):
+    """HF `TextDatasetForNextSentencePrediction.create_examples_from_document`
+    (transformers 4.x), i.e. Google's loop on token lists."""
+    document = documents[doc_index]
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    target = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target = rng.randint(2, max_num_tokens)
+    examples, chunk, length, i = [], [], 0, 0
+    while i < len(document):
+        segment = document[i]
+        chunk.append(segment)
+        length += len(segment)
+        if i == len(document) - 1 or length >= target:
+            if chunk:
+                a_end = 1
+                if len(chunk) >= 2:
+                    a_end = rng.randint(1, len(chunk) - 1)
+                tokens_a = [t for s in chunk[:a_end] for t in s]
+                tokens_b = []
+                if len(chunk) == 1 or rng.random() < nsp_probability:
+                    is_random_next = True
+                    target_b = target - len(tokens_a)
+                    for _ in range(10):
+                        r = rng.randint(0, len(documents) - 1)
+                        if r != doc_index:
+                            break
+                    random_document = documents[r]
+                    start = rng.randint(0, len(random_document) - 1)
+                    for j in range(start, len(random_document)):
+                        tokens_b.extend(random_document[j])
+                        if len(tokens_b) >= target_b:
+                            break
+                    i -= len(chunk) - a_end
+                else:
+                    is_random_next = False
+                    for j in range(a_end, len(chunk)):
+                        tokens_b.extend(chunk[j])
+                while len(tokens_a) + len(tokens_b) > max_num_tokens:
+                    longer = tokens_a if len(tokens_a) > len(tokens_b) \
+                        else tokens_b
+                    if rng.random() < 0.5:
+                        del longer[0]
+                    else:
+                        longer.pop()
+                if tokens_a and tokens_b:
+                    # What 4.x's build_inputs_with_special_tokens and
+                    # create_token_type_ids_from_sequences returned (5.x
+                    # removed them).
+                    examples.append({
+                        "input_ids": [cls_id, *tokens_a, sep_id, *tokens_b,
+                                      sep_id],
+                        "token_type_ids": [0] * (len(tokens_a) + 2)
+                        + [1] * (len(tokens_b) + 1),
+                        "next_sentence_label": int(is_random_next),
+                    })
+            chunk, length = [], 0
+        i += 1
+    return examples
+
+
+def _reference_batches(corpus, tokenizer, *, sequence_length, batch_size,
+                       seed):
+    """Endless batches from the reference pipeline (per-epoch re-pairing)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    documents = _documents(corpus)
+    collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=0.15, pad_to_multiple_of=sequence_length,
+        return_tensors="np", seed=seed)
+    rng = random.Random(seed)
+    while True:
+        examples = []
+        for d in range(len(documents)):
+            examples += _reference_examples(
+                documents, d, sequence_length - 3, 0.1, 0.5, tokenizer, rng)
+        rng.shuffle(examples)
+        for b in range(len(examples) // batch_size):
+            yield collator(examples[b * batch_size:(b + 1) * batch_size])
+
+
+def _hf_tokenizer(tokenizer, path):
+    """A `BertTokenizerFast` from the saved tokenizer dir (or a vocab.txt)."""
+    from transformers import BertTokenizerFast
+
+    if os.path.isdir(path):
+        hf = BertTokenizerFast.from_pretrained(path)
+    elif path.endswith(".txt"):
+        hf = BertTokenizerFast(vocab_file=path)
+    else:
+        raise UsageError(
+            f"--tokenizer: the reference needs a WordPiece vocabulary, got "
+            f"{path} (use --no-reference)")
+    if (hf.mask_token_id, hf.cls_token_id) != (tokenizer.mask_id,
+                                               tokenizer.cls_id):
+        raise UsageError(f"{path}: special ids differ between tokenizers")
+    return hf
+
+
+def _time(pull, *, seconds, max_batches, batch_size, chunk=1, warmup=5):
+    """Sequences/s of `pull()` (which yields `chunk` batches per call)."""
+    for _ in range(warmup):
+        pull()
+    count, start = 0, time.perf_counter()
+    while count < max_batches and time.perf_counter() - start < seconds:
+        pull()
+        count += chunk
+    return count * batch_size / (time.perf_counter() - start), count
+
+
+def _graph_puller(ds, chunk):
+    """Pulls `chunk` batches per call inside a tf.function, as Keras' fit
+    does (the batches stay tensors; no Python per batch)."""
+    import tensorflow as tf
+
+    iterator = iter(ds)
+
+    @tf.function
+    def pull():
+        for _ in tf.range(chunk):
+            batch = next(iterator)
+        return tf.nest.flatten(batch)[0][0, 0]
+
+    return pull
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_data(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kerasbert.data import count_pairs, pretraining_dataset
+
+    tokenizer_dir = tempfile.mkdtemp(prefix="kerasbert-bench-")
+    tokenizer, corpus, hf_path = _load(args, tokenizer_dir)
+    print(f"corpus: {corpus.num_documents} documents, "
+          f"{corpus.num_sentences} sentences, {corpus.num_tokens} tokens; "
+          f"vocabulary {tokenizer.vocabulary_size}; "
+          f"{count_pairs(corpus, sequence_length=args.sequence_length)} "
+          f"sequences per epoch at length {args.sequence_length}")
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores; batch "
+          f"{args.batch_size}, max predictions {args.max_predictions}, "
+          f"whole_word {args.whole_word}")
+    start = time.perf_counter()
+    ds = pretraining_dataset(
+        corpus, tokenizer, sequence_length=args.sequence_length,
+        batch_size=args.batch_size, max_predictions=args.max_predictions,
+        whole_word=args.whole_word, seed=args.seed)
+    pull = _graph_puller(ds, 50)
+    pull()
+    first = time.perf_counter() - start
+    ours, n = _time(pull, chunk=50, seconds=args.seconds,
+                    max_batches=args.batches, batch_size=args.batch_size)
+    print(f"kerasbert.data: {ours:,.0f} sequences/s ({n} batches; first 50 "
+          f"batches after {first:.1f} s)")
+    if args.no_reference:
+        return
+    hf = _hf_tokenizer(tokenizer, hf_path)
+    reference = _reference_batches(
+        corpus, hf, sequence_length=args.sequence_length,
+        batch_size=args.batch_size, seed=args.seed)
+    ref, n = _time(lambda: next(reference), seconds=args.seconds,
+                   max_batches=args.batches, batch_size=args.batch_size)
+    print(f"reference (per-instance pairing + DataCollatorForLanguageModeling"
+          f"): {ref:,.0f} sequences/s ({n} batches)")
+    print(f"speedup: {ours / ref:.1f}x"
+          + (" (the reference masks tokens, not whole words)"
+             if args.whole_word else ""))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m kerasbert.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="input pipeline sequences/s vs a "
+                          "per-instance reference")
+    data.add_argument("--corpus", help="corpus path (default: bundled)")
+    data.add_argument("--tokenizer", help="tokenizer dir/vocab.txt/.model "
+                      "(default: train one, cached)")
+    data.add_argument("--vocab-size", type=int, default=8000)
+    data.add_argument("--sequence-length", type=int, default=128)
+    data.add_argument("--batch-size", type=int, default=32)
+    data.add_argument("--max-predictions", type=int, default=20)
+    data.add_argument("--whole-word", action="store_true")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seconds", type=float, default=10.0,
+                      help="time limit per pipeline")
+    data.add_argument("--batches", type=int, default=10**9,
+                      help="batch limit per pipeline")
+    data.add_argument("--no-reference", action="store_true")
+    data.set_defaults(run=bench_data)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,204 @@
+"""The pretraining input pipeline: NSP pairs, dynamic masks, batches.
+
+    corpus (TokenCorpus) --pairing.create_pairs, per epoch, numpy-->
+    pairs (a_start, a_len, b_start, b_len, label), shuffled -->
+    blocks of global batches, assembled by one numpy gather (generator) -->
+    unbatch to global batches --DynamicMasker, Dataset.map, parallel-->
+    (x, y) dicts --prefetch
+
+The stream is a sequence of *global batches*: epoch 0's pairs (shuffled,
+the last partial batch dropped), then epoch 1's -- new pairs from
+`default_rng([seed, epoch])` and new masks from (seed, global batch index) --
+and so on forever (`repeat=True`), or epoch 0 only (`repeat=False`, for
+held-out evaluation: the same batches every time for a seed).
+`start_batch=k` yields exactly the stream from global batch k on, so a
+resumed run sees what an uninterrupted one would have seen; whole epochs
+before k are paired (cheap) but never assembled or masked.
+
+Multi-worker: every worker builds the same global stream and keeps rows
+`[w * B / n, (w + 1) * B / n)` of each global batch (B = `batch_size`, the
+global batch size, divisible by n = `num_workers`). Masks are drawn for the
+whole global batch and sliced, so n workers together see exactly the
+examples, masks included, that one process sees.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from kerasbert.errors import UsageError
+from kerasbert.masking import (
+    DynamicMasker,
+    draw_noise,
+    validate_masking,
+)
+from kerasbert.pairing import assemble, create_pairs, usable_documents
+
+# Sequences per generator yield: big enough that the Python generator's
+# per-element cost vanishes, small enough to start fast.
+_BLOCK_ROWS = 1024
+
+
+def epoch_pairs(corpus, *, sequence_length: int = 128,
+                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
+                seed: int = 0, document_ids=None,
+                epoch: int = 0) -> np.ndarray:
+    """The shuffled pairs [num_pairs, 5] of one epoch; see `pairing`.
+
+    Pairs of one document come out together; shuffling them (as Google's
+    script does) keeps a batch from being a run of one article.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    pairs = create_pairs(
+        corpus, max_num_tokens=sequence_length - 3,
+        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
+        rng=rng, document_ids=document_ids)
+    return pairs[rng.permutation(len(pairs))]
+
+
+def count_pairs(corpus, *, sequence_length: int = 128,
+                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
+                seed: int = 0, document_ids=None, epoch: int = 0) -> int:
+    """Sequences in one epoch (batches: this // batch_size)."""
+    return len(epoch_pairs(
+        corpus, sequence_length=sequence_length,
+        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
+        seed=seed, document_ids=document_ids, epoch=epoch))
+
+
+def block_batches(batch_size: int) -> int:
+    """Global batches per masking block (a function of the global size)."""
+    return max(1, _BLOCK_ROWS // batch_size)
+
+
+def mask_noise(seed: int, batch_index: int, *, batch_size: int,
+               sequence_length: int, max_predictions: int):
+    """The masking noise [batch_size, width] of one global batch.
+
+    Masking runs on blocks of `block_batches(batch_size)` global batches:
+    one stateless draw per block, seeded by (seed, block number), and batch
+    i takes slice i % block of it. The masks of a batch are thus a function
+    of (seed, global batch index, batch size) only: reproducible, fresh for
+    every batch and epoch, and the same after a resume or on any worker.
+    This helper gives the noise of one batch, as the pipeline draws it.
+    """
+    block = block_batches(batch_size)
+    noise = draw_noise(tf.constant([seed, batch_index // block], tf.int64),
+                       [block, batch_size], sequence_length, max_predictions)
+    return noise[batch_index % block]
+
+
+def pretraining_dataset(corpus, tokenizer, *, sequence_length: int = 128,
+                        batch_size: int = 32, max_predictions: int = 20,
+                        mask_rate: float = 0.15, whole_word: bool = False,
+                        nsp_probability: float = 0.5,
+                        short_seq_prob: float = 0.1, seed: int = 0,
+                        document_ids=None, repeat: bool = True,
+                        start_batch: int = 0, num_workers: int = 1,
+                        worker_index: int = 0) -> tf.data.Dataset:
+    """`(x, y)` batches for `BertPretrainer.fit`; see the module docstring.
+
+    x: token_ids, segment_ids, padding_mask [rows, sequence_length] int32,
+    mask_positions [rows, max_predictions] int32; y: mask_ids int32,
+    mask_weights float32 [rows, max_predictions], next_sentence_label
+    [rows] int32, where rows = batch_size / num_workers.
+    """
+    validate_masking(sequence_length=sequence_length,
+                     max_predictions=max_predictions, mask_rate=mask_rate)
+    if not 0 <= nsp_probability <= 1:
+        raise UsageError(
+            f"--nsp-probability: must be in [0, 1], got {nsp_probability}")
+    if not 0 <= short_seq_prob <= 1:
+        raise UsageError(
+            f"--short-seq-prob: must be in [0, 1], got {short_seq_prob}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size: must be >= 1, got {batch_size}")
+    if num_workers < 1 or not 0 <= worker_index < num_workers:
+        raise UsageError(
+            f"num_workers/worker_index: need 0 <= {worker_index} < "
+            f"{num_workers}")
+    if batch_size % num_workers:
+        raise UsageError(
+            f"--batch-size: the global batch {batch_size} does not divide "
+            f"among {num_workers} workers")
+    if start_batch < 0:
+        raise UsageError(f"start_batch: must be >= 0, got {start_batch}")
+    if len(usable_documents(corpus, document_ids)) < 2:
+        raise UsageError(
+            "corpus: next-sentence pairs need at least 2 non-empty "
+            "documents (a random B must come from another document)")
+    masker = DynamicMasker(tokenizer, max_predictions=max_predictions,
+                           mask_rate=mask_rate, whole_word=whole_word)
+    pair_args = dict(sequence_length=sequence_length,
+                     short_seq_prob=short_seq_prob,
+                     nsp_probability=nsp_probability, seed=seed,
+                     document_ids=document_ids)
+    first_epoch = epoch_pairs(corpus, epoch=0, **pair_args)
+    if len(first_epoch) < batch_size:
+        raise UsageError(
+            f"--batch-size: an epoch has only {len(first_epoch)} sequences, "
+            f"fewer than one batch of {batch_size}")
+    rows = batch_size // num_workers
+    lo = worker_index * rows
+    block = block_batches(batch_size)
+    special = dict(cls_id=int(tokenizer.cls_id), sep_id=int(tokenizer.sep_id),
+                   pad_id=int(tokenizer.pad_id))
+    tokens = corpus.tokens
+
+    def pieces():
+        """Runs of global batches that lie within one masking block."""
+        skip, base, epoch = start_batch, 0, 0
+        while True:
+            pairs = (first_epoch if epoch == 0 else
+                     epoch_pairs(corpus, epoch=epoch, **pair_args))
+            num_batches = len(pairs) // batch_size
+            pairs = pairs[:num_batches * batch_size].reshape(
+                num_batches, batch_size, 5)[:, lo:lo + rows]
+            start = min(skip, num_batches)
+            while start < num_batches:
+                end = min(num_batches,
+                          ((base + start) // block + 1) * block - base)
+                g = end - start
+                ids, seg, pad, label = assemble(
+                    tokens, pairs[start:end].reshape(-1, 5), sequence_length,
+                    **special)
+                yield (np.arange(base + start, base + end),
+                       ids.reshape(g, rows, -1), seg.reshape(g, rows, -1),
+                       pad.reshape(g, rows, -1), label.reshape(g, rows))
+                start = end
+            skip = max(0, skip - num_batches)
+            base += num_batches
+            epoch += 1
+            if not repeat:
+                return
+
+    seq = tf.TensorSpec([None, rows, sequence_length], tf.int32)
+    ds = tf.data.Dataset.from_generator(pieces, output_signature=(
+        tf.TensorSpec([None], tf.int64), seq, seq, seq,
+        tf.TensorSpec([None, rows], tf.int32)))
+
+    def finish(index, token_ids, segment_ids, padding_mask, label):
+        g = tf.shape(index)[0]
+        noise = draw_noise(tf.stack([tf.constant(seed, tf.int64),
+                                     index[0] // block]),
+                           [block, batch_size], sequence_length,
+                           max_predictions)
+        # A piece is a run of consecutive batches of one block.
+        first = tf.cast(index[0] % block, tf.int32)
+        noise = noise[first:first + g]
+        if num_workers > 1:
+            noise = noise[:, lo:lo + rows]
+        flat = [-1, sequence_length]
+        m = masker(tf.reshape(token_ids, flat), tf.reshape(padding_mask, flat),
+                   tf.reshape(noise, [g * rows, -1]))
+        m = {k: tf.reshape(v, [g, rows, -1]) for k, v in m.items()}
+        x = {"token_ids": m["token_ids"], "segment_ids": segment_ids,
+             "padding_mask": padding_mask,
+             "mask_positions": m["mask_positions"]}
+        y = {"mask_ids": m["mask_ids"], "mask_weights": m["mask_weights"],
+             "next_sentence_label": label}
+        return x, y
+
+    # Mask whole blocks (per-op overhead dominates at 32 rows), then split
+    # into batches.
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return ds.prefetch(tf.data.AUTOTUNE)
