@@ -151,6 +151,10 @@ def pretraining_dataset(corpus, tokenizer, *, sequence_length: int = 128,
             pairs = (first_epoch if epoch == 0 else
                      epoch_pairs(corpus, epoch=epoch, **pair_args))
             num_batches = len(pairs) // batch_size
+            if num_batches == 0:  # never spin without yielding
+                raise UsageError(
+                    f"--batch-size: epoch {epoch} has only {len(pairs)} "
+                    f"sequences, fewer than one batch of {batch_size}")
             pairs = pairs[:num_batches * batch_size].reshape(
                 num_batches, batch_size, 5)[:, lo:lo + rows]
             start = min(skip, num_batches)

@@ -38,7 +38,8 @@ def run_example(code, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(code, encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT, os.environ.get("PYTHONPATH", "")]))
+        [ROOT, os.environ.get("PYTHONPATH", "")]),
+        KERASBERT_CACHE=str(tmp_path / "cache"))
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
                             env=env, capture_output=True, text=True,
                             timeout=300)
@@ -55,7 +56,7 @@ def expected_output(code):
     return expected
 
 
-@pytest.mark.parametrize("section", ["model"])
+@pytest.mark.parametrize("section", ["model", "data"])
 def test_readme_python_example_runs(section, tmp_path):
     blocks = python_blocks(readme_section(section))
     assert blocks, f"section {section!r} has no python example"
