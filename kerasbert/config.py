@@ -43,6 +43,20 @@ SIZES = {
 }
 
 
+def read_json_object(path: str, label: str) -> dict:
+    """A JSON object from `path`; bad files raise `UsageError(label: ...)`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{label}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{label}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{label}: expected a JSON object")
+    return values
+
+
 class _JsonMixin:
     """JSON save/load shared by the three config dataclasses."""
 
@@ -66,16 +80,7 @@ class _JsonMixin:
 
     @classmethod
     def load(cls, path: str):
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"{path}: expected a JSON object")
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(read_json_object(path, path), source=path)
 
 
 @dataclass
@@ -156,6 +161,7 @@ class TrainConfig(_JsonMixin):
     learning_rate: float = 5e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    adam_epsilon: float = 1e-6  # AdamW/LAMB epsilon (Google BERT: 1e-6)
     optimizer: str = "adamw"  # adamw|lamb
     gradient_accumulation_steps: int = 1
     clipnorm: float = 1.0

@@ -21,6 +21,7 @@ from kerasbert.config import (  # noqa: E402
     DataConfig,
     ModelConfig,
     TrainConfig,
+    read_json_object,
 )
 from kerasbert.errors import UsageError, run_cli  # noqa: E402
 
@@ -72,6 +73,7 @@ HELP = {
     "learning_rate": "peak learning rate",
     "warmup_ratio": "share of steps of linear warm-up (then linear decay)",
     "weight_decay": "decoupled weight decay (not on LayerNorm and bias)",
+    "adam_epsilon": "epsilon of AdamW/LAMB (HF uses 1e-8)",
     "optimizer": "adamw|lamb",
     "gradient_accumulation_steps": "batches per optimizer update",
     "clipnorm": "global gradient-norm clipping (0 turns it off)",
@@ -135,15 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_config_file(path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"--config: {path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"--config: {path}: not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"--config: {path}: expected a JSON object")
+    values = read_json_object(path, f"--config: {path}")
     if set(values) <= {"model", "data", "train", "size"} and any(
             isinstance(values.get(k), dict) for k in CONFIG_CLASSES):
         flat = {"size": values["size"]} if "size" in values else {}

@@ -108,7 +108,7 @@ def is_chief(strategy) -> bool:
 
 def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
                    weight_decay=0.01, clipnorm=1.0,
-                   gradient_accumulation_steps=1):
+                   gradient_accumulation_steps=1, epsilon=1e-6):
     """AdamW (default) or LAMB with BERT's schedule and decay exclusions."""
     if name not in OPTIMIZERS:
         raise UsageError(
@@ -118,7 +118,7 @@ def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
         learning_rate, int(round(warmup_ratio * total_steps)), total_steps)
     common = dict(
         learning_rate=schedule, weight_decay=weight_decay,
-        beta_1=0.9, beta_2=0.999, epsilon=1e-6,
+        beta_1=0.9, beta_2=0.999, epsilon=epsilon,
         global_clipnorm=clipnorm if clipnorm > 0 else None,
         gradient_accumulation_steps=(
             gradient_accumulation_steps

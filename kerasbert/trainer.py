@@ -122,7 +122,7 @@ class Trainer:
                 self.cfg.optimizer, self.cfg.learning_rate, self.total_steps,
                 warmup_ratio=self.cfg.warmup_ratio,
                 weight_decay=self.cfg.weight_decay,
-                clipnorm=self.cfg.clipnorm,
+                clipnorm=self.cfg.clipnorm, epsilon=self.cfg.adam_epsilon,
                 gradient_accumulation_steps=(
                     self.cfg.gradient_accumulation_steps))
             model.compile(optimizer=optimizer, jit_compile=self.jit)

@@ -29,3 +29,15 @@ def dtype_policy():
         yield keras.config.set_dtype_policy
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory):
+    """(tokenizer, corpus): the bundled corpus with a small trained
+    vocabulary, tokenized once per test session."""
+    from kerasbert.cache import prepare_corpus
+    from kerasbert.config import DataConfig
+
+    cache = tmp_path_factory.getbasetemp() / "kerasbert-cache"
+    return prepare_corpus(DataConfig(vocab_size=1000, cache_dir=str(cache)),
+                          progress=False)

@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbert.cache import TokenCorpus, prepare_corpus
-from kerasbert.config import DataConfig
+from kerasbert.cache import TokenCorpus
 from kerasbert.data import (
     block_batches,
     count_pairs,
@@ -21,14 +20,6 @@ from kerasbert.pairing import assemble
 
 X_KEYS = ("token_ids", "segment_ids", "padding_mask", "mask_positions")
 Y_KEYS = ("mask_ids", "mask_weights", "next_sentence_label")
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    """The bundled corpus with a small trained vocabulary (cached per run)."""
-    cache = tmp_path_factory.getbasetemp() / "kerasbert-cache"
-    return prepare_corpus(DataConfig(vocab_size=1000, cache_dir=str(cache)),
-                          progress=False)
 
 
 def _take(ds, n):

@@ -87,6 +87,7 @@ def test_bad_config_file(tmp_path):
     (dict(train=dict(precision="fp8")), "--precision"),
     (dict(train=dict(strategy="ring")), "--strategy"),
     (dict(train=dict(optimizer="sgd")), "--optimizer"),
+    (dict(train=dict(adam_epsilon=0.0)), "--adam-epsilon"),
     (dict(train=dict(gradient_accumulation_steps=0)),
      "--gradient-accumulation-steps"),
     (dict(data=dict(sequence_length=1024)), "--sequence-length"),

@@ -4,22 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbert.cache import prepare_corpus
-from kerasbert.config import DataConfig
 from kerasbert.data import epoch_pairs
 from kerasbert.errors import UsageError
 from kerasbert.masking import DynamicMasker, draw_noise, validate_masking
 from kerasbert.pairing import assemble
 
 SEQ, PREDS = 128, 20
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    """The bundled corpus with a small trained vocabulary (cached per run)."""
-    cache = tmp_path_factory.getbasetemp() / "kerasbert-cache"
-    return prepare_corpus(DataConfig(vocab_size=1000, cache_dir=str(cache)),
-                          progress=False)
 
 
 @pytest.fixture(scope="module")

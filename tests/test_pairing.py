@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from kerasbert.cache import TokenCorpus, prepare_corpus
-from kerasbert.config import DataConfig
+from kerasbert.cache import TokenCorpus
 from kerasbert.data import epoch_pairs
 from kerasbert.errors import UsageError
 from kerasbert.pairing import (
@@ -15,14 +14,6 @@ from kerasbert.pairing import (
 )
 
 MAX = 125  # sequence length 128
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    """The bundled corpus with a small trained vocabulary (cached per run)."""
-    cache = tmp_path_factory.getbasetemp() / "kerasbert-cache"
-    return prepare_corpus(DataConfig(vocab_size=1000, cache_dir=str(cache)),
-                          progress=False)
 
 
 def _doc_of_token(corpus, positions):
