@@ -14,14 +14,14 @@ transformers = pytest.importorskip("transformers")
 
 from kerasbert.model import build_pretrainer  # noqa: E402
 
-V, H, L, A, I, P = 53, 16, 2, 4, 24, 20
+V, H, L, A, FF, P = 53, 16, 2, 4, 24, 20
 
 
 def hf_model():
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=V, hidden_size=H, num_hidden_layers=L,
-        num_attention_heads=A, intermediate_size=I, max_position_embeddings=P,
+        num_attention_heads=A, intermediate_size=FF, max_position_embeddings=P,
         hidden_act="gelu", layer_norm_eps=1e-12)
     model = transformers.BertForPreTraining(config).eval()
     with torch.no_grad():  # non-trivial LayerNorm and biases too
@@ -73,7 +73,7 @@ def copy_weights(hf, ours):
 def test_outputs_match_transformers(attention_dropout):
     hf = hf_model()
     ours = build_pretrainer(vocabulary_size=V, hidden_dim=H, num_layers=L,
-                            num_heads=A, intermediate_dim=I,
+                            num_heads=A, intermediate_dim=FF,
                             max_sequence_length=P,
                             attention_dropout=attention_dropout)
     copy_weights(hf, ours)
