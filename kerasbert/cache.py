@@ -216,7 +216,7 @@ def _hash(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -230,7 +230,7 @@ def _remove_stale_workspaces(cache_dir):
     for name in os.listdir(cache_dir):
         parts = name.split("-")
         if len(parts) == 3 and parts[0] == "tmp" and parts[1].isdigit():
-            if not _pid_alive(int(parts[1])):
+            if not pid_alive(int(parts[1])):
                 shutil.rmtree(os.path.join(cache_dir, name),
                               ignore_errors=True)
 

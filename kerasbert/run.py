@@ -18,6 +18,7 @@ Run directory:
     export/saved_model serving signatures (see kerasbert.export)
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -163,6 +164,42 @@ def _write_json(path, value):
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def run_lock(output_dir: str):
+    """One process per run directory: `<output_dir>.lock` holds its pid.
+
+    Two runs writing the same checkpoints and metrics would corrupt both.
+    A lock left by a killed process (its pid is gone) is taken over, so
+    rerunning after a crash resumes as usual. Same-host processes only.
+    """
+    from kerasbert.cache import pid_alive
+
+    path = f"{os.path.abspath(output_dir).rstrip(os.sep)}.lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid_alive(pid):
+                raise UsageError(
+                    f"--output-dir: {output_dir} is in use by another run "
+                    f"(pid {pid})") from None
+            os.remove(path)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        os.remove(path)
+
+
 def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
              train_cfg: TrainConfig, size: str | None = None,
              verbose: int = 1, log=print, callbacks=()) -> dict:
@@ -178,6 +215,13 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
         # files where they cannot race it.
         output_dir = tempfile.mkdtemp(prefix="kerasbert-worker-")
     train_cfg = dataclasses.replace(train_cfg, output_dir=output_dir)
+    with run_lock(output_dir):
+        return _pretrain(model_cfg, data_cfg, train_cfg, verbose, log,
+                         callbacks)
+
+
+def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks):
+    output_dir = train_cfg.output_dir
 
     # Inputs first: a bad corpus or vocabulary must fail before the run
     # directory exists. The tokenizer is trained into a staging folder.

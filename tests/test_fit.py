@@ -211,7 +211,7 @@ def test_bad_corpus_leaves_no_run_dir(env, tmp_path):
 
 def test_resume_after_sigkill(env, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--max-steps", "120", "--steps-per-epoch", "40",
+    args = ["--max-steps", "300", "--steps-per-epoch", "100",
             "--backup-every", "10", "--log-every", "5", "--output-dir",
             str(run_dir), *SHORT]
     proc = subprocess.Popen([sys.executable, "-m", "kerasbert.fit", *args],
@@ -225,31 +225,38 @@ def test_resume_after_sigkill(env, tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
+        # A second run on the same directory is refused, not interleaved.
+        second = fit(args, env, check=False, timeout=120)
+        assert second.returncode == 2
+        assert "is in use by another run" in second.stderr
+        assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     backup_step = json.loads(meta.read_text())["step"]
-    assert 0 < backup_step < 120
+    assert 0 < backup_step < 300
     before = {p.relative_to(run_dir) for p in run_dir.rglob("*")
               if p.is_file() and ".tmp" not in p.name}
+    assert (tmp_path / "run.lock").exists()  # left by the killed run
     rows_before = [r for r in read_rows(run_dir / "metrics.csv")
                    if int(r["step"]) <= backup_step]
 
     out = fit(args, env)
     assert f"resuming from step {backup_step}" in out.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 120
+    assert summary["steps"] == 300
     assert summary["resumed_from_step"] == backup_step
-    assert summary["steps_this_session"] == 120 - backup_step
+    assert summary["steps_this_session"] == 300 - backup_step
     after = {p.relative_to(run_dir) for p in run_dir.rglob("*")
              if p.is_file()}
     assert before <= after  # nothing written before the kill was lost
     rows = read_rows(run_dir / "metrics.csv")
     train_steps = [int(r["step"]) for r in rows if r["split"] == "train"]
-    assert train_steps == list(range(5, 121, 5))  # continuous, no repeats
+    assert train_steps == list(range(5, 301, 5))  # continuous, no repeats
     assert rows[:len(rows_before)] == rows_before
+    assert not (tmp_path / "run.lock").exists()  # taken over, then freed
 
 
 def test_divergence_stops_with_clear_message(env, tmp_path, monkeypatch,
