@@ -279,6 +279,7 @@ class MetricsLogger(keras.callbacks.Callback):
         self.every = every
         self.tokens_per_step = tokens_per_step
         self.guard = guard
+        self.total_steps = None  # set by the trainer
         self.epoch = 0
         self._window_start = time.perf_counter()
         self._window_steps = 0
@@ -327,8 +328,8 @@ class MetricsLogger(keras.callbacks.Callback):
         step = int(self.model.optimizer._iterations.numpy())
         if self.guard is not None and self.guard.diverged_at is not None:
             return
-        if step % self.every:
-            return
+        if step % self.every and step != self.total_steps:
+            return  # the run's last step always closes a row
         seconds = time.perf_counter() - self._window_start
         lr = float(keras.ops.convert_to_numpy(
             self.model.optimizer.learning_rate))

@@ -175,6 +175,7 @@ class Trainer:
         self.metrics = train.MetricsLogger(
             os.path.join(self.dir, "metrics.csv"), cfg.log_every,
             tokens_per_step, guard=self.guard)
+        self.metrics.total_steps = self.total_steps
         self.metrics.truncate_after(start)
         self.checkpoints = train.CheckpointSaver(
             os.path.join(self.dir, "checkpoints"), guard=self.guard)

@@ -338,3 +338,17 @@ def test_multi_worker_matches_one_process(env, tmp_path):
     assert len(one) == len(two) == 6
     np.testing.assert_allclose(two, one, rtol=2e-2)
     assert not np.allclose(one[0], one[-1])  # it did learn something
+
+
+def test_mirrored_strategy_run_logs_the_last_window(env, tmp_path):
+    run_dir = tmp_path / "run"
+    out = fit(["--strategy", "mirrored", "--max-steps", "4",
+               "--steps-per-epoch", "2", "--output-dir", str(run_dir),
+               *SHORT], env)
+    assert "MirroredStrategy" in out.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4
+    # --log-every 10 > 4 steps: the run's last step still closes a row.
+    rows = read_rows(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["split"] == "train"] == [4]
+    assert summary["train_mlm_accuracy"] is not None
