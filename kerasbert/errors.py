@@ -5,11 +5,20 @@ and the problem. Command-line entry points run under `run_cli`, which prints
 that message as one line on stderr and exits with code 2 -- no traceback.
 """
 
+import argparse
 import sys
 
 
 class UsageError(ValueError):
     """Bad input from the user (a path, a flag, a corpus, a vocabulary)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are `UsageError`s: one line and exit 2 under
+    `run_cli`, instead of argparse's usage block."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def run_cli(main, argv=None):

@@ -11,14 +11,13 @@ Load it with `tf.saved_model.load(DIR).signatures["serving_default"]` -- no
 kerasbert or Keras needed on the serving side.
 """
 
-import argparse
 import os
 import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasbert.errors import UsageError, run_cli  # noqa: E402
+from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 
 INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -113,10 +112,9 @@ def load_run_model(run_dir: str, which: str = "model"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m kerasbert.export",
         description="Export a kerasbert run's model.")
-    parser.error = lambda message: (_ for _ in ()).throw(UsageError(message))
     parser.add_argument("run_dir", help="a run directory of kerasbert.fit")
     parser.add_argument("--format", choices=["saved_model", "keras"],
                         default="saved_model")

@@ -7,14 +7,13 @@ For each `[MASK]` in the text it prints the `top_k` most likely tokens, their
 probabilities and the text with the token filled in.
 """
 
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasbert.errors import UsageError, run_cli  # noqa: E402
+from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 
 
 def load_tokenizer(run_dir):
@@ -73,11 +72,10 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m kerasbert.fill_mask",
         description="Predict the tokens behind [MASK] with a pretrained "
                     "kerasbert model.")
-    parser.error = lambda message: (_ for _ in ()).throw(UsageError(message))
     parser.add_argument("text", help='text with one or more "[MASK]"')
     parser.add_argument("--model", required=True,
                         help="run directory of kerasbert.fit")

@@ -23,7 +23,7 @@ from kerasbert.config import (  # noqa: E402
     TrainConfig,
     read_json_object,
 )
-from kerasbert.errors import UsageError, run_cli  # noqa: E402
+from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 
 HELP = {
     # model
@@ -93,11 +93,6 @@ CONFIG_CLASSES = {"model": ModelConfig, "data": DataConfig,
                   "train": TrainConfig}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # One line, exit 2, via run_cli.
-        raise UsageError(message)
-
-
 def _flag_type(annotation):
     """int | None -> int, etc. Returns (type, is_bool)."""
     args = typing.get_args(annotation)
@@ -107,7 +102,7 @@ def _flag_type(annotation):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m kerasbert.fit",
         description="Pretrain BERT (masked LM + next-sentence prediction) "
                     "in Keras. No flags: tiny size on the bundled corpus.",

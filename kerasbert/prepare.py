@@ -13,7 +13,7 @@ import dataclasses
 import sys
 
 from kerasbert.config import DataConfig
-from kerasbert.errors import run_cli
+from kerasbert.errors import ArgumentParser, run_cli
 
 # The DataConfig fields this step uses (pairing/masking ones are for fit).
 FIELDS = ("corpus", "corpus_format", "one_doc_per_line", "text_field",
@@ -22,7 +22,7 @@ FIELDS = ("corpus", "corpus_format", "one_doc_per_line", "text_field",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m kerasbert.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="DataConfig JSON file")
     parser.add_argument("--tokenizer-out", metavar="DIR",

@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 from kerasbert.config import DataConfig, ModelConfig, TrainConfig
 from kerasbert.errors import UsageError
@@ -222,65 +221,56 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
 
 def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks):
     output_dir = train_cfg.output_dir
-
     # Inputs first: a bad corpus or vocabulary must fail before the run
-    # directory exists. The tokenizer is trained into a staging folder.
-    from kerasbert.cache import prepare_corpus
+    # directory exists, so a tokenizer is trained into a staging folder.
     staging = f"{output_dir.rstrip('/')}.tokenizer-staging"
-    tokenizer_dir = os.path.join(output_dir, "tokenizer")
-    resuming_tokenizer = os.path.isdir(tokenizer_dir)
-    data_for_prepare = data_cfg
-    if resuming_tokenizer and data_cfg.tokenizer is None:
-        # The run trained its tokenizer already: reuse it, don't retrain.
-        data_for_prepare = dataclasses.replace(data_cfg,
-                                               tokenizer=tokenizer_dir)
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        return _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
+                                callbacks, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
+                     callbacks, staging):
+    from kerasbert.cache import prepare_corpus
+
+    output_dir = train_cfg.output_dir
+    tokenizer_dir = os.path.join(output_dir, "tokenizer")
+    prepare_cfg = data_cfg
+    if os.path.isdir(tokenizer_dir) and data_cfg.tokenizer is None:
+        # The run trained its tokenizer already: reuse it, don't retrain.
+        prepare_cfg = dataclasses.replace(data_cfg, tokenizer=tokenizer_dir)
     # Progress bars only on a terminal: in logs they are noise, and before a
     # one-line error they would bury it.
     show_progress = verbose > 0 and sys.stderr.isatty()
-    try:
-        tokenizer, corpus = prepare_corpus(
-            data_for_prepare,
-            tokenizer_dir=None if resuming_tokenizer else staging,
+    tokenizer, corpus = prepare_corpus(prepare_cfg, tokenizer_dir=staging,
+                                       progress=show_progress)
+    heldout_corpus = None
+    if data_cfg.heldout_corpus:
+        # A trained tokenizer was just saved to `staging`.
+        _, heldout_corpus = prepare_corpus(
+            dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus,
+                                tokenizer=prepare_cfg.tokenizer or staging),
             progress=show_progress)
-        heldout_corpus = None
-        if data_cfg.heldout_corpus:
-            tok_path = staging if os.path.isdir(staging) else (
-                tokenizer_dir if resuming_tokenizer else data_cfg.tokenizer)
-            if tok_path is None or not os.path.exists(tok_path):
-                tokenizer.save(staging)
-                tok_path = staging
-            _, heldout_corpus = prepare_corpus(
-                dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus,
-                                    tokenizer=tok_path),
-                progress=show_progress)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     model_cfg = dataclasses.replace(
         model_cfg, vocabulary_size=tokenizer.vocabulary_size)
     configs = _configs_dict(model_cfg, data_cfg, train_cfg)
-    try:
-        state = prepare_run_dir(output_dir, configs, train_cfg.overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    state = prepare_run_dir(output_dir, configs, train_cfg.overwrite)
     if state == "done":
-        shutil.rmtree(staging, ignore_errors=True)
         log(f"{output_dir}: this run is already complete (summary.json); "
             "pass --overwrite to start again")
         with open(os.path.join(output_dir, "summary.json"),
                   encoding="utf-8") as f:
             return json.load(f)
     os.makedirs(output_dir, exist_ok=True)
-    if os.path.isdir(staging):
-        if os.path.isdir(tokenizer_dir):
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, tokenizer_dir)
     if not os.path.isdir(tokenizer_dir):
-        tokenizer.save(tokenizer_dir)
+        if os.path.isdir(staging):
+            os.replace(staging, tokenizer_dir)
+        else:  # a given tokenizer: keep a copy with the run
+            tokenizer.save(tokenizer_dir)
     _write_json(os.path.join(output_dir, "config.json"), configs)
 
     from kerasbert.trainer import Trainer
@@ -295,7 +285,3 @@ def perplexity(mlm_loss):
         return math.exp(mlm_loss)
     except OverflowError:
         return float("inf")
-
-
-def elapsed(start):
-    return time.perf_counter() - start
