@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_COMPILE = ("auto", "on", "off")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 OPTIMIZERS = ("adamw", "lamb")
+MLM_BIAS_INITS = ("unigram", "zeros")
 
 # layers / hidden / heads / intermediate. tiny..large follow the BERT
 # miniatures (Turc et al. 2019) and the original paper; `comment` is the
@@ -97,7 +98,7 @@ class ModelConfig(_JsonMixin):
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_epsilon: float = 1e-12
-    initializer_range: float = 0.02
+    initializer_range: float | None = None  # None: model.default_initializer_range
 
     @classmethod
     def from_size(cls, size: str, **overrides) -> "ModelConfig":
@@ -117,6 +118,8 @@ class ModelConfig(_JsonMixin):
             raise UsageError(
                 f"--hidden-dim: {self.hidden_dim} is not divisible by "
                 f"--num-heads {self.num_heads}")
+        if self.initializer_range is not None and self.initializer_range <= 0:
+            raise UsageError("--initializer-range: must be > 0")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')}: must be in [0, 1)")
@@ -163,6 +166,7 @@ class TrainConfig(_JsonMixin):
     weight_decay: float = 0.01
     adam_epsilon: float = 1e-6  # AdamW/LAMB epsilon (Google BERT: 1e-6)
     optimizer: str = "adamw"  # adamw|lamb
+    mlm_bias_init: str = "unigram"  # unigram|zeros (see train.unigram_log_prior)
     gradient_accumulation_steps: int = 1
     clipnorm: float = 1.0
     precision: str = "auto"  # auto|float32|mixed_float16|mixed_bfloat16

@@ -38,7 +38,9 @@ HELP = {
     "attention_dropout": "dropout on attention probabilities "
                          "(0 enables fused attention)",
     "layer_norm_epsilon": "LayerNorm epsilon",
-    "initializer_range": "std of the truncated-normal initialisers",
+    "initializer_range": "std of the truncated-normal initialisers "
+                         "(default 0.02, 0.02*sqrt(768/hidden-dim) when "
+                         "narrower than 768)",
     # data
     "corpus": "file or folder of text (default: bundled WikiText-2 sample);"
               " with --corpus-format hf, a datasets name",
@@ -75,6 +77,8 @@ HELP = {
     "weight_decay": "decoupled weight decay (not on LayerNorm and bias)",
     "adam_epsilon": "epsilon of AdamW/LAMB (HF uses 1e-8)",
     "optimizer": "adamw|lamb",
+    "mlm_bias_init": "unigram|zeros: MLM output bias at step 0 (unigram: "
+                     "log token frequencies of the training corpus)",
     "gradient_accumulation_steps": "batches per optimizer update",
     "clipnorm": "global gradient-norm clipping (0 turns it off)",
     "precision": "auto|float32|mixed_float16|mixed_bfloat16",

@@ -77,6 +77,7 @@ def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
             raise UsageError(f"{flag}: {problem}")
     from kerasbert.config import (
         JIT_COMPILE,
+        MLM_BIAS_INITS,
         OPTIMIZERS,
         PRECISIONS,
         STRATEGIES,
@@ -85,7 +86,8 @@ def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
             ("--precision", t.precision, PRECISIONS),
             ("--jit-compile", t.jit_compile, JIT_COMPILE),
             ("--strategy", t.strategy, STRATEGIES),
-            ("--optimizer", t.optimizer, OPTIMIZERS)]:
+            ("--optimizer", t.optimizer, OPTIMIZERS),
+            ("--mlm-bias-init", t.mlm_bias_init, MLM_BIAS_INITS)]:
         if value not in choices:
             raise UsageError(f"{flag}: unknown value {value!r} "
                              f"(choose from {', '.join(choices)})")

@@ -15,6 +15,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kerasbert.config import JIT_COMPILE, OPTIMIZERS, PRECISIONS, STRATEGIES
@@ -133,6 +134,24 @@ def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
     # variable names ("gamma", "beta", "bias", "output_bias", ...).
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+def unigram_log_prior(tokens, vocabulary_size, pseudo_count=0.1):
+    """Log unigram frequencies of `tokens`: a starting MLM output bias.
+
+    With a zero bias the MLM head starts uniform (loss ln V, 10.3 nats for
+    30,522 tokens) and spends its first ~100 steps learning word frequencies
+    through the bias before context can pay off. Starting the bias at the
+    training corpus' log frequencies (as one starts a classifier's bias at
+    the log class priors) gives that for free. Measured on the learning
+    benchmark (README): held-out MLM loss 7.196 -> 7.140 at 600 steps.
+    `pseudo_count` keeps unseen tokens (and the special tokens, which are
+    never targets) finite, 1.3% of the mass in all on WikiText-2 valid.
+    """
+    counts = np.bincount(np.asarray(tokens).ravel(),
+                         minlength=vocabulary_size)[:vocabulary_size]
+    counts = counts.astype(np.float64) + pseudo_count
+    return np.log(counts / counts.sum()).astype(np.float32)
 
 
 # --------------------------------------------------------------------------

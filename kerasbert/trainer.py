@@ -130,6 +130,12 @@ class Trainer:
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
             optimizer.build(model.trainable_variables)
+            if self.cfg.mlm_bias_init == "unigram":
+                # Training documents only; a resume overwrites it anyway.
+                corpus = (self.corpus if self.train_ids is None else
+                          self.corpus.select_documents(self.train_ids))
+                model.mlm_head.output_bias.assign(train.unigram_log_prior(
+                    corpus.tokens, self.model_cfg.vocabulary_size))
         return model
 
     # ------------------------------------------------------------------

@@ -84,6 +84,10 @@ def test_default_run_writes_every_file(default_run):
     assert [int(r["step"]) for r in rows if r["split"] == "heldout"] == [
         3, 6]
     assert "precision:" in out.stdout
+    # --mlm-bias-init unigram (the default) was applied: step 1 is scored
+    # at the initial weights, near the unigram entropy, far below ln V.
+    vocab = config["model"]["vocabulary_size"]
+    assert float(rows[0]["mlm_loss"]) < np.log(vocab) - 1.0
 
 
 def test_tokenizer_in_run_dir_loads_in_transformers(default_run):

@@ -18,6 +18,7 @@ from kerasbert.model import (
     BertClassifier,
     BertPretrainer,
     build_pretrainer,
+    default_initializer_range,
     pretraining_losses,
 )
 
@@ -79,10 +80,29 @@ def test_backbone_takes_model_config_fields_and_round_trips_config():
     fields = dataclasses.asdict(ModelConfig.from_size("tiny"))
     backbone = BertBackbone(**fields)
     config = backbone.get_config()
-    assert {k: config[k] for k in fields} == fields
+    # None resolves to the width-scaled default, stored so reloads match.
+    assert fields["initializer_range"] is None
+    resolved = dict(fields, initializer_range=default_initializer_range(128))
+    assert {k: config[k] for k in fields} == resolved
     clone = BertBackbone.from_config(config)
     assert clone.get_config() == config
     assert clone.count_params() == backbone.count_params()
+
+
+def test_default_initializer_range_keeps_bert_base_scale():
+    # hidden_dim * s**2 stays at BERT-base's 768 * 0.02**2 below 768 wide.
+    assert default_initializer_range(768) == pytest.approx(0.02)
+    assert default_initializer_range(1024) == pytest.approx(0.02)
+    for width in (128, 256, 512):
+        s = default_initializer_range(width)
+        assert width * s**2 == pytest.approx(768 * 0.02**2)
+    # The layers get it: the token table's spread follows the width.
+    narrow = BertBackbone(**dict(TINY, vocabulary_size=4000, hidden_dim=64,
+                                 num_heads=2, initializer_range=None))
+    table = ops.convert_to_numpy(narrow.token_embedding.embeddings)
+    # Truncated at 2 stddev: the sample std is 0.88 of the stddev.
+    assert np.std(table) == pytest.approx(
+        0.88 * default_initializer_range(64), rel=0.05)
 
 
 def test_padding_does_not_leak_into_real_positions():

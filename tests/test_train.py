@@ -65,6 +65,47 @@ def test_optimizer_skips_decay_for_layernorm_and_bias():
         train.make_optimizer("sgd", 1e-3, total_steps=10)
 
 
+def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
+    """The prior is a distribution ordered like the counts, finite for unseen
+    tokens, and a model starting from it scores the unigram entropy instead
+    of ln V on targets drawn from those frequencies."""
+    from kerasbert.model import build_pretrainer, pretraining_losses
+
+    vocab = 50
+    rng = np.random.default_rng(0)
+    freqs = np.zeros(vocab)
+    freqs[5:25] = 1.0 / np.arange(1, 21)  # Zipf over 20 tokens, 30 unseen
+    freqs /= freqs.sum()
+    tokens = rng.choice(vocab, size=20_000, p=freqs)
+    prior = train.unigram_log_prior(tokens, vocab)
+    assert prior.shape == (vocab,) and prior.dtype == np.float32
+    assert np.isfinite(prior).all()
+    assert np.exp(prior.astype(np.float64)).sum() == pytest.approx(1.0)
+    assert np.argmax(prior) == 5 and prior[5] > prior[24] > prior[0]
+
+    model = build_pretrainer(vocabulary_size=vocab, hidden_dim=16,
+                             num_layers=1, num_heads=2, intermediate_dim=32,
+                             max_sequence_length=16)
+    x = {"token_ids": rng.integers(5, 25, (64, 16)).astype("int32"),
+         "segment_ids": np.zeros((64, 16), "int32"),
+         "padding_mask": np.ones((64, 16), "int32"),
+         "mask_positions": rng.integers(1, 16, (64, 3)).astype("int32")}
+    y = {"mask_ids": rng.choice(vocab, size=(64, 3), p=freqs).astype("int32"),
+         "mask_weights": np.ones((64, 3), "float32"),
+         "next_sentence_label": np.zeros(64, "int32")}
+
+    def mlm_loss():
+        out = model(x, training=False)
+        return float(pretraining_losses(y, out)["mlm_loss"])
+
+    uniform = mlm_loss()
+    model.mlm_head.output_bias.assign(prior)
+    entropy = -(freqs[freqs > 0] * np.log(freqs[freqs > 0])).sum()
+    assert uniform == pytest.approx(np.log(vocab), abs=0.2)
+    assert mlm_loss() == pytest.approx(entropy, abs=0.2)
+    assert mlm_loss() < uniform - 0.5
+
+
 def test_select_precision_and_jit():
     assert train.select_precision("float32") == ("float32", "requested")
     policy, why = train.select_precision("auto")
