@@ -87,6 +87,8 @@ def test_bad_config_file(tmp_path):
     (dict(train=dict(precision="fp8")), "--precision"),
     (dict(train=dict(strategy="ring")), "--strategy"),
     (dict(train=dict(optimizer="sgd")), "--optimizer"),
+    (dict(train=dict(mlm_bias_init="random")), "--mlm-bias-init"),
+    (dict(model=dict(initializer_range=0.0)), "--initializer-range"),
     (dict(train=dict(adam_epsilon=0.0)), "--adam-epsilon"),
     (dict(train=dict(gradient_accumulation_steps=0)),
      "--gradient-accumulation-steps"),
