@@ -136,8 +136,8 @@ def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
     return optimizer
 
 
-def unigram_log_prior(tokens, vocabulary_size, pseudo_count=0.1):
-    """Log unigram frequencies of `tokens`: a starting MLM output bias.
+def unigram_log_prior(counts, pseudo_count=0.1):
+    """Log unigram frequencies from token `counts`: a starting MLM bias.
 
     With a zero bias the MLM head starts uniform (loss ln V, 10.3 nats for
     30,522 tokens) and spends its first ~100 steps learning word frequencies
@@ -148,9 +148,7 @@ def unigram_log_prior(tokens, vocabulary_size, pseudo_count=0.1):
     `pseudo_count` keeps unseen tokens (and the special tokens, which are
     never targets) finite, 1.3% of the mass in all on WikiText-2 valid.
     """
-    counts = np.bincount(np.asarray(tokens).ravel(),
-                         minlength=vocabulary_size)[:vocabulary_size]
-    counts = counts.astype(np.float64) + pseudo_count
+    counts = np.asarray(counts, np.float64) + pseudo_count
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
@@ -292,13 +290,14 @@ class MetricsLogger(keras.callbacks.Callback):
     of steps -- the same numbers whether or not the run was resumed.
     """
 
-    def __init__(self, path, every, tokens_per_step, guard=None):
+    def __init__(self, path, every, tokens_per_step, guard=None,
+                 total_steps=None):
         super().__init__()
         self.path = path
         self.every = every
         self.tokens_per_step = tokens_per_step
         self.guard = guard
-        self.total_steps = None  # set by the trainer
+        self.total_steps = total_steps  # its step always closes a row
         self.epoch = 0
         self._window_start = time.perf_counter()
         self._window_steps = 0

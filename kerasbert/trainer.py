@@ -99,6 +99,20 @@ class Trainer:
         self._heldout = ds.repeat()
         return self._heldout
 
+    def train_token_counts(self):
+        """Per-token-id counts over the training documents.
+
+        The whole (memory-mapped) corpus is counted in one pass and the
+        held-out documents, a small share, subtracted: selecting the
+        training documents instead would copy most of the corpus into RAM.
+        """
+        vocab = self.model_cfg.vocabulary_size
+        counts = np.bincount(self.corpus.tokens, minlength=vocab)[:vocab]
+        if self.heldout_ids is not None:
+            heldout = self.corpus.select_documents(self.heldout_ids).tokens
+            counts -= np.bincount(heldout, minlength=vocab)[:vocab]
+        return counts
+
     def steps_per_epoch(self):
         if self.cfg.steps_per_epoch:
             return self.cfg.steps_per_epoch
@@ -131,11 +145,9 @@ class Trainer:
             model(x, training=False)
             optimizer.build(model.trainable_variables)
             if self.cfg.mlm_bias_init == "unigram":
-                # Training documents only; a resume overwrites it anyway.
-                corpus = (self.corpus if self.train_ids is None else
-                          self.corpus.select_documents(self.train_ids))
-                model.mlm_head.output_bias.assign(train.unigram_log_prior(
-                    corpus.tokens, self.model_cfg.vocabulary_size))
+                # A resume overwrites it with the backup anyway.
+                model.mlm_head.output_bias.assign(
+                    train.unigram_log_prior(self.train_token_counts()))
         return model
 
     # ------------------------------------------------------------------
@@ -180,8 +192,7 @@ class Trainer:
         self.guard = train.DivergenceGuard(backups=[self.backup])
         self.metrics = train.MetricsLogger(
             os.path.join(self.dir, "metrics.csv"), cfg.log_every,
-            tokens_per_step, guard=self.guard)
-        self.metrics.total_steps = self.total_steps
+            tokens_per_step, guard=self.guard, total_steps=self.total_steps)
         self.metrics.truncate_after(start)
         self.checkpoints = train.CheckpointSaver(
             os.path.join(self.dir, "checkpoints"), guard=self.guard)
