@@ -26,10 +26,10 @@ def main():
     parser.add_argument("--draws", type=int, default=4)
     args = parser.parse_args()
 
-    from kerasbert.cache import prepare_corpus
     from kerasbert.config import DataConfig
-    from kerasbert.data import pretraining_dataset
-    from kerasbert.export import load_run_model
+    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.pretraining import pretraining_dataset
+    from kerasbert.serving.export import load_run_model
 
     with open(os.path.join(args.run_dir, "config.json"),
               encoding="utf-8") as f:

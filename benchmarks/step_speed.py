@@ -30,8 +30,8 @@ def measure(args):
     import numpy as np
 
     from kerasbert.config import ModelConfig
-    from kerasbert.model import build_pretrainer
-    from kerasbert.train import make_optimizer
+    from kerasbert.modeling import build_pretrainer
+    from kerasbert.training.optimization import make_optimizer
 
     if args.precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -22,8 +22,8 @@ from kerasbert.errors import UsageError, run_cli
 
 def _load(args, tokenizer_dir):
     """(Tokenizer, TokenCorpus, path for the reference's BertTokenizerFast)."""
-    from kerasbert.cache import prepare_corpus
     from kerasbert.config import DataConfig
+    from kerasbert.data.cache import prepare_corpus
 
     config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer,
                         vocab_size=args.vocab_size)
@@ -182,7 +182,7 @@ def _cpu_name():
 
 def bench_data(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kerasbert.data import count_pairs, pretraining_dataset
+    from kerasbert.data.pretraining import count_pairs, pretraining_dataset
 
     tokenizer_dir = tempfile.mkdtemp(prefix="kerasbert-bench-")
     tokenizer, corpus, hf_path = _load(args, tokenizer_dir)

@@ -13,6 +13,10 @@ class UsageError(ValueError):
     """Bad input from the user (a path, a flag, a corpus, a vocabulary)."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are `UsageError`s: one line and exit 2 under
     `run_cli`, instead of argparse's usage block."""

@@ -1,114 +1,16 @@
-"""Export a pretrained model: a TF SavedModel for serving, or a `.keras` file.
+"""`python -m kerasbert.export`: a run's model as a SavedModel or `.keras`.
 
     python -m kerasbert.export RUN_DIR --format saved_model|keras --output DIR
 
-The SavedModel has two signatures, both over int32 tensors:
-    serving_default(token_ids, segment_ids, padding_mask, mask_positions)
-        -> mlm_logits, nsp_logits, sequence_output, pooled_output
-    encode(token_ids, segment_ids, padding_mask)
-        -> nsp_logits, sequence_output, pooled_output
-Load it with `tf.saved_model.load(DIR).signatures["serving_default"]` -- no
-kerasbert or Keras needed on the serving side.
+See `kerasbert.serving.export` for the SavedModel's signatures.
 """
 
 import os
-import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-
-INPUTS = ("token_ids", "segment_ids", "padding_mask")
-
-
-def _spec(name):
-    import tensorflow as tf
-    return tf.TensorSpec([None, None], tf.int32, name=name)
-
-
-def float32_copy(pretrainer):
-    """The same pretrainer computing in float32 (weights are shared values,
-    not shared variables). Mixed precision speeds up training; serving on
-    a CPU wants exact, reproducible float32 outputs."""
-    from kerasbert.model import BertBackbone, BertPretrainer
-
-    config = pretrainer.backbone.get_config()
-    config["dtype"] = "float32"
-    copy = BertPretrainer(BertBackbone.from_config(config))
-    copy.set_weights(pretrainer.get_weights())
-    return copy
-
-
-def export_saved_model(pretrainer, path: str) -> str:
-    """Writes a float32 SavedModel of `pretrainer` (a `BertPretrainer`).
-
-    Writes to a temp folder first and renames it, so `path` is either the
-    old export or the complete new one.
-    """
-    import keras
-    import tensorflow as tf
-
-    pretrainer = float32_copy(pretrainer)
-    backbone = pretrainer.backbone
-
-    def run(token_ids, segment_ids, padding_mask, mask_positions=None):
-        # One pass through the backbone feeds both heads.
-        enc = backbone(dict(token_ids=token_ids, segment_ids=segment_ids,
-                            padding_mask=padding_mask), training=False)
-        out = {
-            "nsp_logits": pretrainer.nsp_head(enc["pooled_output"]),
-            "sequence_output": enc["sequence_output"],
-            "pooled_output": enc["pooled_output"],
-        }
-        if mask_positions is not None:
-            out["mlm_logits"] = pretrainer.mlm_head(enc["sequence_output"],
-                                                    mask_positions)
-        return {k: tf.cast(v, tf.float32) for k, v in out.items()}
-
-    def serve(token_ids, segment_ids, padding_mask, mask_positions):
-        return run(token_ids, segment_ids, padding_mask, mask_positions)
-
-    def encode(token_ids, segment_ids, padding_mask):
-        return run(token_ids, segment_ids, padding_mask)
-
-    archive = keras.export.ExportArchive()
-    archive.track(pretrainer)
-    archive.add_endpoint(
-        "serving_default", serve,
-        input_signature=[_spec(n) for n in (*INPUTS, "mask_positions")])
-    archive.add_endpoint("encode", encode,
-                         input_signature=[_spec(n) for n in INPUTS])
-    tmp = f"{path.rstrip('/')}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
-    archive.write_out(tmp, verbose=False)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
-
-
-def load_run_model(run_dir: str, which: str = "model"):
-    """Loads `model.keras` (or checkpoints/latest|best.keras) of a run."""
-    import keras
-
-    import kerasbert.model  # noqa: F401  registers the classes
-
-    if not os.path.isdir(run_dir):
-        raise UsageError(f"{run_dir}: no such run directory")
-    candidates = {
-        "model": [os.path.join(run_dir, "model.keras"),
-                  os.path.join(run_dir, "checkpoints", "latest.keras")],
-        "best": [os.path.join(run_dir, "checkpoints", "best.keras")],
-        "latest": [os.path.join(run_dir, "checkpoints", "latest.keras")],
-    }[which]
-    if os.path.isfile(run_dir):
-        candidates = [run_dir]
-    for path in candidates:
-        if os.path.exists(path):
-            return keras.saving.load_model(path, safe_mode=True)
-    raise UsageError(f"{run_dir}: no model.keras or checkpoint in this "
-                     "run directory (has the run finished a first epoch?)")
 
 
 def main(argv=None):
@@ -124,6 +26,8 @@ def main(argv=None):
                         default="model",
                         help="which weights: final model, best or latest")
     args = parser.parse_args(argv)
+    from kerasbert.serving.export import export_saved_model, load_run_model
+
     model = load_run_model(args.run_dir, args.checkpoint)
     if args.format == "saved_model":
         export_saved_model(model, args.output)
@@ -131,7 +35,7 @@ def main(argv=None):
         output = args.output
         if not output.endswith(".keras"):
             raise UsageError(f"--output: {output} must end in .keras")
-        from kerasbert.train import atomic_save
+        from kerasbert.training.callbacks import atomic_save
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         atomic_save(model, output)
     print(f"wrote {args.output}", file=sys.stderr)

@@ -23,7 +23,12 @@ from kerasbert.config import (  # noqa: E402
     TrainConfig,
     read_json_object,
 )
-from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from kerasbert.errors import (  # noqa: E402
+    ArgumentParser,
+    TrainingDiverged,
+    UsageError,
+    run_cli,
+)
 
 HELP = {
     # model
@@ -172,7 +177,7 @@ def resolve_configs(argv=None):
 
 def main(argv=None):
     size, model_cfg, data_cfg, train_cfg, quiet = resolve_configs(argv)
-    from kerasbert.run import TrainingDiverged, pretrain
+    from kerasbert.training.pretrain import pretrain
     try:
         summary = pretrain(model_cfg, data_cfg, train_cfg, size=size,
                            verbose=0 if quiet else 1)

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from kerasbert.cache import prepare_corpus
+    from kerasbert.data.cache import prepare_corpus
 
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config")

@@ -5,11 +5,12 @@ import sys
 import numpy as np
 import pytest
 
-from kerasbert import cache, corpus
-from kerasbert.cache import TokenCorpus, load_token_cache, prepare_corpus
 from kerasbert.config import DataConfig
+from kerasbert.data import cache
+from kerasbert.data.cache import TokenCorpus, load_token_cache, prepare_corpus
 from kerasbert.errors import UsageError
-from kerasbert.tokenizer import Tokenizer
+from kerasbert.text import readers, sentences
+from kerasbert.text.tokenizer import Tokenizer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +81,7 @@ def test_prepare_tokenizes_every_sentence(tmp_path):
     assert isinstance(c.tokens, np.memmap)
     assert (c.num_documents, c.num_sentences) == (4, 9)
     # The same sentences through the corpus and tokenizer APIs directly.
-    docs = corpus.iter_sentences(corpus.iter_documents(config.corpus), "en")
+    docs = sentences.iter_sentences(readers.iter_documents(config.corpus), "en")
     expected = [[tokenizer.encode(s) for s in d] for d in docs]
     assert as_lists(c) == expected
     assert tokenizer.decode(expected[1][1]) == "they return in spring!"
@@ -99,7 +100,7 @@ def test_second_run_reads_only_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Tokenizer, "encode_batch", forbidden)
     monkeypatch.setattr(cache, "train_wordpiece", forbidden)
-    monkeypatch.setattr(corpus, "iter_documents", forbidden)
+    monkeypatch.setattr(readers, "iter_documents", forbidden)
     tok2, c2 = prepare_corpus(config, progress=False)
     assert c2.path == c1.path
     assert tok2.fingerprint() == tok1.fingerprint()

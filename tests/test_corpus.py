@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 
-from kerasbert import corpus
 from kerasbert.errors import UsageError
+from kerasbert.text import readers, sentences
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 KOWIKI = os.path.join(FIXTURES, "kowiki_sample.txt")
@@ -25,7 +25,7 @@ def write(path, text, mode="w"):
 
 
 def docs(path, **kwargs):
-    return list(corpus.iter_documents(str(path), **kwargs))
+    return list(readers.iter_documents(str(path), **kwargs))
 
 
 # Readers.
@@ -70,7 +70,7 @@ def test_wikiextractor_reader(tmp_path):
         '둘째 문단이다.\n</doc>\n'
         '<doc id="2" url="u" title="빈 글">\n빈 글\n\n</doc>\n'
         '<doc id="3" url="u" title="셋">\n셋\n셋째 글.\n</doc>\n'))
-    assert corpus.detect_format(p) == "wikiextractor"
+    assert readers.detect_format(p) == "wikiextractor"
     assert docs(p) == [["첫 문단이다.", "둘째 문단이다."], ["셋째 글."]]
 
 
@@ -100,7 +100,7 @@ def test_hf_local_files(tmp_path):
     pytest.importorskip("datasets")
     csv = write(tmp_path / "d.csv", 'text,label\n"first doc.",0\n'
                 '"second doc. more.",1\n')
-    assert corpus.detect_format(csv) == "hf"
+    assert readers.detect_format(csv) == "hf"
     assert docs(csv) == [["first doc."], ["second doc. more."]]
     js = write(tmp_path / "d.json", json.dumps(
         [{"text": "x one."}, {"text": "y two."}]))
@@ -119,17 +119,17 @@ def test_hf_wikitext_lines_are_regrouped(tmp_path):
 
 
 def test_auto_detection(tmp_path):
-    assert corpus.detect_format(write(tmp_path / "a.txt", "\nhello\n")) \
+    assert readers.detect_format(write(tmp_path / "a.txt", "\nhello\n")) \
         == "text"
-    assert corpus.detect_format(write(tmp_path / "b", " \n = T = \n")) \
+    assert readers.detect_format(write(tmp_path / "b", " \n = T = \n")) \
         == "wikitext"
-    assert corpus.detect_format(write(tmp_path / "c.json", '{"a": 1}\n')) \
+    assert readers.detect_format(write(tmp_path / "c.json", '{"a": 1}\n')) \
         == "jsonl"
-    assert corpus.detect_format(write(tmp_path / "d.jsonl", "")) == "jsonl"
+    assert readers.detect_format(write(tmp_path / "d.jsonl", "")) == "jsonl"
 
 
 def test_bundled_corpus_is_default():
-    first = next(corpus.iter_documents(None))
+    first = next(readers.iter_documents(None))
     assert first[0].startswith("Homarus gammarus")
 
 
@@ -144,7 +144,7 @@ def test_bad_paths_and_bytes(tmp_path):
     with pytest.raises(UsageError, match="--corpus-format: unknown"):
         docs(p, corpus_format="xml")
     with pytest.raises(UsageError, match="--language: unknown"):
-        corpus.resolve_language([], "fr")
+        sentences.resolve_language([], "fr")
 
 
 # Cleaning.
@@ -159,7 +159,7 @@ def test_clean_text_normalises_and_strips_controls():
 
 
 def clean(text, web=False):
-    return corpus.clean_text(text, web)
+    return sentences.clean_text(text, web)
 
 
 def test_clean_web_text():
@@ -172,9 +172,9 @@ def test_clean_web_text():
 def test_detect_language():
     ko = [p for d in docs(KOWIKI) for p in d]
     en = [p for d in docs(WIKITEXT) for p in d]
-    assert corpus.detect_language(ko) == "ko"
-    assert corpus.detect_language(en) == "en"
-    language, it = corpus.resolve_language(iter([["한국어 문장."]] * 3))
+    assert sentences.detect_language(ko) == "ko"
+    assert sentences.detect_language(en) == "en"
+    language, it = sentences.resolve_language(iter([["한국어 문장."]] * 3))
     assert language == "ko" and len(list(it)) == 3
 
 
@@ -185,14 +185,14 @@ EN = "Dr. Smith arrived at 5 p.m. on Friday. He left early! Did he?"
 
 @pytest.fixture
 def fresh_punkt(monkeypatch):
-    monkeypatch.setattr(corpus, "_punkt", None)
-    monkeypatch.setattr(corpus, "_warned_no_punkt", False)
+    monkeypatch.setattr(sentences, "_punkt", None)
+    monkeypatch.setattr(sentences, "_warned_no_punkt", False)
 
 
 def test_split_english_with_punkt(fresh_punkt):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert corpus.split_sentences([EN, "One more."], "en") == [
+        assert sentences.split_sentences([EN, "One more."], "en") == [
             "Dr. Smith arrived at 5 p.m. on Friday.", "He left early!",
             "Did he?", "One more."]
 
@@ -203,7 +203,7 @@ def test_bundled_punkt_is_the_fallback(fresh_punkt, monkeypatch):
     monkeypatch.setattr(nltk.data, "path", ["/nonexistent"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(corpus.split_sentences([EN], "en")) == 3
+        assert len(sentences.split_sentences([EN], "en")) == 3
 
 
 def test_split_english_without_punkt_warns_once(fresh_punkt, monkeypatch):
@@ -214,8 +214,8 @@ def test_split_english_without_punkt_warns_once(fresh_punkt, monkeypatch):
 
     monkeypatch.setattr(punkt.PunktTokenizer, "__init__", missing)
     with pytest.warns(UserWarning, match="rule-based") as record:
-        first = corpus.split_sentences([EN], "en")
-        second = corpus.split_sentences(["Mr. A. Brown came. Then he went."],
+        first = sentences.split_sentences([EN], "en")
+        second = sentences.split_sentences(["Mr. A. Brown came. Then he went."],
                                         "en")
     assert len(record) == 1
     assert first == ["Dr. Smith arrived at 5 p.m. on Friday.",
@@ -227,7 +227,7 @@ def test_split_korean():
     pytest.importorskip("kss")
     text = ("지미 카터는 조지아주에서 태어났다. 조지아 공과대학교를 졸업하였다. "
             "또한 이 때 두 사람의 만남을 주선했다. 하지만 그는 곧 사망했다.")
-    assert corpus.split_sentences([text, "둘째 문단이다."], "ko") == [
+    assert sentences.split_sentences([text, "둘째 문단이다."], "ko") == [
         "지미 카터는 조지아주에서 태어났다.", "조지아 공과대학교를 졸업하였다.",
         "또한 이 때 두 사람의 만남을 주선했다.", "하지만 그는 곧 사망했다.",
         "둘째 문단이다."]
@@ -235,5 +235,5 @@ def test_split_korean():
 
 def test_iter_sentences_drops_empty_documents():
     documents = [["\x00 ", "  "], ["First one. Second one."], ["Third."]]
-    assert list(corpus.iter_sentences(documents, "en")) == [
+    assert list(sentences.iter_sentences(documents, "en")) == [
         ["First one.", "Second one."], ["Third."]]

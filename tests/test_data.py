@@ -6,8 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbert.cache import TokenCorpus
-from kerasbert.data import (
+from kerasbert.data.cache import TokenCorpus
+from kerasbert.data.masking import DynamicMasker
+from kerasbert.data.pairing import assemble
+from kerasbert.data.pretraining import (
     block_batches,
     count_pairs,
     epoch_pairs,
@@ -15,8 +17,6 @@ from kerasbert.data import (
     pretraining_dataset,
 )
 from kerasbert.errors import UsageError
-from kerasbert.masking import DynamicMasker
-from kerasbert.pairing import assemble
 
 X_KEYS = ("token_ids", "segment_ids", "padding_mask", "mask_positions")
 Y_KEYS = ("mask_ids", "mask_weights", "next_sentence_label")
@@ -178,7 +178,7 @@ def test_bad_settings_are_usage_errors(bundled):
 
 
 def test_pipeline_feeds_a_keras_model(bundled):
-    from kerasbert.model import build_pretrainer
+    from kerasbert.modeling import build_pretrainer
 
     tokenizer, corpus = bundled
     ds = pretraining_dataset(corpus, tokenizer, sequence_length=32,

@@ -93,7 +93,7 @@ def test_default_run_writes_every_file(default_run):
 def test_tokenizer_in_run_dir_loads_in_transformers(default_run):
     from transformers import BertTokenizerFast
 
-    from kerasbert.tokenizer import Tokenizer
+    from kerasbert.text.tokenizer import Tokenizer
 
     run_dir, _, _ = default_run
     ours = Tokenizer.load(str(run_dir / "tokenizer"))
@@ -108,8 +108,8 @@ def test_saved_model_matches_keras_model(default_run):
     import keras
     import tensorflow as tf
 
-    import kerasbert.model  # noqa: F401
-    from kerasbert.export import float32_copy
+    import kerasbert.modeling  # noqa: F401
+    from kerasbert.serving.export import float32_copy
 
     run_dir, _, _ = default_run
     trained = keras.saving.load_model(str(run_dir / "model.keras"),
@@ -268,9 +268,9 @@ def test_divergence_stops_with_clear_message(env, tmp_path, monkeypatch,
     """A weight turned NaN mid-run (a forced divergence) stops the run."""
     import keras
 
-    import kerasbert.model  # noqa: F401
+    import kerasbert.modeling  # noqa: F401
     from kerasbert import fit as fit_cli
-    from kerasbert import run
+    from kerasbert.training import pretrain as run
 
     class PoisonAt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

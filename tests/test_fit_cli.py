@@ -8,7 +8,7 @@ import pytest
 from kerasbert import fit
 from kerasbert.config import DataConfig, ModelConfig, TrainConfig
 from kerasbert.errors import UsageError
-from kerasbert.run import validate
+from kerasbert.training.pretrain import validate
 
 
 def test_help_documents_every_field(capsys):

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from kerasbert.model import build_pretrainer  # noqa: E402
+from kerasbert.modeling import build_pretrainer  # noqa: E402
 
 V, H, L, A, FF, P = 53, 16, 2, 4, 24, 20
 

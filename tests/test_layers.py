@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from kerasbert.layers import (
+from kerasbert.modeling.layers import (
     BertEmbedding,
     EncoderBlock,
     MaskedLMHead,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbert.data import epoch_pairs
+from kerasbert.data.masking import DynamicMasker, draw_noise, validate_masking
+from kerasbert.data.pairing import assemble
+from kerasbert.data.pretraining import epoch_pairs
 from kerasbert.errors import UsageError
-from kerasbert.masking import DynamicMasker, draw_noise, validate_masking
-from kerasbert.pairing import assemble
 
 SEQ, PREDS = 128, 20
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from kerasbert.config import ModelConfig
-from kerasbert.model import (
+from kerasbert.modeling import (
     BertBackbone,
     BertClassifier,
     BertPretrainer,
@@ -344,7 +344,7 @@ _MIRRORED = textwrap.dedent("""
     import keras
     sys.path.insert(0, sys.argv[1])
     from test_model import TINY, fake_batch
-    from kerasbert.model import build_pretrainer
+    from kerasbert.modeling import build_pretrainer
 
     x, y = fake_batch(batch=4)
     # Equal mask-weight sums per replica half, so the per-replica

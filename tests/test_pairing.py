@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from kerasbert.cache import TokenCorpus
-from kerasbert.data import epoch_pairs
-from kerasbert.errors import UsageError
-from kerasbert.pairing import (
+from kerasbert.data.cache import TokenCorpus
+from kerasbert.data.pairing import (
     assemble,
     create_pairs,
     split_documents,
     truncate_pairs,
 )
+from kerasbert.data.pretraining import epoch_pairs
+from kerasbert.errors import UsageError
 
 MAX = 125  # sequence length 128
 

@@ -3,9 +3,9 @@ import os
 import numpy as np
 import pytest
 
-from kerasbert import corpus
 from kerasbert.errors import UsageError
-from kerasbert.tokenizer import Tokenizer, train_wordpiece
+from kerasbert.text import readers
+from kerasbert.text.tokenizer import Tokenizer, train_wordpiece
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -14,7 +14,7 @@ TEXTS = ["The lobster [MASK] is blue, Ünique and héllo!",
 
 
 def fixture_lines(name):
-    documents = corpus.iter_documents(os.path.join(FIXTURES, name))
+    documents = readers.iter_documents(os.path.join(FIXTURES, name))
     return [p for d in documents for p in d]
 
 

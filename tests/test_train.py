@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbert import train
 from kerasbert.errors import UsageError
-from kerasbert.schedules import WarmupLinearDecay
+from kerasbert.modeling.schedules import WarmupLinearDecay
+from kerasbert.training import callbacks, hardware, optimization, plan
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ from kerasbert.schedules import WarmupLinearDecay
     ],
 )
 def test_plan_fit_calls(total, per_epoch, start, expected):
-    calls = train.plan_fit_calls(total, per_epoch, start)
+    calls = plan.plan_fit_calls(total, per_epoch, start)
     assert calls == expected
     # Whatever the split, the calls run exactly the remaining steps.
     assert sum((e - i) * s for i, e, s in calls) == total - start
@@ -45,12 +45,12 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 def test_optimizer_skips_decay_for_layernorm_and_bias():
-    from kerasbert.model import build_pretrainer
+    from kerasbert.modeling import build_pretrainer
 
     model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
                              num_heads=2, intermediate_dim=16,
                              max_sequence_length=16)
-    optimizer = train.make_optimizer("adamw", 1e-3, total_steps=10)
+    optimizer = optimization.make_optimizer("adamw", 1e-3, total_steps=10)
     decayed = {v.path for v in model.trainable_variables
                if optimizer._use_weight_decay(v)}
     assert decayed, "kernels and embeddings must be decayed"
@@ -59,17 +59,17 @@ def test_optimizer_skips_decay_for_layernorm_and_bias():
         if short in ("gamma", "beta") or "bias" in short:
             assert v.path not in decayed, v.path
     assert any("kernel" in p for p in decayed)
-    lamb = train.make_optimizer("lamb", 1e-3, total_steps=10)
+    lamb = optimization.make_optimizer("lamb", 1e-3, total_steps=10)
     assert isinstance(lamb, keras.optimizers.Lamb)
     with pytest.raises(UsageError, match="--optimizer"):
-        train.make_optimizer("sgd", 1e-3, total_steps=10)
+        optimization.make_optimizer("sgd", 1e-3, total_steps=10)
 
 
 def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
     """The prior is a distribution ordered like the counts, finite for unseen
     tokens, and a model starting from it scores the unigram entropy instead
     of ln V on targets drawn from those frequencies."""
-    from kerasbert.model import build_pretrainer, pretraining_losses
+    from kerasbert.modeling import build_pretrainer, pretraining_losses
 
     vocab = 50
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
     freqs[5:25] = 1.0 / np.arange(1, 21)  # Zipf over 20 tokens, 30 unseen
     freqs /= freqs.sum()
     tokens = rng.choice(vocab, size=20_000, p=freqs)
-    prior = train.unigram_log_prior(np.bincount(tokens, minlength=vocab))
+    prior = optimization.unigram_log_prior(np.bincount(tokens, minlength=vocab))
     assert prior.shape == (vocab,) and prior.dtype == np.float32
     assert np.isfinite(prior).all()
     assert np.exp(prior.astype(np.float64)).sum() == pytest.approx(1.0)
@@ -107,38 +107,38 @@ def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
 
 
 def test_select_precision_and_jit():
-    assert train.select_precision("float32") == ("float32", "requested")
-    policy, why = train.select_precision("auto")
+    assert hardware.select_precision("float32") == ("float32", "requested")
+    policy, why = hardware.select_precision("auto")
     assert policy in ("float32", "mixed_bfloat16", "mixed_float16")
     assert why
     with pytest.raises(UsageError, match="--precision"):
-        train.select_precision("fp8")
-    assert train.select_jit_compile("on") is True
-    assert train.select_jit_compile("off") is False
+        hardware.select_precision("fp8")
+    assert hardware.select_jit_compile("on") is True
+    assert hardware.select_jit_compile("off") is False
     with pytest.raises(UsageError, match="--jit-compile"):
-        train.select_jit_compile("maybe")
+        hardware.select_jit_compile("maybe")
     with pytest.raises(UsageError, match="--strategy"):
-        train.make_strategy("ring")
+        hardware.make_strategy("ring")
 
 
 def test_multi_worker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UsageError, match="TF_CONFIG"):
-        train.make_strategy("multi_worker")
+        hardware.make_strategy("multi_worker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UsageError, match="TF_CONFIG"):
-        train.make_strategy("multi_worker")
+        hardware.make_strategy("multi_worker")
 
 
 def test_step_backup_round_trip_is_atomic(tmp_path):
-    from kerasbert.model import build_pretrainer
+    from kerasbert.modeling import build_pretrainer
 
     def make():
         keras.utils.set_random_seed(0)
         model = build_pretrainer(vocabulary_size=31, hidden_dim=8,
                                  num_layers=1, num_heads=2,
                                  intermediate_dim=16, max_sequence_length=16)
-        model.compile(optimizer=train.make_optimizer("adamw", 1e-2, 10))
+        model.compile(optimizer=optimization.make_optimizer("adamw", 1e-2, 10))
         x = {"token_ids": np.ones((2, 9), "int32"),
              "segment_ids": np.zeros((2, 9), "int32"),
              "padding_mask": np.ones((2, 9), "int32"),
@@ -149,7 +149,7 @@ def test_step_backup_round_trip_is_atomic(tmp_path):
         return model, x, y
 
     model, x, y = make()
-    backup = train.StepBackup(str(tmp_path / "backup"), every=2)
+    backup = callbacks.StepBackup(str(tmp_path / "backup"), every=2)
     backup.set_model(model)
     model.fit(x, y, epochs=3, verbose=0, callbacks=[backup])
     files = sorted(os.listdir(tmp_path / "backup"))
@@ -160,7 +160,7 @@ def test_step_backup_round_trip_is_atomic(tmp_path):
 
     fresh, _, _ = make()
     fresh(x)
-    step = train.StepBackup(str(tmp_path / "backup"), every=2).restore(fresh)
+    step = callbacks.StepBackup(str(tmp_path / "backup"), every=2).restore(fresh)
     assert step == 2
     assert int(fresh.optimizer._iterations.numpy()) == 2
     # Optimizer slots came back too, not only the weights.
@@ -170,13 +170,13 @@ def test_step_backup_round_trip_is_atomic(tmp_path):
 
 
 def test_gradient_accumulation_updates_every_k_steps():
-    from kerasbert.model import build_pretrainer
+    from kerasbert.modeling import build_pretrainer
 
     model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
                              num_heads=2, intermediate_dim=16,
                              max_sequence_length=16, hidden_dropout=0.0,
                              attention_dropout=0.0)
-    optimizer = train.make_optimizer("adamw", 1e-2, total_steps=10,
+    optimizer = optimization.make_optimizer("adamw", 1e-2, total_steps=10,
                                      warmup_ratio=0.0,
                                      gradient_accumulation_steps=2)
     model.compile(optimizer=optimizer)

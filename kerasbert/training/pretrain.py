@@ -4,24 +4,10 @@
 calls. It validates everything before it creates the run directory, so bad
 input leaves nothing behind, and it resumes by itself when the directory
 holds a backup of the same configuration.
-
-Run directory:
-    config.json        resolved model/data/train configs
-    tokenizer/         the tokenizer (BertTokenizerFast-loadable)
-    checkpoints/       latest.keras, best.keras (+ best.json)
-    backup/            step-level resume state (model + optimizer)
-    metrics.csv        train rows every `log_every` steps, held-out rows
-    logs/              TensorBoard
-    loss.png           MLM/NSP loss and accuracy curves
-    summary.json       steps, seconds, tokens/s, final metrics
-    model.keras        the final pretrainer
-    export/saved_model serving signatures (see kerasbert.export)
 """
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -29,10 +15,14 @@ import tempfile
 
 from kerasbert.config import DataConfig, ModelConfig, TrainConfig
 from kerasbert.errors import UsageError
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+from kerasbert.files import write_json_atomic
+from kerasbert.training.rundir import (
+    _chief_by_tf_config,
+    _configs_dict,
+    default_output_dir,
+    prepare_run_dir,
+    run_lock,
+)
 
 
 def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
@@ -93,114 +83,6 @@ def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
                              f"(choose from {', '.join(choices)})")
 
 
-def default_output_dir(model_cfg_size: str | None) -> str:
-    return os.path.join("runs", model_cfg_size or "custom")
-
-
-def _configs_dict(model_cfg, data_cfg, train_cfg):
-    return {"model": model_cfg.to_dict(), "data": data_cfg.to_dict(),
-            "train": train_cfg.to_dict()}
-
-
-# Fields that may change between a run and its resume without making the
-# backup meaningless (bookkeeping, not what is learned).
-_RESUME_FREE = {"output_dir", "overwrite", "backup_every", "log_every",
-                "eval_batches", "jit_compile", "cache_dir"}
-
-
-def _same_run(saved: dict, current: dict) -> list[str]:
-    diffs = []
-    for part in ("model", "data", "train"):
-        for key, value in current[part].items():
-            if key in _RESUME_FREE:
-                continue
-            if saved.get(part, {}).get(key) != value:
-                diffs.append(f"{key}: {saved.get(part, {}).get(key)!r} -> "
-                             f"{value!r}")
-    return diffs
-
-
-def prepare_run_dir(output_dir, configs, overwrite) -> str:
-    """Returns 'new', 'resume' or 'done', after checking the directory."""
-    config_path = os.path.join(output_dir, "config.json")
-    if overwrite and os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    if not os.path.exists(config_path):
-        if os.path.exists(output_dir) and os.listdir(output_dir):
-            raise UsageError(
-                f"--output-dir: {output_dir} exists and is not a kerasbert "
-                "run directory (choose another or pass --overwrite)")
-        return "new"
-    with open(config_path, encoding="utf-8") as f:
-        saved = json.load(f)
-    diffs = _same_run(saved, configs)
-    if diffs:
-        raise UsageError(
-            f"--output-dir: {output_dir} holds a run with another "
-            f"configuration ({'; '.join(diffs[:3])}); pass --overwrite or "
-            "another --output-dir")
-    if os.path.exists(os.path.join(output_dir, "summary.json")):
-        return "done"
-    return "resume"
-
-
-def _chief_by_tf_config() -> bool:
-    try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    except json.JSONDecodeError:
-        raise UsageError("TF_CONFIG: not valid JSON") from None
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    if task.get("type") == "chief":
-        return True
-    return "chief" not in cluster and task.get("type", "worker") == "worker" \
-        and int(task.get("index", 0)) == 0
-
-
-def _write_json(path, value):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def run_lock(output_dir: str):
-    """One process per run directory: `<output_dir>.lock` holds its pid.
-
-    Two runs writing the same checkpoints and metrics would corrupt both.
-    A lock left by a killed process (its pid is gone) is taken over, so
-    rerunning after a crash resumes as usual. Same-host processes only.
-    """
-    from kerasbert.cache import pid_alive
-
-    path = f"{os.path.abspath(output_dir).rstrip(os.sep)}.lock"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid_alive(pid):
-                raise UsageError(
-                    f"--output-dir: {output_dir} is in use by another run "
-                    f"(pid {pid})") from None
-            os.remove(path)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    try:
-        yield
-    finally:
-        os.remove(path)
-
-
 def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
              train_cfg: TrainConfig, size: str | None = None,
              verbose: int = 1, log=print, callbacks=()) -> dict:
@@ -236,7 +118,7 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks):
 
 def _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
                      callbacks, staging):
-    from kerasbert.cache import prepare_corpus
+    from kerasbert.data.cache import prepare_corpus
 
     output_dir = train_cfg.output_dir
     tokenizer_dir = os.path.join(output_dir, "tokenizer")
@@ -273,17 +155,10 @@ def _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
             os.replace(staging, tokenizer_dir)
         else:  # a given tokenizer: keep a copy with the run
             tokenizer.save(tokenizer_dir)
-    _write_json(os.path.join(output_dir, "config.json"), configs)
+    write_json_atomic(os.path.join(output_dir, "config.json"), configs)
 
-    from kerasbert.trainer import Trainer
+    from kerasbert.training.trainer import Trainer
     trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus,
                       heldout_corpus, verbose=verbose, log=log,
                       callbacks=callbacks)
     return trainer.run(resume=state == "resume")
-
-
-def perplexity(mlm_loss):
-    try:
-        return math.exp(mlm_loss)
-    except OverflowError:
-        return float("inf")

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kerasbert import corpus as corpus_lib
 from kerasbert.errors import UsageError
-from kerasbert.tokenizer import Tokenizer, train_wordpiece
+from kerasbert.files import pid_alive
+from kerasbert.text import readers
+from kerasbert.text.sentences import iter_sentences, resolve_language
+from kerasbert.text.tokenizer import Tokenizer, train_wordpiece
 
 FORMAT_VERSION = 1
 _ARRAYS = ("tokens", "sentence_offsets", "document_offsets")
@@ -206,7 +208,7 @@ def corpus_fingerprint(data_config) -> list:
         # A hub dataset: name, config and split (a new upstream revision
         # under the same name is not noticed; clear the cache for that).
         return ["hf", c, data_config.hf_config, data_config.hf_split]
-    files = corpus_lib.corpus_files(c)
+    files = readers.corpus_files(c)
     return [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns]
             for p in files]
 
@@ -214,16 +216,6 @@ def corpus_fingerprint(data_config) -> list:
 def _hash(*parts) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_stale_workspaces(cache_dir):
@@ -256,7 +248,7 @@ def _progress(iterable, progress, **kwargs):
 
 
 def _corpus_name(data_config):
-    return data_config.corpus or corpus_lib.BUNDLED_CORPUS
+    return data_config.corpus or readers.BUNDLED_CORPUS
 
 
 def _check_documents(data_config, num_documents):
@@ -276,14 +268,14 @@ def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
     Returns (resolved language, number of documents).
     """
     dc = data_config
-    documents = corpus_lib.iter_documents(
+    documents = readers.iter_documents(
         dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
         dc.hf_config, dc.hf_split)
-    language, documents = corpus_lib.resolve_language(documents, dc.language)
+    language, documents = resolve_language(documents, dc.language)
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for sentences in _progress(
-                corpus_lib.iter_sentences(documents, language, dc.clean),
+                iter_sentences(documents, language, dc.clean),
                 progress, desc="sentences", unit=" docs"):
             f.write("\n".join(sentences))
             f.write("\n\n")
@@ -352,7 +344,7 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
     Hangul syllable into jamo.
     """
     dc = data_config
-    corpus_lib.check_choices(dc.corpus_format, dc.language)
+    readers.check_choices(dc.corpus_format, dc.language)
     cache_dir = dc.cache_dir or default_cache_dir()
     fingerprint = corpus_fingerprint(dc)
     text_key = [FORMAT_VERSION, fingerprint, dc.corpus_format,

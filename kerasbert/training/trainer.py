@@ -16,8 +16,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasbert import train
-from kerasbert.run import TrainingDiverged, _write_json, perplexity
+from kerasbert.errors import TrainingDiverged
+from kerasbert.files import write_json_atomic
+from kerasbert.training import callbacks, hardware, optimization, plan
+
+
+def perplexity(mlm_loss):
+    try:
+        return math.exp(mlm_loss)
+    except OverflowError:
+        return float("inf")
 
 
 class Trainer:
@@ -34,7 +42,7 @@ class Trainer:
         self.dir = train_cfg.output_dir
         self.multi_worker = train_cfg.strategy == "multi_worker"
 
-        from kerasbert.pairing import split_documents
+        from kerasbert.data.pairing import split_documents
         if heldout_corpus is not None:
             self.heldout_corpus = heldout_corpus
             self.train_ids = None
@@ -60,7 +68,7 @@ class Trainer:
                     short_seq_prob=d.short_seq_prob)
 
     def train_dataset(self, start_batch, num_workers=1, worker_index=0):
-        from kerasbert.data import pretraining_dataset
+        from kerasbert.data.pretraining import pretraining_dataset
         return pretraining_dataset(
             self.corpus, self.tokenizer, batch_size=self.cfg.batch_size,
             seed=self.cfg.seed, document_ids=self.train_ids, repeat=True,
@@ -73,7 +81,7 @@ class Trainer:
         Materialised once (`cache`) and counted, so evaluations cost no
         pairing work and Keras knows how many batches to expect.
         """
-        from kerasbert.data import pretraining_dataset
+        from kerasbert.data.pretraining import pretraining_dataset
         if hasattr(self, "_heldout"):
             return self._heldout
         self._heldout, self.heldout_batches = None, 0
@@ -116,7 +124,7 @@ class Trainer:
     def steps_per_epoch(self):
         if self.cfg.steps_per_epoch:
             return self.cfg.steps_per_epoch
-        from kerasbert.data import count_pairs
+        from kerasbert.data.pretraining import count_pairs
         pairs = count_pairs(
             self.corpus, sequence_length=self.data_cfg.sequence_length,
             short_seq_prob=self.data_cfg.short_seq_prob,
@@ -128,11 +136,11 @@ class Trainer:
     # Model.
 
     def build(self, strategy):
-        from kerasbert.model import build_pretrainer
+        from kerasbert.modeling import build_pretrainer
         keras.utils.set_random_seed(self.cfg.seed)
         with strategy.scope():
             model = build_pretrainer(**dataclasses.asdict(self.model_cfg))
-            optimizer = train.make_optimizer(
+            optimizer = optimization.make_optimizer(
                 self.cfg.optimizer, self.cfg.learning_rate, self.total_steps,
                 warmup_ratio=self.cfg.warmup_ratio,
                 weight_decay=self.cfg.weight_decay,
@@ -147,7 +155,7 @@ class Trainer:
             if self.cfg.mlm_bias_init == "unigram":
                 # A resume overwrites it with the backup anyway.
                 model.mlm_head.output_bias.assign(
-                    train.unigram_log_prior(self.train_token_counts()))
+                    optimization.unigram_log_prior(self.train_token_counts()))
         return model
 
     # ------------------------------------------------------------------
@@ -155,11 +163,11 @@ class Trainer:
 
     def run(self, resume=False):
         cfg = self.cfg
-        policy, why = train.select_precision(cfg.precision)
+        policy, why = hardware.select_precision(cfg.precision)
         keras.mixed_precision.set_global_policy(policy)
-        self.jit = train.select_jit_compile(cfg.jit_compile)
-        strategy = train.make_strategy(cfg.strategy)
-        self.chief = train.is_chief(strategy)
+        self.jit = hardware.select_jit_compile(cfg.jit_compile)
+        strategy = hardware.make_strategy(cfg.strategy)
+        self.chief = hardware.is_chief(strategy)
         self.log(f"precision: {policy} ({why}); jit_compile: {self.jit}; "
                  f"strategy: {type(strategy).__name__} "
                  f"({strategy.num_replicas_in_sync} replica(s))")
@@ -176,7 +184,7 @@ class Trainer:
         backup_dir = os.path.join(self.dir, "backup")
         if not self.chief:  # Non-chief workers keep their files apart.
             backup_dir = os.path.join(self.dir, f".worker-{id(self)}")
-        self.backup = train.StepBackup(backup_dir, cfg.backup_every)
+        self.backup = callbacks.StepBackup(backup_dir, cfg.backup_every)
         self.backup.set_model(self.model)
         start = 0
         if resume:
@@ -189,12 +197,12 @@ class Trainer:
         self.start_step = start
 
         tokens_per_step = cfg.batch_size * self.data_cfg.sequence_length
-        self.guard = train.DivergenceGuard(backups=[self.backup])
-        self.metrics = train.MetricsLogger(
+        self.guard = callbacks.DivergenceGuard(backups=[self.backup])
+        self.metrics = callbacks.MetricsLogger(
             os.path.join(self.dir, "metrics.csv"), cfg.log_every,
             tokens_per_step, guard=self.guard, total_steps=self.total_steps)
         self.metrics.truncate_after(start)
-        self.checkpoints = train.CheckpointSaver(
+        self.checkpoints = callbacks.CheckpointSaver(
             os.path.join(self.dir, "checkpoints"), guard=self.guard)
 
         t0 = time.perf_counter()
@@ -227,7 +235,7 @@ class Trainer:
             *self.extra_callbacks,
         ]
         heldout = self.heldout_dataset()
-        for initial_epoch, epochs, steps in train.plan_fit_calls(
+        for initial_epoch, epochs, steps in plan.plan_fit_calls(
                 self.total_steps, self.spe, start):
             step = int(self.model.optimizer._iterations.numpy())
             self.model.fit(
@@ -241,7 +249,7 @@ class Trainer:
 
     def _custom_loop(self, strategy, start):
         """Multi-worker: `strategy.run` steps with the Keras optimizer."""
-        from kerasbert.model import pretraining_losses
+        from kerasbert.modeling import pretraining_losses
         model, optimizer = self.model, self.model.optimizer
         replicas = strategy.num_replicas_in_sync
 
@@ -312,7 +320,7 @@ class Trainer:
         if heldout is None:
             return {}
         if self.multi_worker:
-            from kerasbert.model import pretraining_losses
+            from kerasbert.modeling import pretraining_losses
             sums, n = {}, 0
             for x, y in heldout.take(self.heldout_batches):
                 out = pretraining_losses(y, self.model(x, training=False))
@@ -329,7 +337,7 @@ class Trainer:
         if last.get("split") == "heldout" and \
                 int(last["step"]) == self.total_steps:
             # The last epoch ended at the last step and was just evaluated.
-            heldout = {k: float(last[k]) for k in train.METRIC_COLUMNS}
+            heldout = {k: float(last[k]) for k in callbacks.METRIC_COLUMNS}
         else:
             heldout = self.evaluate()
             if heldout and self.chief:
@@ -342,9 +350,9 @@ class Trainer:
         self.checkpoints.save(heldout.get("loss"))
         final_train = train_rows[-1] if train_rows else {}
 
-        from kerasbert.export import export_saved_model
-        from kerasbert.plots import plot_metrics
-        train.atomic_save(self.model, os.path.join(self.dir, "model.keras"))
+        from kerasbert.serving.export import export_saved_model
+        from kerasbert.training.plots import plot_metrics
+        callbacks.atomic_save(self.model, os.path.join(self.dir, "model.keras"))
         export_saved_model(self.model,
                            os.path.join(self.dir, "export", "saved_model"))
         plot_metrics(os.path.join(self.dir, "metrics.csv"),
@@ -375,5 +383,5 @@ class Trainer:
         }
         summary = {k: (float(v) if isinstance(v, np.floating) else v)
                    for k, v in summary.items()}
-        _write_json(os.path.join(self.dir, "summary.json"), summary)
+        write_json_atomic(os.path.join(self.dir, "summary.json"), summary)
         return summary

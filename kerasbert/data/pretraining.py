@@ -25,13 +25,9 @@ examples, masks included, that one process sees.
 import numpy as np
 import tensorflow as tf
 
+from kerasbert.data.masking import DynamicMasker, draw_noise, validate_masking
+from kerasbert.data.pairing import assemble, create_pairs, usable_documents
 from kerasbert.errors import UsageError
-from kerasbert.masking import (
-    DynamicMasker,
-    draw_noise,
-    validate_masking,
-)
-from kerasbert.pairing import assemble, create_pairs, usable_documents
 
 # Sequences per generator yield: big enough that the Python generator's
 # per-element cost vanishes, small enough to start fast.

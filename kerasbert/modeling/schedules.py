@@ -1,4 +1,4 @@
-"""Learning-rate schedules (imported by `kerasbert.model`, so that `.keras`
+"""Learning-rate schedules (imported by `kerasbert.modeling`, so that `.keras`
 files saved with their optimizer reload after `import kerasbert.model`)."""
 
 import keras

@@ -1,0 +1,27 @@
+"""The BERT model: Keras layers, backbone, pretrainer, classifier.
+
+Imports nothing of kerasbert but itself, so it can be used (and saved and
+loaded with `keras.saving.load_model(path, safe_mode=True)`) on its own.
+"""
+
+from kerasbert.modeling.backbone import BertBackbone, default_initializer_range
+from kerasbert.modeling.classifier import BertClassifier
+from kerasbert.modeling.layers import (
+    BertEmbedding,
+    EncoderBlock,
+    MaskedLMHead,
+    NSPHead,
+    Pooler,
+)
+from kerasbert.modeling.pretrainer import (
+    BertPretrainer,
+    build_pretrainer,
+    pretraining_losses,
+)
+from kerasbert.modeling.schedules import WarmupLinearDecay
+
+__all__ = [
+    "BertBackbone", "BertClassifier", "BertEmbedding", "BertPretrainer",
+    "EncoderBlock", "MaskedLMHead", "NSPHead", "Pooler", "WarmupLinearDecay",
+    "build_pretrainer", "default_initializer_range", "pretraining_losses",
+]

@@ -1,0 +1,1 @@
+"""Serving: SavedModel export, fill-mask."""

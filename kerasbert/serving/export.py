@@ -1,0 +1,106 @@
+"""Export a pretrained model as a TF SavedModel; load a run's model.
+
+The SavedModel has two signatures, both over int32 tensors:
+    serving_default(token_ids, segment_ids, padding_mask, mask_positions)
+        -> mlm_logits, nsp_logits, sequence_output, pooled_output
+    encode(token_ids, segment_ids, padding_mask)
+        -> nsp_logits, sequence_output, pooled_output
+Load it with `tf.saved_model.load(DIR).signatures["serving_default"]` -- no
+kerasbert or Keras needed on the serving side.
+"""
+
+import os
+import shutil
+
+from kerasbert.errors import UsageError
+
+INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+def _spec(name):
+    import tensorflow as tf
+    return tf.TensorSpec([None, None], tf.int32, name=name)
+
+
+def float32_copy(pretrainer):
+    """The same pretrainer computing in float32 (weights are shared values,
+    not shared variables). Mixed precision speeds up training; serving on
+    a CPU wants exact, reproducible float32 outputs."""
+    from kerasbert.modeling import BertBackbone, BertPretrainer
+
+    config = pretrainer.backbone.get_config()
+    config["dtype"] = "float32"
+    copy = BertPretrainer(BertBackbone.from_config(config))
+    copy.set_weights(pretrainer.get_weights())
+    return copy
+
+
+def export_saved_model(pretrainer, path: str) -> str:
+    """Writes a float32 SavedModel of `pretrainer` (a `BertPretrainer`).
+
+    Writes to a temp folder first and renames it, so `path` is either the
+    old export or the complete new one.
+    """
+    import keras
+    import tensorflow as tf
+
+    pretrainer = float32_copy(pretrainer)
+    backbone = pretrainer.backbone
+
+    def run(token_ids, segment_ids, padding_mask, mask_positions=None):
+        # One pass through the backbone feeds both heads.
+        enc = backbone(dict(token_ids=token_ids, segment_ids=segment_ids,
+                            padding_mask=padding_mask), training=False)
+        out = {
+            "nsp_logits": pretrainer.nsp_head(enc["pooled_output"]),
+            "sequence_output": enc["sequence_output"],
+            "pooled_output": enc["pooled_output"],
+        }
+        if mask_positions is not None:
+            out["mlm_logits"] = pretrainer.mlm_head(enc["sequence_output"],
+                                                    mask_positions)
+        return {k: tf.cast(v, tf.float32) for k, v in out.items()}
+
+    def serve(token_ids, segment_ids, padding_mask, mask_positions):
+        return run(token_ids, segment_ids, padding_mask, mask_positions)
+
+    def encode(token_ids, segment_ids, padding_mask):
+        return run(token_ids, segment_ids, padding_mask)
+
+    archive = keras.export.ExportArchive()
+    archive.track(pretrainer)
+    archive.add_endpoint(
+        "serving_default", serve,
+        input_signature=[_spec(n) for n in (*INPUTS, "mask_positions")])
+    archive.add_endpoint("encode", encode,
+                         input_signature=[_spec(n) for n in INPUTS])
+    tmp = f"{path.rstrip('/')}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
+    archive.write_out(tmp, verbose=False)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def load_run_model(run_dir: str, which: str = "model"):
+    """Loads `model.keras` (or checkpoints/latest|best.keras) of a run."""
+    import keras
+
+    import kerasbert.modeling  # noqa: F401  registers the classes
+
+    if not os.path.isdir(run_dir):
+        raise UsageError(f"{run_dir}: no such run directory")
+    candidates = {
+        "model": [os.path.join(run_dir, "model.keras"),
+                  os.path.join(run_dir, "checkpoints", "latest.keras")],
+        "best": [os.path.join(run_dir, "checkpoints", "best.keras")],
+        "latest": [os.path.join(run_dir, "checkpoints", "latest.keras")],
+    }[which]
+    if os.path.isfile(run_dir):
+        candidates = [run_dir]
+    for path in candidates:
+        if os.path.exists(path):
+            return keras.saving.load_model(path, safe_mode=True)
+    raise UsageError(f"{run_dir}: no model.keras or checkpoint in this "
+                     "run directory (has the run finished a first epoch?)")

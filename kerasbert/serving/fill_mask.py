@@ -1,0 +1,64 @@
+"""Fill in `[MASK]` with a pretrained model, like HF's fill-mask pipeline.
+
+For each `[MASK]` in the text it prints the `top_k` most likely tokens, their
+probabilities and the text with the token filled in.
+"""
+
+import os
+
+from kerasbert.errors import UsageError
+
+
+def load_tokenizer(run_dir):
+    from kerasbert.text.tokenizer import Tokenizer
+    path = os.path.join(run_dir, "tokenizer")
+    if not os.path.isdir(path):
+        raise UsageError(f"--model: {run_dir} has no tokenizer/ folder")
+    return Tokenizer.load(path)
+
+
+def encode_masked(tokenizer, text: str):
+    """`[CLS] text [SEP]` ids and the positions of its `[MASK]` tokens."""
+    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
+    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    if not positions:
+        raise UsageError("text: no [MASK] token in the text")
+    return ids, positions
+
+
+def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
+    """Returns, per `[MASK]` in `text`, the top-k {token, token_id, score,
+    sequence} dicts (best first)."""
+    import numpy as np
+
+    ids, positions = encode_masked(tokenizer, text)
+    limit = model.backbone.max_sequence_length
+    if len(ids) > limit:
+        raise UsageError(f"text: {len(ids)} tokens, more than the model's "
+                         f"{limit}")
+    x = {
+        "token_ids": np.array([ids], "int32"),
+        "segment_ids": np.zeros((1, len(ids)), "int32"),
+        "padding_mask": np.ones((1, len(ids)), "int32"),
+        "mask_positions": np.array([positions], "int32"),
+    }
+    logits = np.asarray(model(x, training=False)["mlm_logits"],
+                        "float64")[0]
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    results = []
+    for slot, position in enumerate(positions):
+        best = np.argsort(-probs[slot])[:top_k]
+        candidates = []
+        for token_id in best:
+            filled = list(ids[1:-1])
+            filled[position - 1] = int(token_id)
+            candidates.append({
+                "token": tokenizer.id_to_token(int(token_id)),
+                "token_id": int(token_id),
+                "score": float(probs[slot, token_id]),
+                "sequence": tokenizer.decode(filled),
+            })
+        results.append(candidates)
+    return results

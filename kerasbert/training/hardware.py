@@ -1,0 +1,86 @@
+"""Hardware choices: dtype policy, XLA, distribution strategy, chief."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from kerasbert.config import JIT_COMPILE, PRECISIONS, STRATEGIES
+from kerasbert.errors import UsageError
+
+
+def _cpu_has_bf16() -> bool:
+    # AVX512_BF16 / AMX make bf16 matmuls native; without them TF emulates
+    # bf16 on the CPU and mixed precision is slower than float32.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def select_precision(precision: str) -> tuple[str, str]:
+    """Returns (Keras dtype policy name, why it was chosen)."""
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"--precision: unknown value {precision!r} "
+            f"(choose from {', '.join(PRECISIONS)})")
+    if precision != "auto":
+        return precision, "requested"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        major = tf.config.experimental.get_device_details(gpus[0]).get(
+            "compute_capability", (0, 0))[0]
+        if major >= 8:  # Ampere and later compute in bf16 natively.
+            return "mixed_bfloat16", "GPU with native bfloat16"
+        # Older GPUs: fp16 tensor cores; Keras adds dynamic loss scaling.
+        return "mixed_float16", "GPU without bfloat16 (loss scaling on)"
+    if _cpu_has_bf16():
+        return "mixed_bfloat16", "CPU with AVX512_BF16/AMX"
+    return "float32", "CPU without native bfloat16"
+
+
+def select_jit_compile(jit_compile: str) -> bool:
+    """XLA helps on GPUs; on CPUs graph mode was faster here (see README)."""
+    if jit_compile not in JIT_COMPILE:
+        raise UsageError(
+            f"--jit-compile: unknown value {jit_compile!r} "
+            "(choose from auto, on, off)")
+    if jit_compile == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return jit_compile == "on"
+
+
+def make_strategy(name: str):
+    """Returns a tf.distribute strategy (multi_worker reads TF_CONFIG)."""
+    if name not in STRATEGIES:
+        raise UsageError(
+            f"--strategy: unknown value {name!r} "
+            f"(choose from {', '.join(STRATEGIES)})")
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(
+            "/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if "TF_CONFIG" not in os.environ:
+        raise UsageError(
+            "--strategy multi_worker: set TF_CONFIG (cluster and task) "
+            "for every worker")
+    try:
+        json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as e:
+        raise UsageError(f"TF_CONFIG: not valid JSON ({e})") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy) -> bool:
+    """Only the chief writes the run directory in multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0)
