@@ -1,25 +1,26 @@
 """Configuration dataclasses and the named model sizes.
 
-Defaults live here and only here. The CLI (`kerasbert.fit`) turns every field
-into a flag of the same name with dashes, a `--config FILE.json` may hold any
-of them, and the resolved values are saved beside the checkpoints.
+Each field's default, help text, allowed values and range live here and
+only here, in the field's metadata:
+
+    help     the flag's help text (commands build `--field-name` flags from it)
+    choices  the allowed values of a string field
+    min/max  inclusive bounds; `above`/`below` exclusive ones
+    flag     False for fields a command sets itself (never a flag)
+
+`validate()` checks every field of one config and its cross-field rules and
+raises `UsageError` naming the flag; `validate_pretraining` adds the rules
+that span configs. Commands call them once, before anything is written.
 Constructors elsewhere take plain keyword arguments: `BertBackbone(
 **asdict(model_config))`, never a config object.
 """
 
 import dataclasses
 import json
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from kerasbert.errors import UsageError
-
-# Choices of the string-valued train fields (checked before TF is imported).
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-JIT_COMPILE = ("auto", "on", "off")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-OPTIMIZERS = ("adamw", "lamb")
-MLM_BIAS_INITS = ("unigram", "zeros")
+from kerasbert.files import write_json_atomic
 
 # layers / hidden / heads / intermediate. tiny..large follow the BERT
 # miniatures (Turc et al. 2019) and the original paper; `comment` is the
@@ -44,6 +45,29 @@ SIZES = {
 }
 
 
+def option(default, help, **rules):
+    """A dataclass field whose metadata carries its help text and rules."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_type(f) -> type:
+    """`int | None` -> int, `float` -> float, ..."""
+    kinds = [k for k in getattr(f.type, "__args__", (f.type,))
+             if k is not type(None)]
+    return kinds[0]
+
+
+def check_field(cls, name: str, value) -> None:
+    """Checks one value against field `name` of config class `cls`: the
+    library functions that take such a value directly (without a config)
+    apply the same rule and message as the command line."""
+    _check_field(next(f for f in fields(cls) if f.name == name), value)
+
+
 def read_json_object(path: str, label: str) -> dict:
     """A JSON object from `path`; bad files raise `UsageError(label: ...)`."""
     try:
@@ -51,6 +75,8 @@ def read_json_object(path: str, label: str) -> dict:
             values = json.load(f)
     except FileNotFoundError:
         raise UsageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{label}: is a directory, not a file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{label}: not valid JSON ({e})") from None
     if not isinstance(values, dict):
@@ -58,18 +84,43 @@ def read_json_object(path: str, label: str) -> dict:
     return values
 
 
-class _JsonMixin:
-    """JSON save/load shared by the three config dataclasses."""
+def _check_field(f, value) -> None:
+    """Type, choices and range of one field; `UsageError` names the flag."""
+    flag, rules = flag_name(f.name), f.metadata
+    if value is None:
+        if "None" in str(f.type):
+            return
+        raise UsageError(f"{flag}: a value is required")
+    kind = field_type(f)
+    # JSON has no int/float split: 3 is a fine float, 8.5 is no int.
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool)
+          if kind is int else
+          isinstance(value, int | float) and not isinstance(value, bool)
+          if kind is float else isinstance(value, kind))
+    if not ok:
+        raise UsageError(f"{flag}: expected {kind.__name__}, got "
+                         f"{value!r}")
+    if "choices" in rules and value not in rules["choices"]:
+        raise UsageError(f"{flag}: unknown value {value!r} (choose from "
+                         f"{', '.join(rules['choices'])})")
+    for key, op, inside in (("min", ">=", lambda v, b: v >= b),
+                            ("max", "<=", lambda v, b: v <= b),
+                            ("above", ">", lambda v, b: v > b),
+                            ("below", "<", lambda v, b: v < b)):
+        if key in rules and not inside(value, rules[key]):
+            raise UsageError(f"{flag}: must be {op} {rules[key]}, got "
+                             f"{value}")
+
+
+class _Config:
+    """JSON round trip and field validation shared by the configs."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config"):
@@ -83,22 +134,42 @@ class _JsonMixin:
     def load(cls, path: str):
         return cls.from_dict(read_json_object(path, path), source=path)
 
+    def validate(self):
+        """Checks every field (type, choices, range), then cross-field
+        rules; returns self. Raises `UsageError` naming the flag."""
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
+        self._cross_checks()
+        return self
+
+    def _cross_checks(self) -> None:
+        pass
+
 
 @dataclass
-class ModelConfig(_JsonMixin):
+class ModelConfig(_Config):
     """The BERT architecture. Field names are `BertBackbone` kwargs."""
 
-    vocabulary_size: int = 30522
-    hidden_dim: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_dim: int = 3072
-    max_sequence_length: int = 512
-    num_segments: int = 2
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_epsilon: float = 1e-12
-    initializer_range: float | None = None  # None: model.default_initializer_range
+    vocabulary_size: int = option(
+        30522, "set from the tokenizer", min=1, flag=False)
+    hidden_dim: int = option(768, "width of every layer (overrides --size)",
+                             min=1)
+    num_layers: int = option(12, "encoder blocks (overrides --size)", min=1)
+    num_heads: int = option(12, "attention heads (overrides --size)", min=1)
+    intermediate_dim: int = option(
+        3072, "feed-forward width (overrides --size)", min=1)
+    max_sequence_length: int = option(512, "position table length", min=1)
+    num_segments: int = option(2, "segment (token type) table length",
+                               min=1)
+    hidden_dropout: float = option(
+        0.1, "dropout after embeddings, attention and FFN", min=0, below=1)
+    attention_dropout: float = option(
+        0.1, "dropout on attention probabilities (0 enables fused "
+        "attention)", min=0, below=1)
+    layer_norm_epsilon: float = option(1e-12, "LayerNorm epsilon", above=0)
+    initializer_range: float | None = option(
+        None, "std of the truncated-normal initialisers (default 0.02, "
+        "0.02*sqrt(768/hidden-dim) when narrower than 768)", above=0)
 
     @classmethod
     def from_size(cls, size: str, **overrides) -> "ModelConfig":
@@ -108,73 +179,129 @@ class ModelConfig(_JsonMixin):
                 f"{', '.join(SIZES)})")
         return cls(**{**SIZES[size], **overrides})
 
-    def validate(self) -> "ModelConfig":
-        for name in ("vocabulary_size", "hidden_dim", "num_layers",
-                     "num_heads", "intermediate_dim", "max_sequence_length",
-                     "num_segments"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')}: must be > 0")
+    def _cross_checks(self) -> None:
         if self.hidden_dim % self.num_heads:
             raise UsageError(
                 f"--hidden-dim: {self.hidden_dim} is not divisible by "
                 f"--num-heads {self.num_heads}")
-        if self.initializer_range is not None and self.initializer_range <= 0:
-            raise UsageError("--initializer-range: must be > 0")
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')}: must be in [0, 1)")
-        return self
+
+
+CORPUS_FORMATS = ("auto", "text", "wikitext", "wikiextractor", "jsonl", "hf")
+LANGUAGES = ("auto", "en", "ko")
 
 
 @dataclass
-class DataConfig(_JsonMixin):
+class DataConfig(_Config):
     """Corpus, tokenizer, NSP pairing and masking."""
 
-    corpus: str | None = None  # None: the bundled WikiText-2 sample
-    corpus_format: str = "auto"  # auto|text|wikitext|wikiextractor|jsonl|hf
-    one_doc_per_line: bool = False
-    text_field: str = "text"  # for jsonl and hf
-    hf_config: str | None = None
-    hf_split: str = "train"
-    language: str = "auto"  # en|ko|auto
-    clean: bool = False  # extra web/Korean cleaning (URLs, emoji, repeats)
-    tokenizer: str | None = None  # dir, vocab.txt or .model; None: train
-    vocab_size: int = 8000  # when training a WordPiece vocabulary
-    lowercase: bool = True
-    strip_accents: bool | None = None  # None: follow `lowercase`
-    cache_dir: str | None = None  # None: ~/.cache/kerasbert
-    sequence_length: int = 128
-    max_predictions: int = 20
-    mask_rate: float = 0.15
-    whole_word: bool = False
-    nsp_probability: float = 0.5
-    short_seq_prob: float = 0.1
-    holdout_fraction: float = 0.05
-    heldout_corpus: str | None = None  # evaluate on this instead of a split
+    corpus: str | None = option(
+        None, "file or folder of text (default: bundled WikiText-2 sample);"
+        " with --corpus-format hf, a datasets name")
+    corpus_format: str = option("auto", "how to read --corpus",
+                                choices=CORPUS_FORMATS)
+    one_doc_per_line: bool = option(
+        False, "plain text: each line is a document")
+    text_field: str = option("text", "jsonl/hf: the field holding the text")
+    hf_config: str | None = option(None, "hf: dataset configuration name")
+    hf_split: str = option("train", "hf: split to read")
+    language: str = option(
+        "auto", "sentence splitter: en (nltk punkt), ko (kss), auto",
+        choices=LANGUAGES)
+    clean: bool = option(
+        False, "remove URLs, e-mails, emoji and long character repeats")
+    tokenizer: str | None = option(
+        None, "dir, vocab.txt or SentencePiece .model (default: train "
+        "WordPiece on the corpus)")
+    vocab_size: int = option(
+        8000, "WordPiece vocabulary size when training one", min=10)
+    lowercase: bool = option(True, "lower-case text when training a "
+                                   "tokenizer")
+    strip_accents: bool | None = option(
+        None, "strip accents (default: same as --lowercase; never for "
+        "Korean)")
+    cache_dir: str | None = option(
+        None, "token cache (default ~/.cache/kerasbert or $KERASBERT_CACHE)")
+    sequence_length: int = option(
+        128, "tokens per sequence including [CLS]/[SEP]", min=8)
+    max_predictions: int = option(
+        20, "masked positions per sequence at most", min=1)
+    mask_rate: float = option(
+        0.15, "share of tokens to predict (80/10/10 rule; 0: NSP only)",
+        min=0, max=1)
+    whole_word: bool = option(False, "mask whole words, not word pieces")
+    nsp_probability: float = option(
+        0.5, "share of pairs whose B is random (label 1)", min=0, max=1)
+    short_seq_prob: float = option(
+        0.1, "share of pairs with a shorter target length", min=0, max=1)
+    holdout_fraction: float = option(
+        0.05, "share of documents held out for evaluation", min=0, below=1)
+    heldout_corpus: str | None = option(
+        None, "evaluate on this corpus instead of a held-out share")
+
+    def _cross_checks(self) -> None:
+        if self.max_predictions > self.sequence_length - 3:
+            raise UsageError(
+                f"--max-predictions: {self.max_predictions} is more than the "
+                f"{self.sequence_length - 3} maskable tokens of "
+                f"--sequence-length {self.sequence_length}")
 
 
 @dataclass
-class TrainConfig(_JsonMixin):
+class TrainConfig(_Config):
     """Optimisation, precision, distribution and bookkeeping."""
 
-    batch_size: int = 32
-    max_steps: int | None = None  # wins over `epochs` when set
-    epochs: int = 15
-    steps_per_epoch: int | None = None  # None: one pass over the pairs
-    learning_rate: float = 5e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    adam_epsilon: float = 1e-6  # AdamW/LAMB epsilon (Google BERT: 1e-6)
-    optimizer: str = "adamw"  # adamw|lamb
-    mlm_bias_init: str = "unigram"  # unigram|zeros (see train.unigram_log_prior)
-    gradient_accumulation_steps: int = 1
-    clipnorm: float = 1.0
-    precision: str = "auto"  # auto|float32|mixed_float16|mixed_bfloat16
-    jit_compile: str = "auto"  # auto|on|off
-    strategy: str = "auto"  # auto|one_device|mirrored|multi_worker
-    seed: int = 0
-    output_dir: str | None = None  # None: runs/<timestamp>
-    backup_every: int = 50  # steps between resume backups
-    eval_batches: int = 20  # held-out batches per evaluation
-    log_every: int = 10  # steps per metrics.csv row and TensorBoard point
-    overwrite: bool = False  # start afresh even if output_dir holds a run
+    batch_size: int = option(32, "global batch size (all replicas)", min=1)
+    max_steps: int | None = option(
+        None, "total training steps (wins over --epochs)", min=1)
+    epochs: int = option(15, "epochs when --max-steps is not set", min=1)
+    steps_per_epoch: int | None = option(
+        None, "steps between evaluations (default: one pass over the "
+        "sentence pairs)", min=1)
+    learning_rate: float = option(5e-4, "peak learning rate", above=0)
+    warmup_ratio: float = option(
+        0.1, "share of steps of linear warm-up (then linear decay)",
+        min=0, max=1)
+    weight_decay: float = option(
+        0.01, "decoupled weight decay (not on LayerNorm and bias)", min=0)
+    adam_epsilon: float = option(
+        1e-6, "epsilon of AdamW/LAMB (Google BERT 1e-6, HF 1e-8)", above=0)
+    optimizer: str = option("adamw", "optimizer", choices=("adamw", "lamb"))
+    mlm_bias_init: str = option(
+        "unigram", "MLM output bias at step 0 (unigram: log token "
+        "frequencies of the training documents; zeros: BERT's)",
+        choices=("unigram", "zeros"))
+    gradient_accumulation_steps: int = option(
+        1, "batches per optimizer update", min=1)
+    clipnorm: float = option(
+        1.0, "global gradient-norm clipping (0 turns it off)", min=0)
+    precision: str = option(
+        "auto", "auto: bfloat16 where the CPU/GPU computes it natively, "
+        "float16 on older GPUs, else float32",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: str = option("auto", "XLA (auto: on with a GPU)",
+                              choices=("auto", "on", "off"))
+    strategy: str = option(
+        "auto", "distribution (multi_worker reads TF_CONFIG)",
+        choices=("auto", "one_device", "mirrored", "multi_worker"))
+    seed: int = option(0, "seed for weights, pairs, masks and dropout")
+    output_dir: str | None = option(
+        None, "run directory (default: runs/<size>); rerun the same "
+        "command to resume")
+    backup_every: int = option(50, "steps between resume backups", min=1)
+    eval_batches: int = option(
+        20, "held-out batches per evaluation (0: none)", min=0)
+    log_every: int = option(10, "steps per metrics.csv row", min=1)
+    overwrite: bool = option(
+        False, "delete an existing run in --output-dir first")
+
+
+def validate_pretraining(model: ModelConfig, data: DataConfig,
+                         train: TrainConfig) -> None:
+    """Every rule on the three configs of a pretraining run."""
+    model.validate()
+    data.validate()
+    train.validate()
+    if data.sequence_length > model.max_sequence_length:
+        raise UsageError(
+            f"--sequence-length: {data.sequence_length} is above "
+            f"--max-sequence-length {model.max_sequence_length}")

@@ -1,17 +1,17 @@
-"""Tokenize and cache a corpus ahead of training.
+"""`python -m kerasbert.prepare`: tokenize and cache a corpus ahead of training.
 
     python -m kerasbert.prepare --corpus wiki/ --vocab-size 8000 \
         --tokenizer-out runs/tok
 
-Flags are the corpus/tokenizer fields of `DataConfig` with dashes;
-`--config FILE.json` may hold any DataConfig field. Prints the document,
-sentence and token counts and where the cache is.
+Flags are the corpus/tokenizer fields of `DataConfig`; `--config FILE.json`
+may hold any DataConfig field. Prints the document, sentence and token
+counts and where the cache is.
 """
 
 import argparse
-import dataclasses
 import sys
 
+from kerasbert.cli import add_config_flags, read_config_file, split_values
 from kerasbert.config import DataConfig
 from kerasbert.errors import ArgumentParser, run_cli
 
@@ -23,24 +23,13 @@ FIELDS = ("corpus", "corpus_format", "one_doc_per_line", "text_field",
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m kerasbert.prepare", description=__doc__.split("\n")[0])
+        prog="python -m kerasbert.prepare",
+        description="Tokenize and cache a corpus ahead of training.")
     parser.add_argument("--config", help="DataConfig JSON file")
     parser.add_argument("--tokenizer-out", metavar="DIR",
                         help="save the tokenizer here")
     parser.add_argument("--no-progress", action="store_true")
-    defaults = DataConfig()
-    for f in dataclasses.fields(DataConfig):
-        if f.name not in FIELDS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool) or f.name == "strip_accents":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS)
-        else:
-            kind = int if isinstance(default, int) else str
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
-                                help=f"default: {default}")
+    add_config_flags(parser, DataConfig, names=FIELDS)
     return parser
 
 
@@ -51,8 +40,10 @@ def main(argv=None):
     config_file = args.pop("config")
     tokenizer_out = args.pop("tokenizer_out")
     progress = not args.pop("no_progress")
-    values = DataConfig.load(config_file).to_dict() if config_file else {}
-    data_config = DataConfig.from_dict({**values, **args})
+    values = read_config_file(config_file, ("data",)) if config_file else {}
+    values.update(args)
+    data_config = DataConfig(
+        **split_values(values, {"data": DataConfig})["data"]).validate()
     tokenizer, corpus = prepare_corpus(data_config, tokenizer_out, progress)
     print(f"documents: {corpus.num_documents}")
     print(f"sentences: {corpus.num_sentences}")

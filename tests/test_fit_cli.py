@@ -6,9 +6,13 @@ import json
 import pytest
 
 from kerasbert import fit
-from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+from kerasbert.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    validate_pretraining,
+)
 from kerasbert.errors import UsageError
-from kerasbert.training.pretrain import validate
 
 
 def test_help_documents_every_field(capsys):
@@ -19,8 +23,11 @@ def test_help_documents_every_field(capsys):
     for cls in (ModelConfig, DataConfig, TrainConfig):
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            assert flag in text, flag
-            assert fit.HELP.get(f.name), f"no help text for {f.name}"
+            assert f.metadata.get("help"), f"no help text for {f.name}"
+            if f.metadata.get("flag", True):
+                assert flag in text, flag
+            else:  # set by the command: accepting it would mislead
+                assert flag + " " not in text, flag
     for flag in ("--config", "--size", "--quiet"):
         assert flag in text
 
@@ -95,6 +102,12 @@ def test_bad_config_file(tmp_path):
     (dict(data=dict(sequence_length=1024)), "--sequence-length"),
     (dict(data=dict(nsp_probability=2.0)), "--nsp-probability"),
     (dict(model=dict(hidden_dim=129)), "--hidden-dim"),
+    (dict(data=dict(max_predictions=200)), "--max-predictions"),
+    (dict(data=dict(mask_rate=1.5)), "--mask-rate"),
+    (dict(data=dict(holdout_fraction=1.0)), "--holdout-fraction"),
+    (dict(train=dict(batch_size=8.5)), "--batch-size"),
+    (dict(train=dict(batch_size="eight")), "--batch-size"),
+    (dict(train=dict(precision=None)), "--precision"),
 ])
 def test_validate_names_the_flag(change, flag):
     model = dataclasses.replace(ModelConfig.from_size("tiny"),
@@ -102,4 +115,20 @@ def test_validate_names_the_flag(change, flag):
     data = dataclasses.replace(DataConfig(), **change.get("data", {}))
     train = dataclasses.replace(TrainConfig(), **change.get("train", {}))
     with pytest.raises(UsageError, match=flag):
-        validate(model, data, train)
+        validate_pretraining(model, data, train)
+
+
+def test_mask_rate_zero_is_accepted_as_documented():
+    _, _, data, _, _ = fit.resolve_configs(["--mask-rate", "0"])
+    assert data.mask_rate == 0.0
+
+
+def test_vocabulary_size_is_not_a_flag():
+    # It comes from the tokenizer; a flag that is then ignored would mislead.
+    with pytest.raises(UsageError, match="--vocabulary-size"):
+        fit.resolve_configs(["--vocabulary-size", "100"])
+
+
+def test_choices_come_from_the_config(capsys):
+    with pytest.raises(UsageError, match="fp8"):
+        fit.resolve_configs(["--precision", "fp8"])

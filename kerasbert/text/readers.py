@@ -27,10 +27,9 @@ import json
 import os
 import re
 
+from kerasbert.config import DataConfig, check_field
 from kerasbert.errors import UsageError
 
-FORMATS = ("auto", "text", "wikitext", "wikiextractor", "jsonl", "hf")
-LANGUAGES = ("auto", "en", "ko")
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                         "corpus_data")
 BUNDLED_CORPUS = os.path.join(DATA_DIR, "wiki.valid.raw")
@@ -39,12 +38,8 @@ _HF_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv",
 
 
 def check_choices(corpus_format: str, language: str) -> None:
-    if corpus_format not in FORMATS:
-        raise UsageError(f"--corpus-format: unknown format {corpus_format!r} "
-                         f"(choose from {', '.join(FORMATS)})")
-    if language not in LANGUAGES:
-        raise UsageError(f"--language: unknown language {language!r} "
-                         f"(choose from {', '.join(LANGUAGES)})")
+    check_field(DataConfig, "corpus_format", corpus_format)
+    check_field(DataConfig, "language", language)
 
 
 # Files and formats.

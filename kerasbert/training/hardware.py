@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from kerasbert.config import JIT_COMPILE, PRECISIONS, STRATEGIES
+from kerasbert.config import TrainConfig, check_field
 from kerasbert.errors import UsageError
 
 
@@ -22,10 +22,7 @@ def _cpu_has_bf16() -> bool:
 
 def select_precision(precision: str) -> tuple[str, str]:
     """Returns (Keras dtype policy name, why it was chosen)."""
-    if precision not in PRECISIONS:
-        raise UsageError(
-            f"--precision: unknown value {precision!r} "
-            f"(choose from {', '.join(PRECISIONS)})")
+    check_field(TrainConfig, "precision", precision)
     if precision != "auto":
         return precision, "requested"
     gpus = tf.config.list_physical_devices("GPU")
@@ -43,10 +40,7 @@ def select_precision(precision: str) -> tuple[str, str]:
 
 def select_jit_compile(jit_compile: str) -> bool:
     """XLA helps on GPUs; on CPUs graph mode was faster here (see README)."""
-    if jit_compile not in JIT_COMPILE:
-        raise UsageError(
-            f"--jit-compile: unknown value {jit_compile!r} "
-            "(choose from auto, on, off)")
+    check_field(TrainConfig, "jit_compile", jit_compile)
     if jit_compile == "auto":
         return bool(tf.config.list_physical_devices("GPU"))
     return jit_compile == "on"
@@ -54,10 +48,7 @@ def select_jit_compile(jit_compile: str) -> bool:
 
 def make_strategy(name: str):
     """Returns a tf.distribute strategy (multi_worker reads TF_CONFIG)."""
-    if name not in STRATEGIES:
-        raise UsageError(
-            f"--strategy: unknown value {name!r} "
-            f"(choose from {', '.join(STRATEGIES)})")
+    check_field(TrainConfig, "strategy", name)
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"

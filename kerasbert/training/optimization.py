@@ -8,8 +8,7 @@ the learning-rate schedule (like Keras' own) counts steps, not updates.
 import keras
 import numpy as np
 
-from kerasbert.config import OPTIMIZERS
-from kerasbert.errors import UsageError
+from kerasbert.config import TrainConfig, check_field
 from kerasbert.modeling.schedules import WarmupLinearDecay
 
 
@@ -17,10 +16,7 @@ def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
                    weight_decay=0.01, clipnorm=1.0,
                    gradient_accumulation_steps=1, epsilon=1e-6):
     """AdamW (default) or LAMB with BERT's schedule and decay exclusions."""
-    if name not in OPTIMIZERS:
-        raise UsageError(
-            f"--optimizer: unknown value {name!r} "
-            f"(choose from {', '.join(OPTIMIZERS)})")
+    check_field(TrainConfig, "optimizer", name)
     schedule = WarmupLinearDecay(
         learning_rate, int(round(warmup_ratio * total_steps)), total_steps)
     common = dict(

@@ -13,8 +13,12 @@ import shutil
 import sys
 import tempfile
 
-from kerasbert.config import DataConfig, ModelConfig, TrainConfig
-from kerasbert.errors import UsageError
+from kerasbert.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    validate_pretraining,
+)
 from kerasbert.files import write_json_atomic
 from kerasbert.training.rundir import (
     _chief_by_tf_config,
@@ -25,64 +29,6 @@ from kerasbert.training.rundir import (
 )
 
 
-def validate(model_cfg: ModelConfig, data_cfg: DataConfig,
-             train_cfg: TrainConfig) -> None:
-    """Checks every value a user can set, before anything is written."""
-    model_cfg.validate()
-    t, d = train_cfg, data_cfg
-    checks = [
-        (t.batch_size >= 1, "--batch-size", "must be >= 1"),
-        (t.max_steps is None or t.max_steps >= 1, "--max-steps",
-         "must be >= 1"),
-        (t.epochs >= 1, "--epochs", "must be >= 1"),
-        (t.steps_per_epoch is None or t.steps_per_epoch >= 1,
-         "--steps-per-epoch", "must be >= 1"),
-        (t.learning_rate > 0, "--learning-rate", "must be > 0"),
-        (0 <= t.warmup_ratio <= 1, "--warmup-ratio", "must be in [0, 1]"),
-        (t.weight_decay >= 0, "--weight-decay", "must be >= 0"),
-        (t.adam_epsilon > 0, "--adam-epsilon", "must be > 0"),
-        (t.clipnorm >= 0, "--clipnorm", "must be >= 0 (0 turns it off)"),
-        (t.gradient_accumulation_steps >= 1,
-         "--gradient-accumulation-steps", "must be >= 1"),
-        (t.backup_every >= 1, "--backup-every", "must be >= 1"),
-        (t.log_every >= 1, "--log-every", "must be >= 1"),
-        (t.eval_batches >= 0, "--eval-batches", "must be >= 0"),
-        (d.sequence_length >= 8, "--sequence-length", "must be >= 8"),
-        (d.sequence_length <= model_cfg.max_sequence_length,
-         "--sequence-length",
-         f"{d.sequence_length} is above --max-sequence-length "
-         f"{model_cfg.max_sequence_length}"),
-        (d.max_predictions >= 1, "--max-predictions", "must be >= 1"),
-        (0 < d.mask_rate <= 1, "--mask-rate", "must be in (0, 1]"),
-        (0 <= d.nsp_probability <= 1, "--nsp-probability",
-         "must be in [0, 1]"),
-        (0 <= d.short_seq_prob <= 1, "--short-seq-prob",
-         "must be in [0, 1]"),
-        (0 <= d.holdout_fraction < 1, "--holdout-fraction",
-         "must be in [0, 1)"),
-        (d.vocab_size >= 10, "--vocab-size", "must be >= 10"),
-    ]
-    for ok, flag, problem in checks:
-        if not ok:
-            raise UsageError(f"{flag}: {problem}")
-    from kerasbert.config import (
-        JIT_COMPILE,
-        MLM_BIAS_INITS,
-        OPTIMIZERS,
-        PRECISIONS,
-        STRATEGIES,
-    )
-    for flag, value, choices in [
-            ("--precision", t.precision, PRECISIONS),
-            ("--jit-compile", t.jit_compile, JIT_COMPILE),
-            ("--strategy", t.strategy, STRATEGIES),
-            ("--optimizer", t.optimizer, OPTIMIZERS),
-            ("--mlm-bias-init", t.mlm_bias_init, MLM_BIAS_INITS)]:
-        if value not in choices:
-            raise UsageError(f"{flag}: unknown value {value!r} "
-                             f"(choose from {', '.join(choices)})")
-
-
 def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
              train_cfg: TrainConfig, size: str | None = None,
              verbose: int = 1, log=print, callbacks=()) -> dict:
@@ -91,7 +37,7 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
     `callbacks` are extra Keras callbacks for `model.fit` (not used by the
     multi-worker loop).
     """
-    validate(model_cfg, data_cfg, train_cfg)
+    validate_pretraining(model_cfg, data_cfg, train_cfg)
     output_dir = train_cfg.output_dir or default_output_dir(size)
     if train_cfg.strategy == "multi_worker" and not _chief_by_tf_config():
         # Only the chief owns the run directory; the others write scratch

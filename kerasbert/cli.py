@@ -1,0 +1,65 @@
+"""Config fields as command-line flags, built one way for every command.
+
+A field `batch_size` is the flag `--batch-size`; its help text and choices
+come from the field's metadata in `kerasbert.config`; booleans get
+`--x/--no-x`. Flags default to "not given" (argparse.SUPPRESS), so a
+`--config FILE.json` value survives unless the flag is given too.
+"""
+
+import argparse
+import dataclasses
+
+from kerasbert.config import field_type, flag_name, read_json_object
+from kerasbert.errors import UsageError
+
+
+def add_config_flags(parser, cls, names=None, title=None) -> None:
+    """Adds a flag for each field of `cls` (or those in `names`)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if (names is not None and f.name not in names) or \
+                not f.metadata.get("flag", True):
+            continue
+        kind = field_type(f)
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS,
+                      help=f"{f.metadata['help']} (default: "
+                           f"{getattr(defaults, f.name)})")
+        if kind is bool:
+            group.add_argument(flag_name(f.name),
+                               action=argparse.BooleanOptionalAction,
+                               **kwargs)
+        else:
+            group.add_argument(flag_name(f.name), type=kind,
+                               choices=f.metadata.get("choices"),
+                               metavar=kind.__name__.upper()
+                               if "choices" not in f.metadata else None,
+                               **kwargs)
+
+
+def read_config_file(path: str, sections=("model", "data", "train")) -> dict:
+    """A `--config` file as one flat dict of field values.
+
+    Accepts a flat object of fields, or a run's nested `config.json`
+    (`{"model": {...}, "data": {...}, "train": {...}}`), which is flattened.
+    """
+    values = read_json_object(path, f"--config: {path}")
+    if any(isinstance(values.get(k), dict) for k in sections):
+        flat = {k: v for k, v in values.items() if k not in sections}
+        for part in sections:
+            flat.update(values.get(part) or {})
+        values = flat
+    return values
+
+
+def split_values(values: dict, classes: dict, extra=()) -> dict:
+    """{section: {field: value}} from a flat dict of field values; keys
+    that are no field of `classes` (nor in `extra`) are an error."""
+    known = {f.name for cls in classes.values()
+             for f in dataclasses.fields(cls)} | set(extra)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"--config: unknown field(s) {', '.join(unknown)}")
+    return {part: {f.name: values[f.name] for f in dataclasses.fields(cls)
+                   if f.name in values}
+            for part, cls in classes.items()}
