@@ -29,7 +29,7 @@ def main():
     from kerasbert.config import DataConfig
     from kerasbert.data.cache import prepare_corpus
     from kerasbert.data.pretraining import pretraining_dataset
-    from kerasbert.serving.export import load_run_model
+    from kerasbert.training.modeldir import load_model
 
     with open(os.path.join(args.run_dir, "config.json"),
               encoding="utf-8") as f:
@@ -39,7 +39,7 @@ def main():
         data_cfg, corpus=args.corpus, heldout_corpus=None,
         tokenizer=os.path.join(args.run_dir, "tokenizer"))
     tokenizer, corpus = prepare_corpus(data_cfg, progress=False)
-    model = load_run_model(args.run_dir)
+    model = load_model(args.run_dir)
     scores = []
     for draw in range(1, args.draws + 1):
         ds = pretraining_dataset(

@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from kerasbert.training.modeldir import CHECKPOINTS  # noqa: E402
 
 
 def main(argv=None):
@@ -22,13 +23,14 @@ def main(argv=None):
                         default="saved_model")
     parser.add_argument("--output", required=True,
                         help="output folder (saved_model) or .keras file")
-    parser.add_argument("--checkpoint", choices=["model", "best", "latest"],
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS,
                         default="model",
                         help="which weights: final model, best or latest")
     args = parser.parse_args(argv)
-    from kerasbert.serving.export import export_saved_model, load_run_model
+    from kerasbert.serving.export import export_saved_model
+    from kerasbert.training.modeldir import load_model
 
-    model = load_run_model(args.run_dir, args.checkpoint)
+    model = load_model(args.run_dir, args.checkpoint)
     if args.format == "saved_model":
         export_saved_model(model, args.output)
     else:

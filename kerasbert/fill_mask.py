@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from kerasbert.serving.fill_mask import encode_masked, fill_mask, load_tokenizer  # noqa: E402
+from kerasbert.training.modeldir import CHECKPOINTS  # noqa: E402
 
 
 def main(argv=None):
@@ -22,7 +22,7 @@ def main(argv=None):
     parser.add_argument("text", help='text with one or more "[MASK]"')
     parser.add_argument("--model", required=True,
                         help="run directory of kerasbert.fit")
-    parser.add_argument("--checkpoint", choices=["model", "best", "latest"],
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS,
                         default="model")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", action="store_true",
@@ -30,11 +30,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UsageError("--top-k: must be >= 1")
-    from kerasbert.serving.export import load_run_model
+    from kerasbert.serving.fill_mask import encode_masked, fill_mask
+    from kerasbert.training.modeldir import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     encode_masked(tokenizer, args.text)  # bad text fails before TF loads
-    model = load_run_model(args.model, args.checkpoint)
+    model = load_model(args.model, args.checkpoint)
     results = fill_mask(model, tokenizer, args.text, args.top_k)
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0],

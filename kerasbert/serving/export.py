@@ -12,8 +12,6 @@ kerasbert or Keras needed on the serving side.
 import os
 import shutil
 
-from kerasbert.errors import UsageError
-
 INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
@@ -81,26 +79,3 @@ def export_saved_model(pretrainer, path: str) -> str:
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
-
-
-def load_run_model(run_dir: str, which: str = "model"):
-    """Loads `model.keras` (or checkpoints/latest|best.keras) of a run."""
-    import keras
-
-    import kerasbert.modeling  # noqa: F401  registers the classes
-
-    if not os.path.isdir(run_dir):
-        raise UsageError(f"{run_dir}: no such run directory")
-    candidates = {
-        "model": [os.path.join(run_dir, "model.keras"),
-                  os.path.join(run_dir, "checkpoints", "latest.keras")],
-        "best": [os.path.join(run_dir, "checkpoints", "best.keras")],
-        "latest": [os.path.join(run_dir, "checkpoints", "latest.keras")],
-    }[which]
-    if os.path.isfile(run_dir):
-        candidates = [run_dir]
-    for path in candidates:
-        if os.path.exists(path):
-            return keras.saving.load_model(path, safe_mode=True)
-    raise UsageError(f"{run_dir}: no model.keras or checkpoint in this "
-                     "run directory (has the run finished a first epoch?)")

@@ -4,17 +4,8 @@ For each `[MASK]` in the text it prints the `top_k` most likely tokens, their
 probabilities and the text with the token filled in.
 """
 
-import os
 
 from kerasbert.errors import UsageError
-
-
-def load_tokenizer(run_dir):
-    from kerasbert.text.tokenizer import Tokenizer
-    path = os.path.join(run_dir, "tokenizer")
-    if not os.path.isdir(path):
-        raise UsageError(f"--model: {run_dir} has no tokenizer/ folder")
-    return Tokenizer.load(path)
 
 
 def encode_masked(tokenizer, text: str):
@@ -31,6 +22,10 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
     sequence} dicts (best first)."""
     import numpy as np
 
+    if not hasattr(model, "mlm_head"):
+        raise UsageError("--model: this model has no masked-LM head (a "
+                         "backbone, e.g. converted from a BertModel); "
+                         "fill-mask needs a pretrainer")
     ids, positions = encode_masked(tokenizer, text)
     limit = model.backbone.max_sequence_length
     if len(ids) > limit:

@@ -1,0 +1,76 @@
+"""A model directory: what every command that reads a trained model takes.
+
+    config.json   {"model": ModelConfig fields, ...}; a run adds "data", "train"
+    tokenizer/    the tokenizer (`Tokenizer.save` layout)
+    model.keras   a BertPretrainer (MLM + NSP heads) or a BertBackbone (none)
+
+A pretraining run directory is one (its model.keras is written at the end;
+`checkpoints/latest.keras` and `best.keras` stand in before that), and so
+is what `python -m kerasbert.convert` writes from a Hugging Face or Google
+checkpoint. Fine-tuning, fill-mask, export and `fit --init-from` read it
+through `load_model_dir`.
+"""
+
+import os
+import zipfile
+
+from kerasbert.errors import UsageError
+
+CHECKPOINTS = ("model", "best", "latest")
+
+
+def model_path(directory: str, which: str = "model") -> str:
+    """The .keras file of a model directory: `which` is "model" (the final
+    model, else the latest checkpoint), "best" or "latest"."""
+    if os.path.isfile(directory) and directory.endswith(".keras"):
+        return directory
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory}: no such model directory")
+    candidates = {
+        "model": ["model.keras", "checkpoints/latest.keras"],
+        "best": ["checkpoints/best.keras"],
+        "latest": ["checkpoints/latest.keras"],
+    }[which]
+    for name in candidates:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return path
+    raise UsageError(
+        f"{directory}: no {' or '.join(candidates)} (not a kerasbert model "
+        "directory, or a run that has not finished a first epoch)")
+
+
+def load_keras_model(path: str):
+    """`keras.saving.load_model(path, safe_mode=True)`; a damaged or foreign
+    file is a `UsageError` naming it, not a traceback."""
+    import keras
+
+    import kerasbert.modeling  # noqa: F401  registers the classes
+
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path}: not a .keras file (truncated or "
+                         "another format)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (OSError, ValueError, KeyError, TypeError,
+            zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: cannot be loaded ({e})") from None
+
+
+def load_model(directory: str, which: str = "model"):
+    """The Keras model of a model directory (see `model_path`)."""
+    return load_keras_model(model_path(directory, which))
+
+
+def load_tokenizer(directory: str):
+    from kerasbert.text.tokenizer import Tokenizer
+
+    path = os.path.join(directory, "tokenizer")
+    if not os.path.isdir(path):
+        raise UsageError(f"{directory}: has no tokenizer/ folder")
+    return Tokenizer.load(path)
+
+
+def backbone_of(model):
+    """The BertBackbone inside a pretrainer or classifier, or `model`."""
+    return getattr(model, "backbone", model)
