@@ -1,24 +1,118 @@
-"""Atomic file writes and process checks, used wherever we write results.
+"""Atomic writes, checksums, process checks and fault points.
 
 A kill (SIGKILL, power loss) must never leave half a file where a complete
-one is expected: everything is written to a temp path beside the target and
-moved into place with one `os.replace`, which is atomic on POSIX.
+one is expected: everything is written to a temp path beside the target
+(same folder, so the same file system) and moved into place with one
+`os.replace`, which is atomic on POSIX. Every writer in kerasbert goes
+through `atomic_path` or `atomic_dir`.
+
+`fault_point(name)` lets the tests kill a run at a named place (after a
+backup, inside a checkpoint write, during evaluation...) by setting
+`KERASBERT_FAULT=name` or `name:N` (the N-th time it is reached). Unset, it
+costs one dictionary lookup.
 """
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import signal
+
+from kerasbert.errors import UsageError
 
 
-def write_json_atomic(path, value):
-    """Writes `value` as indented JSON to `path` via a temp file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def _tmp_name(path: str) -> str:
+    head, tail = os.path.split(os.path.abspath(path))
+    # The pid keeps two processes' temp files apart; the suffix is kept
+    # because some writers (Keras, matplotlib) pick the format by it.
+    stem, dot, ext = tail.partition(".")
+    return os.path.join(head, f".{stem}.tmp{os.getpid()}{dot}{ext}")
 
 
-def pid_alive(pid):
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yields a temp path to write; on success it replaces `path`.
+
+    On an exception the temp file is removed and `path` is untouched.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        fault_point("atomic_write")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str):
+    """Yields an empty temp folder; on success it replaces folder `path`
+    (an old one is removed first, so a kill in between leaves no `path`
+    rather than a mixed one). A regular file at `path` is an error."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{path}: exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = _tmp_name(path.rstrip(os.sep))
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        fault_point("atomic_write")
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_json_atomic(path: str, value) -> None:
+    """Writes `value` as indented, key-sorted JSON to `path` atomically."""
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True)
+                      + "\n")
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+    """Fails early, in one line, if folder `path` cannot be created or
+    written (a regular file there, a read-only or virtual file system)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} exists and is not a folder")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(os.path.abspath(probe))
+    if not os.path.isdir(probe):
+        raise UsageError(f"{flag}: {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: {path}: {probe} is not writable")
+    try:  # access() says yes on some read-only mounts (/proc): try it.
+        test = os.path.join(probe, f".kerasbert-probe-{os.getpid()}")
+        with open(test, "w"):
+            pass
+        os.remove(test)
+    except OSError as e:
+        raise UsageError(f"{flag}: {path}: cannot write in {probe} "
+                         f"({e.strerror})") from None
+
+
+def pid_alive(pid: int) -> bool:
     """True if a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
@@ -27,3 +121,19 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """SIGKILLs this process at the place named by $KERASBERT_FAULT."""
+    spec = os.environ.get("KERASBERT_FAULT")
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
