@@ -29,7 +29,7 @@ def main():
     from kerasbert.config import DataConfig
     from kerasbert.data.cache import prepare_corpus
     from kerasbert.data.pretraining import pretraining_dataset
-    from kerasbert.training.modeldir import load_model
+    from kerasbert.serving.modeldir import load_model
 
     with open(os.path.join(args.run_dir, "config.json"),
               encoding="utf-8") as f:

@@ -234,7 +234,8 @@ class DataConfig(_Config):
     short_seq_prob: float = option(
         0.1, "share of pairs with a shorter target length", min=0, max=1)
     holdout_fraction: float = option(
-        0.05, "share of documents held out for evaluation", min=0, below=1)
+        0.05, "share of documents held out for evaluation (a corpus of "
+        "fewer than 4 documents has none)", min=0, max=0.5)
     heldout_corpus: str | None = option(
         None, "evaluate on this corpus instead of a held-out share")
 

@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from kerasbert.training.modeldir import CHECKPOINTS  # noqa: E402
+from kerasbert.serving.modeldir import CHECKPOINTS  # noqa: E402
 
 
 def main(argv=None):
@@ -28,7 +28,7 @@ def main(argv=None):
                         help="which weights: final model, best or latest")
     args = parser.parse_args(argv)
     from kerasbert.serving.export import export_saved_model
-    from kerasbert.training.modeldir import load_model
+    from kerasbert.serving.modeldir import load_model
 
     model = load_model(args.run_dir, args.checkpoint)
     if args.format == "saved_model":
@@ -37,9 +37,8 @@ def main(argv=None):
         output = args.output
         if not output.endswith(".keras"):
             raise UsageError(f"--output: {output} must end in .keras")
-        from kerasbert.training.callbacks import atomic_save
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        atomic_save(model, output)
+        from kerasbert.training.callbacks import save_model_atomic
+        save_model_atomic(model, output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -16,10 +16,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 
 from kerasbert.errors import UsageError
+
+_TMP = re.compile(r"^\..+\.tmp(\d+)(\..*)?$")
 
 
 def _tmp_name(path: str) -> str:
@@ -68,6 +71,21 @@ def atomic_dir(path: str):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temps(folder: str) -> None:
+    """Removes the temp files and folders that killed processes left in
+    `folder` (and below): their pid is in the name."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            match = _TMP.match(name)
+            if match and not pid_alive(int(match.group(1))):
+                path = os.path.join(root, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirs.remove(name)
+                else:
+                    os.remove(path)
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from kerasbert.training.modeldir import CHECKPOINTS  # noqa: E402
+from kerasbert.serving.modeldir import CHECKPOINTS  # noqa: E402
 
 
 def main(argv=None):
@@ -31,7 +31,7 @@ def main(argv=None):
     if args.top_k < 1:
         raise UsageError("--top-k: must be >= 1")
     from kerasbert.serving.fill_mask import encode_masked, fill_mask
-    from kerasbert.training.modeldir import load_model, load_tokenizer
+    from kerasbert.serving.modeldir import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     encode_masked(tokenizer, args.text)  # bad text fails before TF loads

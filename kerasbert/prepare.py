@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     from kerasbert.data.cache import prepare_corpus
+    from kerasbert.files import check_writable_dir
 
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config")
@@ -44,6 +45,8 @@ def main(argv=None):
     values.update(args)
     data_config = DataConfig(
         **split_values(values, {"data": DataConfig})["data"]).validate()
+    if tokenizer_out:
+        check_writable_dir(tokenizer_out, "--tokenizer-out")
     tokenizer, corpus = prepare_corpus(data_config, tokenizer_out, progress)
     print(f"documents: {corpus.num_documents}")
     print(f"sentences: {corpus.num_sentences}")

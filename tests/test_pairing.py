@@ -7,10 +7,10 @@ from kerasbert.data.cache import TokenCorpus
 from kerasbert.data.pairing import (
     assemble,
     create_pairs,
+    epoch_pairs,
     split_documents,
     truncate_pairs,
 )
-from kerasbert.data.pretraining import epoch_pairs
 from kerasbert.errors import UsageError
 
 MAX = 125  # sequence length 128
@@ -36,9 +36,11 @@ def test_split_documents():
     again = split_documents(40, 0.1, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(again, (train, held)))
     assert not np.array_equal(split_documents(40, 0.1, seed=4)[1], held)
-    # At least one held-out document, at least two left for training.
-    assert len(split_documents(3, 0.01, seed=0)[1]) == 1
-    assert len(split_documents(3, 0.9, seed=0)[0]) == 2
+    # Both sides keep 2 documents: NSP needs a random B from another one.
+    assert len(split_documents(4, 0.01, seed=0)[1]) == 2
+    assert len(split_documents(5, 0.9, seed=0)[0]) == 2
+    with pytest.raises(UsageError, match="at least 4"):
+        split_documents(3, 0.05, seed=0)
     assert len(split_documents(2, 0.0, seed=0)[1]) == 0
     with pytest.raises(UsageError, match="--holdout-fraction"):
         split_documents(2, 0.5, seed=0)

@@ -130,43 +130,66 @@ def test_multi_worker_needs_tf_config(monkeypatch):
         hardware.make_strategy("multi_worker")
 
 
-def test_step_backup_round_trip_is_atomic(tmp_path):
+def _tiny_pretrainer():
     from kerasbert.modeling import build_pretrainer
 
-    def make():
-        keras.utils.set_random_seed(0)
-        model = build_pretrainer(vocabulary_size=31, hidden_dim=8,
-                                 num_layers=1, num_heads=2,
-                                 intermediate_dim=16, max_sequence_length=16)
-        model.compile(optimizer=optimization.make_optimizer("adamw", 1e-2, 10))
-        x = {"token_ids": np.ones((2, 9), "int32"),
-             "segment_ids": np.zeros((2, 9), "int32"),
-             "padding_mask": np.ones((2, 9), "int32"),
-             "mask_positions": np.array([[1, 2], [3, 4]], "int32")}
-        y = {"mask_ids": np.array([[5, 6], [7, 8]], "int32"),
-             "mask_weights": np.ones((2, 2), "float32"),
-             "next_sentence_label": np.array([0, 1], "int32")}
-        return model, x, y
+    keras.utils.set_random_seed(0)
+    model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
+                             num_heads=2, intermediate_dim=16,
+                             max_sequence_length=16, hidden_dropout=0.2)
+    model.compile(optimizer=optimization.make_optimizer("adamw", 1e-2, 10))
+    x = {"token_ids": np.ones((2, 9), "int32"),
+         "segment_ids": np.zeros((2, 9), "int32"),
+         "padding_mask": np.ones((2, 9), "int32"),
+         "mask_positions": np.array([[1, 2], [3, 4]], "int32")}
+    y = {"mask_ids": np.array([[5, 6], [7, 8]], "int32"),
+         "mask_weights": np.ones((2, 2), "float32"),
+         "next_sentence_label": np.array([0, 1], "int32")}
+    model(x)
+    model.optimizer.build(model.trainable_variables)
+    return model, x, y
 
-    model, x, y = make()
-    backup = callbacks.StepBackup(str(tmp_path / "backup"), every=2)
-    backup.set_model(model)
-    model.fit(x, y, epochs=3, verbose=0, callbacks=[backup])
-    files = sorted(os.listdir(tmp_path / "backup"))
-    assert files == ["latest.weights.h5", "training_metadata.json"]
-    meta = json.loads((tmp_path / "backup/training_metadata.json")
-                      .read_text())
-    assert meta["step"] == 2  # saved at step 2, not at 1 or 3
 
-    fresh, _, _ = make()
-    fresh(x)
-    step = callbacks.StepBackup(str(tmp_path / "backup"), every=2).restore(fresh)
-    assert step == 2
-    assert int(fresh.optimizer._iterations.numpy()) == 2
-    # Optimizer slots came back too, not only the weights.
-    first_slot = [v for v in fresh.optimizer.variables if "momentum" in v.path]
-    assert first_slot and np.any(
-        np.abs(keras.ops.convert_to_numpy(first_slot[0])) > 0)
+def _state(model):
+    return [keras.ops.convert_to_numpy(v.value) for v in
+            [*model.variables, *model.optimizer.variables,
+             *model.metrics_variables]]
+
+
+def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
+    model, x, y = _tiny_pretrainer()
+    backup_dir = tmp_path / "backup"
+    backup = callbacks.StepBackup(str(backup_dir), every=1)
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[backup])
+    # The last two, whole: no temp folders left.
+    assert sorted(os.listdir(backup_dir)) == ["step-3", "step-4"]
+    meta = json.loads((backup_dir / "step-4" / "meta.json").read_text())
+    assert meta["step"] == 4
+    saved = _state(model)
+
+    messages = []
+    fresh, _, _ = _tiny_pretrainer()
+    assert not all(np.array_equal(a, b)
+                   for a, b in zip(saved, _state(fresh)))
+    restore = callbacks.StepBackup(str(backup_dir), every=1,
+                                   log=messages.append)
+    restore.set_model(fresh)
+    assert restore.restore()["step"] == 4
+    # Weights, optimizer slots and step, dropout seed states, metric sums.
+    for a, b in zip(saved, _state(fresh)):
+        np.testing.assert_array_equal(a, b)
+    assert callbacks.global_step(fresh) == 4
+    assert not messages
+
+    # A truncated newest backup is named in one line; the one before is used.
+    weights = backup_dir / "step-4" / "weights.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])
+    other, _, _ = _tiny_pretrainer()
+    restore = callbacks.StepBackup(str(backup_dir), every=1,
+                                   log=messages.append)
+    restore.set_model(other)
+    assert restore.restore()["step"] == 3
+    assert len(messages) == 1 and "step-4: damaged backup" in messages[0]
 
 
 def test_gradient_accumulation_updates_every_k_steps():
@@ -199,3 +222,19 @@ def test_gradient_accumulation_updates_every_k_steps():
     after_two = snapshot()
     np.testing.assert_array_equal(after_one, start)  # only accumulated
     assert not np.allclose(after_two, start)  # applied on the 2nd step
+
+
+def test_checkpoints_never_saved_with_a_non_finite_loss(tmp_path):
+    model, _, _ = _tiny_pretrainer()
+    saver = callbacks.CheckpointSaver(str(tmp_path / "latest.keras"),
+                                      str(tmp_path / "best.keras"))
+    saver.set_model(model)
+    saver.save(float("nan"))
+    saver.save(float("inf"))
+    assert not os.listdir(tmp_path)
+    saver.save(2.5)
+    saver.save(3.0)  # worse: latest only
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras",
+                                            "latest.keras"]
+    assert json.loads((tmp_path / "best.json").read_text()) == {
+        "loss": 2.5, "step": 0}

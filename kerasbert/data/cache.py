@@ -227,6 +227,14 @@ def _remove_stale_workspaces(cache_dir):
                               ignore_errors=True)
 
 
+class _Lines:
+    def __init__(self, path):
+        self.path = path
+
+    def __iter__(self):
+        return _sentence_lines(self.path)
+
+
 def _move_into_place(src, dst):
     """os.replace a finished directory; if another run won, keep theirs."""
     try:
@@ -382,8 +390,10 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
                 strip = dc.strip_accents
                 if strip is None:
                     strip = False if language == "ko" else dc.lowercase
+                # A re-iterable: the trainer reads the lines twice.
+                lines = _Lines(sentences_path)
                 tokenizer = train_wordpiece(
-                    _sentence_lines(sentences_path), dc.vocab_size,
+                    lines, dc.vocab_size,
                     dc.lowercase, strip, progress)
                 tokenizer.save(os.path.join(work, "tokenizer"))
                 _move_into_place(os.path.join(work, "tokenizer"), tok_dir)

@@ -33,6 +33,7 @@ import numpy as np
 from kerasbert.errors import UsageError
 
 PAIR_FIELDS = ("a_start", "a_len", "b_start", "b_len", "label")
+MIN_DOCUMENTS_TO_HOLD_OUT = 4
 
 
 def split_documents(num_documents: int, holdout_fraction: float, seed: int):
@@ -40,18 +41,20 @@ def split_documents(num_documents: int, holdout_fraction: float, seed: int):
 
     Held-out data is split by whole documents: a held-out sentence whose
     neighbours were trained on would make the NSP accuracy look too good.
+    Both sides get at least 2 documents, since NSP draws its random B from
+    another document; so a hold-out needs a corpus of 4 or more.
     """
     if not 0 <= holdout_fraction < 1:
         raise UsageError("--holdout-fraction: must be in [0, 1)")
     ids = np.random.default_rng([seed, 0x5EED]).permutation(num_documents)
     if holdout_fraction == 0:
         return np.sort(ids), np.zeros(0, dtype=ids.dtype)
-    # Both sides need two documents: NSP draws its random B from another one.
-    if num_documents < 3:
+    if num_documents < MIN_DOCUMENTS_TO_HOLD_OUT:
         raise UsageError(
             f"--holdout-fraction: the corpus has {num_documents} document(s); "
-            "holding some out needs at least 3 (or use --holdout-fraction 0)")
-    num_heldout = max(1, round(num_documents * holdout_fraction))
+            f"holding some out needs at least {MIN_DOCUMENTS_TO_HOLD_OUT} "
+            "(2 to train on, 2 to evaluate), or --holdout-fraction 0")
+    num_heldout = max(2, round(num_documents * holdout_fraction))
     num_heldout = min(num_heldout, num_documents - 2)
     return np.sort(ids[num_heldout:]), np.sort(ids[:num_heldout])
 
@@ -249,3 +252,30 @@ def assemble(tokens, pairs: np.ndarray, sequence_length: int, *, cls_id: int,
     segments = (j > sep_a) & padding
     return (ids, segments.astype(np.int32), padding.astype(np.int32),
             label[:, 0].astype(np.int32))
+
+
+def epoch_pairs(corpus, *, sequence_length: int = 128,
+                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
+                seed: int = 0, document_ids=None,
+                epoch: int = 0) -> np.ndarray:
+    """The shuffled pairs [num_pairs, 5] of one epoch; see `pairing`.
+
+    Pairs of one document come out together; shuffling them (as Google's
+    script does) keeps a batch from being a run of one article.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    pairs = create_pairs(
+        corpus, max_num_tokens=sequence_length - 3,
+        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
+        rng=rng, document_ids=document_ids)
+    return pairs[rng.permutation(len(pairs))]
+
+
+def count_pairs(corpus, *, sequence_length: int = 128,
+                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
+                seed: int = 0, document_ids=None, epoch: int = 0) -> int:
+    """Sequences in one epoch (batches: this // batch_size)."""
+    return len(epoch_pairs(
+        corpus, sequence_length=sequence_length,
+        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
+        seed=seed, document_ids=document_ids, epoch=epoch))

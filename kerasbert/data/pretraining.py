@@ -26,39 +26,17 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbert.data.masking import DynamicMasker, draw_noise, validate_masking
-from kerasbert.data.pairing import assemble, create_pairs, usable_documents
+from kerasbert.data.pairing import (  # noqa: F401  count_pairs: API
+    assemble,
+    count_pairs,
+    epoch_pairs,
+    usable_documents,
+)
 from kerasbert.errors import UsageError
 
 # Sequences per generator yield: big enough that the Python generator's
 # per-element cost vanishes, small enough to start fast.
 _BLOCK_ROWS = 1024
-
-
-def epoch_pairs(corpus, *, sequence_length: int = 128,
-                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
-                seed: int = 0, document_ids=None,
-                epoch: int = 0) -> np.ndarray:
-    """The shuffled pairs [num_pairs, 5] of one epoch; see `pairing`.
-
-    Pairs of one document come out together; shuffling them (as Google's
-    script does) keeps a batch from being a run of one article.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    pairs = create_pairs(
-        corpus, max_num_tokens=sequence_length - 3,
-        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
-        rng=rng, document_ids=document_ids)
-    return pairs[rng.permutation(len(pairs))]
-
-
-def count_pairs(corpus, *, sequence_length: int = 128,
-                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
-                seed: int = 0, document_ids=None, epoch: int = 0) -> int:
-    """Sequences in one epoch (batches: this // batch_size)."""
-    return len(epoch_pairs(
-        corpus, sequence_length=sequence_length,
-        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
-        seed=seed, document_ids=document_ids, epoch=epoch))
 
 
 def block_batches(batch_size: int) -> int:

@@ -9,8 +9,8 @@ Load it with `tf.saved_model.load(DIR).signatures["serving_default"]` -- no
 kerasbert or Keras needed on the serving side.
 """
 
-import os
-import shutil
+
+from kerasbert.files import atomic_dir
 
 INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -72,10 +72,6 @@ def export_saved_model(pretrainer, path: str) -> str:
         input_signature=[_spec(n) for n in (*INPUTS, "mask_positions")])
     archive.add_endpoint("encode", encode,
                          input_signature=[_spec(n) for n in INPUTS])
-    tmp = f"{path.rstrip('/')}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
-    archive.write_out(tmp, verbose=False)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp:
+        archive.write_out(tmp, verbose=False)
     return path

@@ -22,17 +22,11 @@ import re
 import numpy as np
 
 from kerasbert.errors import UsageError
+from kerasbert.files import atomic_dir, atomic_path, write_text_atomic
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _SPM_META = "kerasbert_tokenizer.json"
 _SPM_FILE = "sentencepiece.model"
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _wordpiece_pipeline(vocab, lowercase, strip_accents):
@@ -166,19 +160,28 @@ class Tokenizer:
     # Saving and loading.
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        """Writes the tokenizer folder whole or not at all (`atomic_dir`).
+        An existing folder is replaced only if it holds a tokenizer."""
+        if os.path.isdir(directory) and os.listdir(directory) and not any(
+                os.path.exists(os.path.join(directory, name))
+                for name in ("vocab.txt", _SPM_META)):
+            raise UsageError(f"{directory}: exists and is not a tokenizer "
+                             "folder; choose another")
+        with atomic_dir(directory) as tmp:
+            self._save_into(tmp)
+
+    def _save_into(self, directory: str) -> None:
         if self.kind == "sentencepiece":
-            tmp = os.path.join(directory, f"{_SPM_FILE}.tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
-                f.write(self._backend.serialized_model_proto())
-            os.replace(tmp, os.path.join(directory, _SPM_FILE))
-            _write_atomic(os.path.join(directory, _SPM_META), json.dumps(
+            with atomic_path(os.path.join(directory, _SPM_FILE)) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(self._backend.serialized_model_proto())
+            write_text_atomic(os.path.join(directory, _SPM_META), json.dumps(
                 {"kind": "sentencepiece", "model_file": _SPM_FILE},
                 indent=2) + "\n")
             return
         from tokenizers import processors
 
-        _write_atomic(os.path.join(directory, "vocab.txt"),
+        write_text_atomic(os.path.join(directory, "vocab.txt"),
                       "\n".join(self._tokens) + "\n")
         # The saved pipeline adds [CLS] A [SEP] (B [SEP]) like HF's BERT;
         # our own encode() keeps calling with add_special_tokens=False.
@@ -186,7 +189,7 @@ class Tokenizer:
         hf.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
-        _write_atomic(os.path.join(directory, "tokenizer.json"), hf.to_str())
+        write_text_atomic(os.path.join(directory, "tokenizer.json"), hf.to_str())
         specials = {"pad_token": "[PAD]", "unk_token": "[UNK]",
                     "cls_token": "[CLS]", "sep_token": "[SEP]",
                     "mask_token": "[MASK]"}
@@ -195,9 +198,9 @@ class Tokenizer:
                   "strip_accents": self.strip_accents,
                   "tokenize_chinese_chars": True,
                   "model_max_length": 512, **specials}
-        _write_atomic(os.path.join(directory, "tokenizer_config.json"),
+        write_text_atomic(os.path.join(directory, "tokenizer_config.json"),
                       json.dumps(config, indent=2) + "\n")
-        _write_atomic(os.path.join(directory, "special_tokens_map.json"),
+        write_text_atomic(os.path.join(directory, "special_tokens_map.json"),
                       json.dumps(specials, indent=2) + "\n")
 
     @classmethod
@@ -300,16 +303,48 @@ def train_wordpiece(texts, vocab_size: int, lowercase: bool = True,
         strip_accents=strip_accents, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
+    if iter(texts) is texts:  # one pass only: keep it for the second
+        texts = list(texts)
+    # The trainer numbers each "##c" piece when it first meets it, in
+    # hash-map order, and breaks ties between equally frequent merges by
+    # those numbers: two runs on one corpus then differ in a few tokens.
+    # Listing every "##c" up front (as reserved tokens) fixes the numbers.
+    reserved = _continuation_pieces(texts, tok.normalizer)
     trainer = WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + reserved,
         show_progress=progress, continuing_subword_prefix="##")
     tok.train_from_iterator(texts, trainer=trainer)
-    vocab = tok.get_vocab()
-    if len(vocab) <= len(SPECIAL_TOKENS):
+    trained = tok.get_vocab()
+    if len(trained) <= len(SPECIAL_TOKENS):
         raise UsageError("corpus: no text to train a vocabulary on")
+    # Ids in sorted order too: the trainer's order also follows hash maps.
+    rest = sorted((t for t in trained if t not in SPECIAL_TOKENS),
+                  key=lambda t: (t.startswith("##"), t))
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + rest)}
     # Rebuild through the loading path so trained and loaded tokenizers are
     # the same object in every detail.
     return Tokenizer(
         _wordpiece_pipeline(vocab, lowercase, strip_accents), "wordpiece",
         source="trained", lowercase=lowercase, strip_accents=strip_accents)
 
+
+def _continuation_pieces(texts, normalizer) -> list[str]:
+    """"##c" for every character c that can continue a word, sorted."""
+    import unicodedata
+
+    chars = set()
+    for text in texts:
+        chars.update(text)
+    pieces = set()
+    for c in chars:
+        for n in normalizer.normalize_str(c):
+            # Whitespace, punctuation and CJK characters always stand
+            # alone after BERT's pre-tokenizer: never a continuation.
+            if n.isspace() or unicodedata.category(n).startswith("P") or \
+                    n in _ASCII_PUNCTUATION or 0x4E00 <= ord(n) <= 0x9FFF:
+                continue
+            pieces.add("##" + n)
+    return sorted(pieces)
+
+
+_ASCII_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")

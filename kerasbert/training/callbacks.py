@@ -1,14 +1,38 @@
 """Keras callbacks of a pretraining run: backups, divergence, metrics,
-checkpoints."""
+checkpoints.
+
+Their order in `fit` matters and is fixed by the trainer: DivergenceGuard
+first (the others skip saving once it fired), then MetricsLogger,
+CheckpointSaver and StepBackup last, so an epoch-end backup is written after
+that epoch's held-out row and checkpoint: a resume from it never skips them.
+"""
 
 import csv
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from kerasbert.errors import UsageError
+from kerasbert.files import (
+    atomic_dir,
+    atomic_path,
+    fault_point,
+    sha256_file,
+    write_json_atomic,
+)
+
+
+def global_step(model) -> int:
+    """Batches trained so far. With gradient accumulation the optimizer's
+    `iterations` counts updates (batches // k); `_iterations` counts
+    batches, which is what the data position and every schedule here use."""
+    return int(model.optimizer._iterations.numpy())
 
 
 def weights_finite(model) -> bool:
@@ -18,66 +42,160 @@ def weights_finite(model) -> bool:
                if v.dtype in ("float16", "bfloat16", "float32", "float64"))
 
 
-def atomic_save(model, path: str, weights_only: bool = False) -> None:
-    """Saves to `path` via a temp file, so a kill never leaves half a file."""
-    suffix = ".weights.h5" if weights_only else ".keras"
-    tmp = f"{path[: -len(suffix)]}.tmp{suffix}"
-    if weights_only:
-        model.save_weights(tmp, overwrite=True)
-    else:
+def save_model_atomic(model, path: str, fault: str | None = None) -> None:
+    """`model.save(path)` via a temp file; `fault` names a fault point
+    between the write and the rename (see files.fault_point)."""
+    with atomic_path(path) as tmp:
         model.save(tmp, overwrite=True)
-    os.replace(tmp, path)
+        if fault:
+            fault_point(fault)
 
 
-class StepBackup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` with atomic writes and an exact global step.
+def _hidden_state(model):
+    """Variables that decide the next step but are not weights: dropout
+    seed-generator states and the running metric sums."""
+    weights = {id(v) for v in model.weights}
+    seeds = [v for v in model.variables if id(v) not in weights]
+    return seeds + list(model.metrics_variables)
 
-    Keras' own callback writes `latest.weights.h5` in place and remembers
-    only the epoch, so a kill mid-write loses the backup and a resume replays
-    the epoch. This one writes weights (model and optimizer state) to a temp
-    file and renames it, records the global step, and leaves the restore to
-    `restore()`, which the trainer calls before it plans the fit calls.
+
+def _local_value(variable) -> np.ndarray:
+    """A variable's value on this device. Reading a tf.distribute
+    sync-on-read (metric) variable as a whole is a collective that every
+    worker must join; the chief saves alone, so it reads its own copy
+    (with several local replicas, mid-window metric sums are approximate
+    after a resume: each replica restarts from the first one's)."""
+    value = variable.value
+    if hasattr(value, "_get_on_device_or_primary"):
+        value = value._get_on_device_or_primary()
+    return tf.convert_to_tensor(value).numpy()
+
+
+class StepBackup(keras.callbacks.Callback):
+    """Everything that makes step N+1 what it is, every `every` steps.
+
+    `backup/step-N/` holds `weights.weights.h5` (model and optimizer),
+    `state.npz` (dropout seed states, metric sums) and `meta.json` (the
+    step, how many rows metrics.csv had, the best-checkpoint record and the
+    files' SHA-256). A folder is written whole or not at all (`atomic_dir`);
+    the last two are kept, so a damaged newest one falls back to the one
+    before with a one-line message. At an epoch's last step the backup waits
+    for `on_epoch_end`, after that epoch's evaluation and checkpoint.
     """
 
-    def __init__(self, backup_dir, every):
-        super().__init__(backup_dir, save_freq=every, delete_checkpoint=False)
+    KEEP = 2
+
+    def __init__(self, backup_dir, every, metrics=None, checkpoints=None,
+                 log=print):
+        super().__init__()
+        self.dir = backup_dir
         self.every = every
+        self.metrics = metrics  # MetricsLogger: its row count is saved
+        self.checkpoints = checkpoints  # CheckpointSaver: its best record
+        self.log = log
         self.enabled = True
+        self._pending_state = None
 
-    def restore(self, model) -> int:
-        """Loads the backup into a built, compiled model; returns its step."""
-        if not os.path.exists(self._training_metadata_path):
-            return 0
-        with open(self._training_metadata_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(self._weights_path)
-        return int(meta["step"])
+    # Writing.
 
-    def on_train_begin(self, logs=None):
-        pass  # restore() already ran; Keras would reload and reset epochs.
+    def backups(self):
+        """(step, folder) of every complete backup, newest first."""
+        if not os.path.isdir(self.dir):
+            return []
+        found = []
+        for name in os.listdir(self.dir):
+            if name.startswith("step-") and name[5:].isdigit():
+                found.append((int(name[5:]), os.path.join(self.dir, name)))
+        return sorted(found, reverse=True)
+
+    def save(self, step: int) -> bool:
+        """Writes `step-N/`; refuses (returns False) if weights are NaN."""
+        if not self.enabled or not weights_finite(self.model):
+            return False
+        with atomic_dir(os.path.join(self.dir, f"step-{step}")) as tmp:
+            weights = os.path.join(tmp, "weights.weights.h5")
+            self.model.save_weights(weights)
+            state = os.path.join(tmp, "state.npz")
+            np.savez(state, *[_local_value(v)
+                              for v in _hidden_state(self.model)])
+            meta = {
+                "step": step,
+                "metrics_rows": (len(self.metrics.rows)
+                                 if self.metrics else 0),
+                "best": (self.checkpoints.record()
+                         if self.checkpoints else None),
+                "sha256": {name: sha256_file(os.path.join(tmp, name))
+                           for name in ("weights.weights.h5", "state.npz")},
+            }
+            write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+        for _, old in self.backups()[self.KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
+        fault_point("after_backup")
+        return True
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer._iterations.numpy())
-        if self.enabled and step % self.every == 0:
+        if batch + 1 == (self.params or {}).get("steps"):
+            return  # an epoch's last step: on_epoch_end saves
+        step = global_step(self.model)
+        if step % self.every == 0:
             self.save(step)
 
     def on_epoch_end(self, epoch, logs=None):
-        pass  # Steps, not epochs, drive backups; the trainer saves at the end.
+        step = global_step(self.model)
+        if step % self.every == 0:
+            self.save(step)
 
-    def save(self, step: int) -> bool:
-        """Writes the backup; refuses (returns False) if weights are NaN."""
-        if not weights_finite(self.model):
-            self.enabled = False
-            return False
-        os.makedirs(self.backup_dir, exist_ok=True)
-        atomic_save(self.model, self._weights_path, weights_only=True)
-        tmp = f"{self._training_metadata_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"step": step, "time": time.time()}, f)
-        os.replace(tmp, self._training_metadata_path)
-        return True
+    # Reading.
+
+    def _check(self, folder):
+        try:
+            with open(os.path.join(folder, "meta.json"),
+                      encoding="utf-8") as f:
+                meta = json.load(f)
+            for name, digest in meta["sha256"].items():
+                if sha256_file(os.path.join(folder, name)) != digest:
+                    raise ValueError(f"{name} does not match its checksum")
+            return meta
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{folder}: damaged backup ({e})") from None
+
+    def restore(self) -> dict | None:
+        """Loads the newest good backup into the built, compiled model and
+        returns its meta (None: no backup). Damaged ones are named and
+        skipped, never silently."""
+        model = self.model
+        for step, folder in self.backups():
+            try:
+                meta = self._check(folder)
+            except UsageError as e:
+                self.log(f"warning: {e}; trying an older one")
+                continue
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(folder, "weights.weights.h5"))
+            with np.load(os.path.join(folder, "state.npz")) as saved:
+                values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            hidden = _hidden_state(model)
+            if len(values) != len(hidden):
+                raise UsageError(f"{folder}: backup of another model")
+            for v, value in zip(hidden, values):
+                v.assign(value)
+            # `fit` resets the metrics as an epoch begins: put the saved sums
+            # back after that, in on_epoch_begin.
+            self._pending_state = values[len(hidden) - len(
+                model.metrics_variables):]
+            assert int(meta["step"]) == step == global_step(model)
+            return meta
+        if self.backups():
+            self.log("warning: no usable backup; starting from step 0")
+        return None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._pending_state is not None:
+            for v, value in zip(self.model.metrics_variables,
+                                self._pending_state):
+                v.assign(value)
+            self._pending_state = None
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -94,13 +212,17 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.backups = list(backups)
 
     def on_train_batch_end(self, batch, logs=None):
+        fault_point("train_step")
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.diverged_at = int(self.model.optimizer._iterations.numpy())
+            self.diverged_at = global_step(self.model)
             self.bad_loss = float(loss)
             self.model.stop_training = True
             for backup in self.backups:
                 backup.enabled = False
+
+    def on_test_batch_end(self, batch, logs=None):
+        fault_point("evaluation")
 
 
 METRIC_COLUMNS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy",
@@ -113,7 +235,8 @@ class MetricsLogger(keras.callbacks.Callback):
     """Appends train rows every `every` steps and held-out rows per epoch.
 
     Metrics are reset after each row, so a row is the mean over its window
-    of steps -- the same numbers whether or not the run was resumed.
+    of steps -- the same numbers whether or not the run was resumed. On a
+    resume, `keep_rows(n)` cuts the file back to the rows the backup saw.
     """
 
     def __init__(self, path, every, tokens_per_step, guard=None,
@@ -129,32 +252,28 @@ class MetricsLogger(keras.callbacks.Callback):
         self._window_steps = 0
         self.rows = []
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop rows the crashed run wrote after its backup."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        self._write(rows, mode="w")
-
-    def _write(self, rows, mode="a"):
-        new = not os.path.exists(self.path) or mode == "w"
-        tmp = f"{self.path}.tmp"
-        if mode == "w":
+    def keep_rows(self, count: int) -> None:
+        """Keeps the first `count` rows of metrics.csv (0: none)."""
+        rows = []
+        if os.path.exists(self.path):
+            try:
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))[:count]
+            except (OSError, csv.Error, UnicodeDecodeError) as e:
+                raise UsageError(f"{self.path}: unreadable ({e}); pass "
+                                 "--overwrite to start afresh") from None
+        if len(rows) < count:
+            raise UsageError(f"{self.path}: {len(rows)} rows, the backup "
+                             f"expects {count}; pass --overwrite")
+        self.rows = rows
+        with atomic_path(self.path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, CSV_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.replace(tmp, self.path)
-            return
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, CSV_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
 
     def log_row(self, step, split, metrics, seconds=None, tps=None, lr=None):
-        row = {"step": step, "epoch": self.epoch, "split": split}
+        row = {"step": str(step), "epoch": str(self.epoch), "split": split}
         for k in METRIC_COLUMNS:
             v = metrics.get(k)
             row[k] = "" if v is None else f"{float(v):.6g}"
@@ -162,14 +281,22 @@ class MetricsLogger(keras.callbacks.Callback):
         row["tokens_per_second"] = "" if tps is None else f"{tps:.1f}"
         row["seconds"] = "" if seconds is None else f"{seconds:.3f}"
         self.rows.append(row)
-        self._write([row])
+        new = not os.path.exists(self.path)
+        # Appending a line is not atomic, but the backup records the row
+        # count and a resume cuts the file back to it, so a torn last line
+        # never survives a resume.
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         self._window_steps += 1
-        step = int(self.model.optimizer._iterations.numpy())
+        step = global_step(self.model)
         if self.guard is not None and self.guard.diverged_at is not None:
             return
         if step % self.every and step != self.total_steps:
@@ -194,43 +321,44 @@ class MetricsLogger(keras.callbacks.Callback):
         held_out = {k[4:]: v for k, v in (logs or {}).items()
                     if k.startswith("val_")}
         if held_out:
-            step = int(self.model.optimizer._iterations.numpy())
-            self.log_row(step, "heldout", held_out)
+            self.log_row(global_step(self.model), "heldout", held_out)
 
 
 class CheckpointSaver(keras.callbacks.Callback):
     """Saves `latest.keras` every epoch and `best.keras` on a new best
-    held-out loss (train loss when there is no held-out set)."""
+    held-out loss (train loss when there is no held-out set). A model with
+    a non-finite loss or weights is never saved: the files left are the
+    last good ones."""
 
-    def __init__(self, directory, guard=None):
+    def __init__(self, latest, best, guard=None):
         super().__init__()
-        self.directory = directory
+        self.latest = latest
+        self.best_path = best
         self.guard = guard
         self.best = math.inf
-        self._best_path = os.path.join(directory, "best.json")
-        if os.path.exists(self._best_path):
-            with open(self._best_path, encoding="utf-8") as f:
-                self.best = json.load(f)["loss"]
+        self.best_step = None
+
+    def record(self) -> dict:
+        return {"loss": None if math.isinf(self.best) else self.best,
+                "step": self.best_step}
+
+    def set_record(self, record) -> None:
+        if record and record.get("loss") is not None:
+            self.best, self.best_step = record["loss"], record["step"]
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard is not None and self.guard.diverged_at is not None:
             return
         logs = logs or {}
-        loss = logs.get("val_loss", logs.get("loss"))
-        self.save(loss)
+        self.save(logs.get("val_loss", logs.get("loss")))
 
     def save(self, loss):
-        if not weights_finite(self.model):
-            return  # keep the last good checkpoint
-        os.makedirs(self.directory, exist_ok=True)
-        latest = os.path.join(self.directory, "latest.keras")
-        atomic_save(self.model, latest)
-        if loss is not None and math.isfinite(loss) and loss < self.best:
-            self.best = float(loss)
-            atomic_save(self.model, os.path.join(self.directory,
-                                                 "best.keras"))
-            step = int(self.model.optimizer._iterations.numpy())
-            tmp = f"{self._best_path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"loss": self.best, "step": step}, f)
-            os.replace(tmp, self._best_path)
+        if loss is None or not math.isfinite(loss) or \
+                not weights_finite(self.model):
+            return
+        save_model_atomic(self.model, self.latest, fault="checkpoint")
+        if loss < self.best:
+            self.best, self.best_step = float(loss), global_step(self.model)
+            save_model_atomic(self.model, self.best_path)
+            write_json_atomic(os.path.splitext(self.best_path)[0] + ".json",
+                              self.record())

@@ -1,4 +1,97 @@
-"""The fit plan: exact step counts across epochs and resumes."""
+"""The training plan: what a run will do, computed before it writes anything.
+
+`make_plan` looks at the tokenized corpus and the configs and decides the
+document split, the steps per epoch and the total, or stops with one line
+naming the real cause (too few documents, no sentence pairs, a batch larger
+than an epoch). It runs before the run directory exists, so a bad input
+leaves nothing behind and the corrected command is not refused as "another
+configuration". `plan_fit_calls` then splits the steps into `model.fit`
+calls so that a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerasbert.data.pairing import (
+    MIN_DOCUMENTS_TO_HOLD_OUT,
+    count_pairs,
+    split_documents,
+)
+from kerasbert.errors import UsageError
+
+
+@dataclass(eq=False)
+class TrainingPlan:
+    train_ids: np.ndarray | None  # None: every document of the corpus
+    heldout_ids: np.ndarray | None  # of `heldout_corpus`; None: all of it
+    heldout_corpus: object | None  # None: no held-out evaluation
+    steps_per_epoch: int
+    total_steps: int
+    notes: tuple[str, ...] = ()  # what was adapted, for the log
+
+
+def _pairs(corpus, data_cfg, seed, ids):
+    return count_pairs(corpus, sequence_length=data_cfg.sequence_length,
+                       short_seq_prob=data_cfg.short_seq_prob,
+                       nsp_probability=data_cfg.nsp_probability, seed=seed,
+                       document_ids=ids)
+
+
+def make_plan(corpus, data_cfg, train_cfg, heldout_corpus=None,
+              corpus_name="corpus") -> TrainingPlan:
+    notes = []
+    n = corpus.num_documents
+    if n < 2:
+        raise UsageError(
+            f"{corpus_name}: {n} document(s); next-sentence pairs need at "
+            "least 2 (separate documents with a blank line, or set "
+            "--one-doc-per-line)")
+    train_ids = heldout_ids = None
+    if heldout_corpus is None and data_cfg.holdout_fraction > 0:
+        if n < MIN_DOCUMENTS_TO_HOLD_OUT:
+            # A tiny corpus: train on all of it rather than fail.
+            notes.append(
+                f"{corpus_name} has {n} documents, too few to hold some out "
+                f"(needs {MIN_DOCUMENTS_TO_HOLD_OUT}); no held-out "
+                "evaluation")
+        else:
+            train_ids, heldout_ids = split_documents(
+                n, data_cfg.holdout_fraction, train_cfg.seed)
+            heldout_corpus = corpus
+    pairs = _pairs(corpus, data_cfg, train_cfg.seed, train_ids)
+    if pairs == 0:
+        raise UsageError(
+            f"{corpus_name}: no sentence pairs: every training document has "
+            "a single sentence (or none that fits). NSP pairs split a "
+            "document of 2+ sentences; put several sentences per document "
+            "(a blank line ends a document)")
+    spe = train_cfg.steps_per_epoch
+    if spe is None:
+        if pairs < train_cfg.batch_size:
+            raise UsageError(
+                f"--batch-size: {train_cfg.batch_size} is more than the "
+                f"{pairs} sentence pairs of one epoch of {corpus_name}; use "
+                f"--batch-size {pairs} or less, or a larger corpus")
+        spe = pairs // train_cfg.batch_size
+    elif pairs < train_cfg.batch_size:
+        raise UsageError(
+            f"--batch-size: {train_cfg.batch_size} is more than the {pairs} "
+            f"sentence pairs of one epoch of {corpus_name}")
+    if heldout_corpus is not None and train_cfg.eval_batches > 0:
+        held = _pairs(heldout_corpus, data_cfg, train_cfg.seed + 1,
+                      heldout_ids)
+        if held < train_cfg.batch_size:
+            notes.append(
+                f"the held-out documents give {held} sentence pairs, fewer "
+                f"than one batch of {train_cfg.batch_size}; no held-out "
+                "evaluation (raise --holdout-fraction or lower --batch-size)")
+            heldout_corpus = None
+    if train_cfg.eval_batches == 0:
+        heldout_corpus = None
+    total = train_cfg.max_steps or train_cfg.epochs * spe
+    return TrainingPlan(train_ids, heldout_ids, heldout_corpus, spe, total,
+                        tuple(notes))
 
 
 def plan_fit_calls(total_steps: int, steps_per_epoch: int, start_step: int):

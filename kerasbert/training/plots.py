@@ -1,7 +1,8 @@
 """`loss.png`: MLM and NSP loss and accuracy curves from `metrics.csv`."""
 
 import csv
-import os
+
+from kerasbert.files import atomic_path
 
 
 def read_metrics(csv_path: str) -> dict:
@@ -43,8 +44,7 @@ def plot_metrics(csv_path: str, png_path: str) -> str:
         ax.set_xlabel("step")
     axes[0][0].legend()
     fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path

@@ -1,9 +1,13 @@
 """One pretraining run, from configs to a finished run directory.
 
 `pretrain(model_cfg, data_cfg, train_cfg)` is what `python -m kerasbert.fit`
-calls. It validates everything before it creates the run directory, so bad
-input leaves nothing behind, and it resumes by itself when the directory
-holds a backup of the same configuration.
+calls. Its order is the point: validate the flags, tokenize the corpus (a
+new tokenizer goes to a staging folder), make the training plan, decide
+whether the run directory is new, resumable or done -- and only then create
+it. Any bad input stops before that with one line and leaves nothing
+behind, so the corrected command is not refused as "another
+configuration". A directory that holds a backup of the same configuration
+resumes by itself.
 """
 
 import dataclasses
@@ -19,12 +23,13 @@ from kerasbert.config import (
     TrainConfig,
     validate_pretraining,
 )
-from kerasbert.files import write_json_atomic
+from kerasbert.files import check_writable_dir
+from kerasbert.training.plan import make_plan
 from kerasbert.training.rundir import (
-    _chief_by_tf_config,
-    _configs_dict,
+    RunDir,
+    chief_by_tf_config,
     default_output_dir,
-    prepare_run_dir,
+    run_config,
     run_lock,
 )
 
@@ -39,39 +44,33 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
     """
     validate_pretraining(model_cfg, data_cfg, train_cfg)
     output_dir = train_cfg.output_dir or default_output_dir(size)
-    if train_cfg.strategy == "multi_worker" and not _chief_by_tf_config():
+    if train_cfg.strategy == "multi_worker" and not chief_by_tf_config():
         # Only the chief owns the run directory; the others write scratch
         # files where they cannot race it.
         output_dir = tempfile.mkdtemp(prefix="kerasbert-worker-")
+    check_writable_dir(output_dir, "--output-dir")
     train_cfg = dataclasses.replace(train_cfg, output_dir=output_dir)
     with run_lock(output_dir):
-        return _pretrain(model_cfg, data_cfg, train_cfg, verbose, log,
-                         callbacks)
+        staging = tempfile.mkdtemp(
+            prefix=".tokenizer-staging-",
+            dir=os.path.dirname(os.path.abspath(output_dir)))
+        try:
+            return _pretrain(model_cfg, data_cfg, train_cfg, verbose, log,
+                             callbacks, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
-def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks):
-    output_dir = train_cfg.output_dir
-    # Inputs first: a bad corpus or vocabulary must fail before the run
-    # directory exists, so a tokenizer is trained into a staging folder.
-    staging = f"{output_dir.rstrip('/')}.tokenizer-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        return _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
-                                callbacks, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
-                     callbacks, staging):
+def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
+              staging):
     from kerasbert.data.cache import prepare_corpus
 
-    output_dir = train_cfg.output_dir
-    tokenizer_dir = os.path.join(output_dir, "tokenizer")
+    run = RunDir(train_cfg.output_dir)
     prepare_cfg = data_cfg
-    if os.path.isdir(tokenizer_dir) and data_cfg.tokenizer is None:
+    if (os.path.isdir(run.tokenizer) and data_cfg.tokenizer is None
+            and not train_cfg.overwrite):
         # The run trained its tokenizer already: reuse it, don't retrain.
-        prepare_cfg = dataclasses.replace(data_cfg, tokenizer=tokenizer_dir)
+        prepare_cfg = dataclasses.replace(data_cfg, tokenizer=run.tokenizer)
     # Progress bars only on a terminal: in logs they are noise, and before a
     # one-line error they would bury it.
     show_progress = verbose > 0 and sys.stderr.isatty()
@@ -79,32 +78,32 @@ def _pretrain_staged(model_cfg, data_cfg, train_cfg, verbose, log,
                                        progress=show_progress)
     heldout_corpus = None
     if data_cfg.heldout_corpus:
-        # A trained tokenizer was just saved to `staging`.
         _, heldout_corpus = prepare_corpus(
             dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus,
                                 tokenizer=prepare_cfg.tokenizer or staging),
             progress=show_progress)
+    plan = make_plan(corpus, data_cfg, train_cfg, heldout_corpus,
+                     corpus_name=data_cfg.corpus or "the bundled corpus")
 
     model_cfg = dataclasses.replace(
         model_cfg, vocabulary_size=tokenizer.vocabulary_size)
-    configs = _configs_dict(model_cfg, data_cfg, train_cfg)
-    state = prepare_run_dir(output_dir, configs, train_cfg.overwrite)
+    configs = run_config(model_cfg, data_cfg, train_cfg)
+    state = run.state(configs, train_cfg.overwrite)
     if state == "done":
-        log(f"{output_dir}: this run is already complete (summary.json); "
+        log(f"{run.path}: this run is already complete (summary.json); "
             "pass --overwrite to start again")
-        with open(os.path.join(output_dir, "summary.json"),
-                  encoding="utf-8") as f:
+        with open(run.summary, encoding="utf-8") as f:
             return json.load(f)
-    os.makedirs(output_dir, exist_ok=True)
-    if not os.path.isdir(tokenizer_dir):
-        if os.path.isdir(staging):
-            os.replace(staging, tokenizer_dir)
+
+    # Every check has passed: from here on the run directory is written.
+    run.prepare(configs, train_cfg.overwrite)
+    if not os.path.isdir(run.tokenizer):
+        if os.listdir(staging):
+            os.replace(staging, run.tokenizer)
         else:  # a given tokenizer: keep a copy with the run
-            tokenizer.save(tokenizer_dir)
-    write_json_atomic(os.path.join(output_dir, "config.json"), configs)
+            tokenizer.save(run.tokenizer)
 
     from kerasbert.training.trainer import Trainer
-    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus,
-                      heldout_corpus, verbose=verbose, log=log,
-                      callbacks=callbacks)
+    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus, plan,
+                      run, verbose=verbose, log=log, callbacks=callbacks)
     return trainer.run(resume=state == "resume")

@@ -1,16 +1,17 @@
-"""The run directory: its layout, whether a run may resume in it, its lock.
+"""The run directory: every path in it, whether a run may resume, its lock.
 
-Run directory:
-    config.json        resolved model/data/train configs
-    tokenizer/         the tokenizer (BertTokenizerFast-loadable)
-    checkpoints/       latest.keras, best.keras (+ best.json)
-    backup/            step-level resume state (model + optimizer)
-    metrics.csv        train rows every `log_every` steps, held-out rows
-    logs/              TensorBoard
-    loss.png           MLM/NSP loss and accuracy curves
-    summary.json       steps, seconds, tokens/s, final metrics
-    model.keras        the final pretrainer
-    export/saved_model serving signatures (see kerasbert.serving.export)
+    config.json          resolved model/data/train configs
+    tokenizer/           the tokenizer (BertTokenizerFast-loadable)
+    checkpoints/         latest.keras, best.keras (+ best.json)
+    backup/step-N/       resume state (see callbacks.StepBackup), last two
+    metrics.csv          train rows every `log_every` steps, held-out rows
+    logs/                TensorBoard
+    loss.png             MLM/NSP loss and accuracy curves
+    summary.json         steps, seconds, tokens/s, final metrics
+    model.keras          the final pretrainer
+    export/saved_model/  serving signatures (see kerasbert.serving.export)
+
+Nothing else in kerasbert spells these names out: use `RunDir`.
 """
 
 import contextlib
@@ -19,29 +20,97 @@ import os
 import shutil
 
 from kerasbert.errors import UsageError
-from kerasbert.files import pid_alive
+from kerasbert.files import (
+    check_writable_dir,
+    pid_alive,
+    remove_stale_temps,
+    write_json_atomic,
+)
+
+# Fields that may change between a run and its resume without making the
+# backup meaningless (bookkeeping, not what is learned).
+RESUME_FREE = frozenset({"output_dir", "overwrite", "backup_every",
+                         "log_every", "eval_batches", "jit_compile",
+                         "cache_dir"})
 
 
-def default_output_dir(model_cfg_size: str | None) -> str:
-    return os.path.join("runs", model_cfg_size or "custom")
+class RunDir:
+    def __init__(self, path: str):
+        self.path = path
+        join = lambda *p: os.path.join(path, *p)  # noqa: E731
+        self.config = join("config.json")
+        self.tokenizer = join("tokenizer")
+        self.checkpoints = join("checkpoints")
+        self.latest = join("checkpoints", "latest.keras")
+        self.best = join("checkpoints", "best.keras")
+        self.best_record = join("checkpoints", "best.json")
+        self.backup = join("backup")
+        self.metrics = join("metrics.csv")
+        self.logs = join("logs")
+        self.plot = join("loss.png")
+        self.summary = join("summary.json")
+        self.model = join("model.keras")
+        self.export = join("export", "saved_model")
+
+    def state(self, configs: dict, overwrite: bool) -> str:
+        """'new', 'resume' or 'done'; refuses a directory it must not touch.
+
+        Only reads: nothing is created or removed here (see `prepare`).
+        """
+        check_writable_dir(self.path, "--output-dir")
+        if overwrite or not os.path.exists(self.config):
+            if not overwrite and os.path.isdir(self.path) and \
+                    os.listdir(self.path):
+                raise UsageError(
+                    f"--output-dir: {self.path} exists and is not a kerasbert "
+                    "run directory (choose another or pass --overwrite)")
+            return "new"
+        saved = read_run_config(self.config)
+        diffs = config_changes(saved, configs)
+        if diffs:
+            raise UsageError(
+                f"--output-dir: {self.path} holds a run with another "
+                f"configuration ({'; '.join(diffs[:3])}); pass --overwrite or "
+                "another --output-dir")
+        return "done" if os.path.exists(self.summary) else "resume"
+
+    def prepare(self, configs: dict, overwrite: bool) -> None:
+        """Creates (or, with `overwrite`, empties) the directory and writes
+        config.json. Called once every check has passed."""
+        if overwrite and os.path.isdir(self.path):
+            shutil.rmtree(self.path)
+        os.makedirs(self.path, exist_ok=True)
+        remove_stale_temps(self.path)  # what a killed run was writing
+        write_json_atomic(self.config, configs)
 
 
-def _configs_dict(model_cfg, data_cfg, train_cfg):
+def run_config(model_cfg, data_cfg, train_cfg) -> dict:
+    """What config.json holds: the resolved configs, one section each."""
     return {"model": model_cfg.to_dict(), "data": data_cfg.to_dict(),
             "train": train_cfg.to_dict()}
 
 
-# Fields that may change between a run and its resume without making the
-# backup meaningless (bookkeeping, not what is learned).
-_RESUME_FREE = {"output_dir", "overwrite", "backup_every", "log_every",
-                "eval_batches", "jit_compile", "cache_dir"}
+def read_run_config(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: damaged run configuration ({e}); pass "
+                         "--overwrite to start the run afresh") from None
+    if not isinstance(saved, dict) or not all(
+            isinstance(saved.get(k), dict) for k in ("model", "data",
+                                                     "train")):
+        raise UsageError(f"{path}: not a kerasbert run configuration; pass "
+                         "--overwrite to start the run afresh")
+    return saved
 
 
-def _same_run(saved: dict, current: dict) -> list[str]:
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Differences that make a backup meaningless (RESUME_FREE aside)."""
     diffs = []
     for part in ("model", "data", "train"):
         for key, value in current[part].items():
-            if key in _RESUME_FREE:
+            if key in RESUME_FREE:
                 continue
             if saved.get(part, {}).get(key) != value:
                 diffs.append(f"{key}: {saved.get(part, {}).get(key)!r} -> "
@@ -49,31 +118,13 @@ def _same_run(saved: dict, current: dict) -> list[str]:
     return diffs
 
 
-def prepare_run_dir(output_dir, configs, overwrite) -> str:
-    """Returns 'new', 'resume' or 'done', after checking the directory."""
-    config_path = os.path.join(output_dir, "config.json")
-    if overwrite and os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    if not os.path.exists(config_path):
-        if os.path.exists(output_dir) and os.listdir(output_dir):
-            raise UsageError(
-                f"--output-dir: {output_dir} exists and is not a kerasbert "
-                "run directory (choose another or pass --overwrite)")
-        return "new"
-    with open(config_path, encoding="utf-8") as f:
-        saved = json.load(f)
-    diffs = _same_run(saved, configs)
-    if diffs:
-        raise UsageError(
-            f"--output-dir: {output_dir} holds a run with another "
-            f"configuration ({'; '.join(diffs[:3])}); pass --overwrite or "
-            "another --output-dir")
-    if os.path.exists(os.path.join(output_dir, "summary.json")):
-        return "done"
-    return "resume"
+def default_output_dir(size: str | None) -> str:
+    return os.path.join("runs", size or "custom")
 
 
-def _chief_by_tf_config() -> bool:
+def chief_by_tf_config() -> bool:
+    """Whether this process is the chief of a multi-worker cluster, read
+    from TF_CONFIG before TensorFlow starts (only the chief writes)."""
     try:
         tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
     except json.JSONDecodeError:
@@ -91,10 +142,14 @@ def run_lock(output_dir: str):
     """One process per run directory: `<output_dir>.lock` holds its pid.
 
     Two runs writing the same checkpoints and metrics would corrupt both.
-    A lock left by a killed process (its pid is gone) is taken over, so
-    rerunning after a crash resumes as usual. Same-host processes only.
+    The lock is keyed on the resolved path, so a symlink or `a/../b` to the
+    same directory finds it. A lock left by a killed process (its pid is
+    gone) is taken over, so rerunning after a crash resumes as usual.
+    Same-host processes only.
     """
-    path = f"{os.path.abspath(output_dir).rstrip(os.sep)}.lock"
+    real = os.path.realpath(output_dir).rstrip(os.sep)
+    path = f"{real}.lock"
+    check_writable_dir(os.path.dirname(path), "--output-dir")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     while True:
         try:
@@ -105,7 +160,7 @@ def run_lock(output_dir: str):
                     pid = int(f.read().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid_alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 raise UsageError(
                     f"--output-dir: {output_dir} is in use by another run "
                     f"(pid {pid})") from None
@@ -117,4 +172,5 @@ def run_lock(output_dir: str):
     try:
         yield
     finally:
-        os.remove(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)

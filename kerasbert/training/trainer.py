@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbert.errors import TrainingDiverged
-from kerasbert.files import write_json_atomic
+from kerasbert.files import fault_point, write_json_atomic
 from kerasbert.training import callbacks, hardware, optimization, plan
 
 
@@ -29,32 +29,26 @@ def perplexity(mlm_loss):
 
 
 class Trainer:
+    """Trains one run to the end of its `TrainingPlan` (see plan.py).
+
+    Everything it needs is given to the constructor; `run()` builds the
+    model, restores a backup when resuming, trains and finishes the run
+    directory (`RunDir`).
+    """
+
     def __init__(self, model_cfg, data_cfg, train_cfg, tokenizer, corpus,
-                 heldout_corpus=None, verbose=1, log=print, callbacks=()):
+                 training_plan, run_dir, verbose=1, log=print, callbacks=()):
         self.model_cfg = model_cfg
         self.data_cfg = data_cfg
         self.cfg = train_cfg
         self.tokenizer = tokenizer
         self.corpus = corpus
+        self.plan = training_plan
+        self.dir = run_dir
         self.verbose = verbose
         self.log = log
         self.extra_callbacks = list(callbacks)
-        self.dir = train_cfg.output_dir
         self.multi_worker = train_cfg.strategy == "multi_worker"
-
-        from kerasbert.data.pairing import split_documents
-        if heldout_corpus is not None:
-            self.heldout_corpus = heldout_corpus
-            self.train_ids = None
-            self.heldout_ids = None
-        else:
-            self.heldout_corpus = corpus
-            if data_cfg.holdout_fraction > 0:
-                self.train_ids, self.heldout_ids = split_documents(
-                    corpus.num_documents, data_cfg.holdout_fraction,
-                    train_cfg.seed)
-            else:
-                self.train_ids, self.heldout_ids = None, None
 
     # ------------------------------------------------------------------
     # Data.
@@ -71,83 +65,65 @@ class Trainer:
         from kerasbert.data.pretraining import pretraining_dataset
         return pretraining_dataset(
             self.corpus, self.tokenizer, batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed, document_ids=self.train_ids, repeat=True,
-            start_batch=start_batch, num_workers=num_workers,
+            seed=self.cfg.seed, document_ids=self.plan.train_ids,
+            repeat=True, start_batch=start_batch, num_workers=num_workers,
             worker_index=worker_index, **self._dataset_kwargs())
 
     def heldout_dataset(self):
-        """A fixed held-out set: the same pairs and masks every time.
+        """(dataset, batches): a fixed held-out set, the same pairs and
+        masks every time, or (None, 0) when the plan has none.
 
         Materialised once (`cache`) and counted, so evaluations cost no
         pairing work and Keras knows how many batches to expect.
         """
         from kerasbert.data.pretraining import pretraining_dataset
-        if hasattr(self, "_heldout"):
-            return self._heldout
-        self._heldout, self.heldout_batches = None, 0
-        if self.heldout_corpus is self.corpus and self.heldout_ids is None:
-            return None
-        if self.cfg.eval_batches == 0:
-            return None
+        if self.plan.heldout_corpus is None:
+            return None, 0
         ds = pretraining_dataset(
-            self.heldout_corpus, self.tokenizer,
+            self.plan.heldout_corpus, self.tokenizer,
             batch_size=self.cfg.batch_size, seed=self.cfg.seed + 1,
-            document_ids=self.heldout_ids, repeat=False,
+            document_ids=self.plan.heldout_ids, repeat=False,
             **self._dataset_kwargs())
         ds = ds.take(self.cfg.eval_batches).cache()
-        self.heldout_batches = sum(1 for _ in ds)
-        if self.heldout_batches == 0:
-            self.log("held-out set is smaller than one batch; no "
-                     "evaluation (raise --holdout-fraction or lower "
-                     "--batch-size)")
-            return None
+        batches = sum(1 for _ in ds)
         # Repeated, with validation_steps = one cycle: Keras keeps one
         # evaluation iterator across epochs, so a finite set would run dry
         # in the second epoch; each evaluation still sees the same batches.
-        self._heldout = ds.repeat()
-        return self._heldout
+        return ds.repeat(), batches
 
     def train_token_counts(self):
         """Per-token-id counts over the training documents.
 
         The whole (memory-mapped) corpus is counted in one pass and the
-        held-out documents, a small share, subtracted: selecting the
+        documents not trained on, a small share, subtracted: selecting the
         training documents instead would copy most of the corpus into RAM.
         """
         vocab = self.model_cfg.vocabulary_size
         counts = np.bincount(self.corpus.tokens, minlength=vocab)[:vocab]
-        if self.heldout_ids is not None:
-            heldout = self.corpus.select_documents(self.heldout_ids).tokens
-            counts -= np.bincount(heldout, minlength=vocab)[:vocab]
+        if self.plan.train_ids is not None:
+            others = np.setdiff1d(np.arange(self.corpus.num_documents),
+                                  self.plan.train_ids)
+            if len(others):
+                left_out = self.corpus.select_documents(others).tokens
+                counts -= np.bincount(left_out, minlength=vocab)[:vocab]
         return counts
-
-    def steps_per_epoch(self):
-        if self.cfg.steps_per_epoch:
-            return self.cfg.steps_per_epoch
-        from kerasbert.data.pretraining import count_pairs
-        pairs = count_pairs(
-            self.corpus, sequence_length=self.data_cfg.sequence_length,
-            short_seq_prob=self.data_cfg.short_seq_prob,
-            nsp_probability=self.data_cfg.nsp_probability,
-            seed=self.cfg.seed, document_ids=self.train_ids)
-        return max(1, pairs // self.cfg.batch_size)
 
     # ------------------------------------------------------------------
     # Model.
 
-    def build(self, strategy):
+    def build(self, strategy, jit):
         from kerasbert.modeling import build_pretrainer
         keras.utils.set_random_seed(self.cfg.seed)
         with strategy.scope():
             model = build_pretrainer(**dataclasses.asdict(self.model_cfg))
             optimizer = optimization.make_optimizer(
-                self.cfg.optimizer, self.cfg.learning_rate, self.total_steps,
-                warmup_ratio=self.cfg.warmup_ratio,
+                self.cfg.optimizer, self.cfg.learning_rate,
+                self.plan.total_steps, warmup_ratio=self.cfg.warmup_ratio,
                 weight_decay=self.cfg.weight_decay,
                 clipnorm=self.cfg.clipnorm, epsilon=self.cfg.adam_epsilon,
                 gradient_accumulation_steps=(
                     self.cfg.gradient_accumulation_steps))
-            model.compile(optimizer=optimizer, jit_compile=self.jit)
+            model.compile(optimizer=optimizer, jit_compile=jit)
             # Build weights and optimizer slots now: a resume loads into them.
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
@@ -162,48 +138,53 @@ class Trainer:
     # The run.
 
     def run(self, resume=False):
-        cfg = self.cfg
+        cfg, plan = self.cfg, self.plan
         policy, why = hardware.select_precision(cfg.precision)
         keras.mixed_precision.set_global_policy(policy)
-        self.jit = hardware.select_jit_compile(cfg.jit_compile)
+        jit = hardware.select_jit_compile(cfg.jit_compile)
         strategy = hardware.make_strategy(cfg.strategy)
         self.chief = hardware.is_chief(strategy)
-        self.log(f"precision: {policy} ({why}); jit_compile: {self.jit}; "
+        self.log(f"precision: {policy} ({why}); jit_compile: {jit}; "
                  f"strategy: {type(strategy).__name__} "
                  f"({strategy.num_replicas_in_sync} replica(s))")
+        for note in plan.notes:
+            self.log(f"note: {note}")
 
-        spe = self.steps_per_epoch()
-        self.total_steps = cfg.max_steps or cfg.epochs * spe
-        self.spe = spe
-        self.model = self.build(strategy)
-        n_params = self.model.count_params()
-        self.log(f"model: {n_params:,} parameters; {self.total_steps} steps "
-                 f"of {cfg.batch_size} x {self.data_cfg.sequence_length} "
-                 f"tokens, {spe} steps per epoch")
+        self.model = self.build(strategy, jit)
+        self.log(f"model: {self.model.count_params():,} parameters; "
+                 f"{plan.total_steps} steps of {cfg.batch_size} x "
+                 f"{self.data_cfg.sequence_length} tokens, "
+                 f"{plan.steps_per_epoch} steps per epoch")
+        self.heldout, self.heldout_batches = self.heldout_dataset()
 
-        backup_dir = os.path.join(self.dir, "backup")
+        run = self.dir
+        backup_dir = run.backup
         if not self.chief:  # Non-chief workers keep their files apart.
-            backup_dir = os.path.join(self.dir, f".worker-{id(self)}")
-        self.backup = callbacks.StepBackup(backup_dir, cfg.backup_every)
-        self.backup.set_model(self.model)
-        start = 0
-        if resume:
-            start = self.backup.restore(self.model)
-            if start:
-                self.log(f"resuming from step {start} (backup in "
-                         f"{backup_dir})")
-            else:
-                self.log("no backup found; starting from step 0")
-        self.start_step = start
-
+            backup_dir = os.path.join(run.path, f".worker-{os.getpid()}")
         tokens_per_step = cfg.batch_size * self.data_cfg.sequence_length
-        self.guard = callbacks.DivergenceGuard(backups=[self.backup])
         self.metrics = callbacks.MetricsLogger(
-            os.path.join(self.dir, "metrics.csv"), cfg.log_every,
-            tokens_per_step, guard=self.guard, total_steps=self.total_steps)
-        self.metrics.truncate_after(start)
-        self.checkpoints = callbacks.CheckpointSaver(
-            os.path.join(self.dir, "checkpoints"), guard=self.guard)
+            run.metrics, cfg.log_every, tokens_per_step,
+            total_steps=plan.total_steps)
+        self.checkpoints = callbacks.CheckpointSaver(run.latest, run.best)
+        self.backup = callbacks.StepBackup(
+            backup_dir, cfg.backup_every, metrics=self.metrics,
+            checkpoints=self.checkpoints, log=self.log)
+        self.guard = callbacks.DivergenceGuard(backups=[self.backup])
+        self.metrics.guard = self.checkpoints.guard = self.guard
+        for callback in (self.backup, self.metrics, self.checkpoints,
+                         self.guard):
+            callback.set_model(self.model)
+
+        meta = self.backup.restore() if resume else None
+        start = meta["step"] if meta else 0
+        if meta:
+            self.log(f"resuming from step {start} (backup in "
+                     f"{backup_dir})")
+            self.checkpoints.set_record(meta["best"])
+        elif resume:
+            self.log("no backup found; starting from step 0")
+        if self.chief:
+            self.metrics.keep_rows(meta["metrics_rows"] if meta else 0)
 
         t0 = time.perf_counter()
         if self.multi_worker:
@@ -217,33 +198,34 @@ class Trainer:
                 f"training diverged at step {self.guard.diverged_at} "
                 f"(loss={self.guard.bad_loss}); stopped. The last good "
                 f"checkpoint is {self._last_good_checkpoint()}")
-        return self._finish(strategy, start, seconds, tokens_per_step)
+        return self._finish(start, seconds)
 
     def _last_good_checkpoint(self):
-        for path in (os.path.join(self.dir, "checkpoints", "latest.keras"),
-                     self.backup._weights_path):
-            if os.path.exists(path):
-                return path
+        if os.path.exists(self.dir.latest):
+            return self.dir.latest
+        backups = self.backup.backups()
+        if backups:
+            return backups[0][1]
         return "(none: it diverged before the first save)"
 
     def _fit(self, start):
-        callbacks = [
-            self.guard, self.backup, self.metrics, self.checkpoints,
+        # The order matters: see the callbacks module docstring.
+        callback_list = [
+            self.guard, self.metrics, self.checkpoints, self.backup,
             keras.callbacks.TensorBoard(
-                os.path.join(self.dir, "logs"),
-                update_freq=self.cfg.log_every),
+                self.dir.logs, update_freq=self.cfg.log_every),
             *self.extra_callbacks,
         ]
-        heldout = self.heldout_dataset()
         for initial_epoch, epochs, steps in plan.plan_fit_calls(
-                self.total_steps, self.spe, start):
-            step = int(self.model.optimizer._iterations.numpy())
+                self.plan.total_steps, self.plan.steps_per_epoch, start):
             self.model.fit(
-                self.train_dataset(step), initial_epoch=initial_epoch,
-                epochs=epochs, steps_per_epoch=steps,
-                validation_data=heldout,
+                self.train_dataset(callbacks.global_step(self.model)),
+                initial_epoch=initial_epoch, epochs=epochs,
+                steps_per_epoch=steps,
+                validation_data=self.heldout,
                 validation_steps=self.heldout_batches or None,
-                callbacks=callbacks, shuffle=False, verbose=self.verbose)
+                callbacks=callback_list, shuffle=False,
+                verbose=self.verbose)
             if self.guard.diverged_at is not None:
                 return
 
@@ -284,7 +266,7 @@ class Trainer:
         window = {}
         window_steps = 0
         t_window = time.perf_counter()
-        for step in range(start + 1, self.total_steps + 1):
+        for step in range(start + 1, self.plan.total_steps + 1):
             out = {k: float(v) for k, v in train_step(next(iterator)).items()}
             if not math.isfinite(out["loss"]):
                 self.guard.diverged_at, self.guard.bad_loss = step, out["loss"]
@@ -294,9 +276,9 @@ class Trainer:
             window_steps += 1
             if self.chief and step % self.cfg.backup_every == 0:
                 self.backup.save(step)
-            if step % self.cfg.log_every == 0 or step == self.total_steps:
+            if step % self.cfg.log_every == 0 or step == self.plan.total_steps:
                 seconds = time.perf_counter() - t_window
-                self.metrics.epoch = (step - 1) // self.spe
+                self.metrics.epoch = (step - 1) // self.plan.steps_per_epoch
                 if self.chief:
                     lr = float(keras.ops.convert_to_numpy(
                         optimizer.learning_rate))
@@ -307,7 +289,7 @@ class Trainer:
                         tps=window_steps * self.metrics.tokens_per_step
                         / seconds)
                 if self.verbose:
-                    self.log(f"step {step}/{self.total_steps} loss "
+                    self.log(f"step {step}/{self.plan.total_steps} loss "
                              f"{window['loss'] / window_steps:.4f}")
                 window, window_steps = {}, 0
                 t_window = time.perf_counter()
@@ -316,72 +298,82 @@ class Trainer:
     # The end of a run: evaluate, save, plot, export, summarise.
 
     def evaluate(self):
-        heldout = self.heldout_dataset()
-        if heldout is None:
+        if self.heldout is None:
             return {}
         if self.multi_worker:
             from kerasbert.modeling import pretraining_losses
             sums, n = {}, 0
-            for x, y in heldout.take(self.heldout_batches):
+            for x, y in self.heldout.take(self.heldout_batches):
                 out = pretraining_losses(y, self.model(x, training=False))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
             return {k: v / max(n, 1) for k, v in sums.items()}
-        return self.model.evaluate(heldout, steps=self.heldout_batches,
+        return self.model.evaluate(self.heldout, steps=self.heldout_batches,
                                    verbose=0, return_dict=True)
 
-    def _finish(self, strategy, start, seconds, tokens_per_step):
-        steps_done = self.total_steps - start
-        last = self.metrics.rows[-1] if self.metrics.rows else {}
-        if last.get("split") == "heldout" and \
-                int(last["step"]) == self.total_steps:
+    def _finish(self, start, seconds):
+        """Final evaluation, checkpoint, backup, model, export, plot and
+        summary. Every step is idempotent and written atomically, and the
+        backup at the last step is taken before the model and export, so a
+        kill anywhere here reruns this function alone."""
+        total = self.plan.total_steps
+        rows = self.metrics.rows
+        last = rows[-1] if rows else {}
+        if last.get("split") == "heldout" and int(last["step"]) == total:
             # The last epoch ended at the last step and was just evaluated.
             heldout = {k: float(last[k]) for k in callbacks.METRIC_COLUMNS}
         else:
             heldout = self.evaluate()
             if heldout and self.chief:
-                self.metrics.log_row(self.total_steps, "heldout", heldout)
-        train_rows = [r for r in self.metrics.rows if r["split"] == "train"]
+                self.metrics.log_row(total, "heldout", heldout)
         if not self.chief:
             return {}
-        self.backup.save(self.total_steps)
-        self.checkpoints.set_model(self.model)
-        self.checkpoints.save(heldout.get("loss"))
+        train_rows = [r for r in self.metrics.rows if r["split"] == "train"]
         final_train = train_rows[-1] if train_rows else {}
+        self.checkpoints.save(heldout.get(
+            "loss", _num(final_train.get("loss"))))
+        self.backup.save(total)
 
         from kerasbert.serving.export import export_saved_model
         from kerasbert.training.plots import plot_metrics
-        callbacks.atomic_save(self.model, os.path.join(self.dir, "model.keras"))
-        export_saved_model(self.model,
-                           os.path.join(self.dir, "export", "saved_model"))
-        plot_metrics(os.path.join(self.dir, "metrics.csv"),
-                     os.path.join(self.dir, "loss.png"))
+        callbacks.save_model_atomic(self.model, self.dir.model)
+        fault_point("export")
+        export_saved_model(self.model, self.dir.export)
+        plot_metrics(self.dir.metrics, self.dir.plot)
 
-        def num(v):
-            return None if v in (None, "") else float(v)
-
+        # Speed over every session's training windows, so a resumed run
+        # reports its whole training, not the last few steps.
+        train_seconds = sum(_num(r["seconds"]) or 0.0 for r in train_rows)
+        train_tokens = sum((_num(r["tokens_per_second"]) or 0.0)
+                           * (_num(r["seconds"]) or 0.0) for r in train_rows)
         summary = {
-            "steps": self.total_steps,
-            "steps_this_session": steps_done,
-            "resumed_from_step": start,
-            "seconds": round(seconds, 2),
+            "steps": total,
+            "train_seconds": round(train_seconds, 2),
             "tokens_per_second": round(
-                steps_done * tokens_per_step / max(seconds, 1e-9), 1),
+                train_tokens / max(train_seconds, 1e-9), 1),
             "batch_size": self.cfg.batch_size,
             "sequence_length": self.data_cfg.sequence_length,
             "parameters": int(self.model.count_params()),
             "precision": keras.mixed_precision.global_policy().name,
-            "train_mlm_accuracy": num(final_train.get("mlm_accuracy")),
-            "train_nsp_accuracy": num(final_train.get("nsp_accuracy")),
-            "train_mlm_loss": num(final_train.get("mlm_loss")),
+            "train_mlm_accuracy": _num(final_train.get("mlm_accuracy")),
+            "train_nsp_accuracy": _num(final_train.get("nsp_accuracy")),
+            "train_mlm_loss": _num(final_train.get("mlm_loss")),
             "heldout_mlm_accuracy": heldout.get("mlm_accuracy"),
             "heldout_nsp_accuracy": heldout.get("nsp_accuracy"),
             "heldout_mlm_loss": heldout.get("mlm_loss"),
             "heldout_mlm_perplexity": (
                 perplexity(heldout["mlm_loss"]) if heldout else None),
+            "best_checkpoint_step": self.checkpoints.best_step,
         }
         summary = {k: (float(v) if isinstance(v, np.floating) else v)
                    for k, v in summary.items()}
-        write_json_atomic(os.path.join(self.dir, "summary.json"), summary)
+        if start:
+            self.log(f"this session trained steps {start + 1}-{total} in "
+                     f"{seconds:.1f} s")
+        write_json_atomic(self.dir.summary, summary)
         return summary
+
+
+def _num(v):
+    return None if v in (None, "") else float(v)
