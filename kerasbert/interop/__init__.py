@@ -19,7 +19,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def detect(src: str) -> str:
-    """"hf", "google" or "kerasbert" for folder `src`; else `UsageError`."""
+    """ "hf", "google" or "kerasbert" for folder `src`; else `UsageError`."""
     from kerasbert.config import read_json_object
     from kerasbert.interop.google import is_google_folder
     from kerasbert.interop.hf import is_hf_folder
@@ -32,18 +32,27 @@ def detect(src: str) -> str:
         return "hf"
     config = os.path.join(src, "config.json")
     if os.path.isfile(config) and isinstance(
-            read_json_object(config, config).get("model"), dict):
+        read_json_object(config, config).get("model"), dict
+    ):
         return "kerasbert"
     if os.path.isfile(config):
-        raise UsageError(f"{config}: neither a Hugging Face config (no "
-                         "model_type) nor a kerasbert one (no \"model\")")
+        raise UsageError(
+            f"{config}: neither a Hugging Face config (no "
+            'model_type) nor a kerasbert one (no "model")'
+        )
     raise UsageError(
         f"{src}: not a checkpoint folder (no config.json of Hugging Face "
-        "or kerasbert, no bert_config.json of Google BERT)")
+        "or kerasbert, no bert_config.json of Google BERT)"
+    )
 
 
-def convert(src: str, dst: str, precision: str = "float32",
-            allow_pickle: bool = False, overwrite: bool = False) -> str:
+def convert(
+    src: str,
+    dst: str,
+    precision: str = "float32",
+    allow_pickle: bool = False,
+    overwrite: bool = False,
+) -> str:
     """Converts folder `src` into folder `dst`; returns what was written
     ("kerasbert BertPretrainer", "Hugging Face BertModel", ...).
 
@@ -55,8 +64,10 @@ def convert(src: str, dst: str, precision: str = "float32",
         overwrite: replace an existing `dst`.
     """
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision: unknown value {precision!r} "
-                         f"(choose from {', '.join(PRECISIONS)})")
+        raise UsageError(
+            f"--precision: unknown value {precision!r} "
+            f"(choose from {', '.join(PRECISIONS)})"
+        )
     kind = detect(src)
     if os.path.exists(dst) and not overwrite:
         raise UsageError(f"{dst}: exists (pass --overwrite to replace it)")

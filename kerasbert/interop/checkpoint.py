@@ -34,18 +34,23 @@ CONFIG_KEYS = {
     "layer_norm_eps": "layer_norm_epsilon",
     "initializer_range": "initializer_range",
 }
-REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers",
-            "num_attention_heads", "intermediate_size")
+REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
 
 
 @dataclasses.dataclass
 class Checkpoint:
-    label: str                 # the source, for messages
+    label: str  # the source, for messages
     config: ModelConfig
-    get: Callable              # HF name -> float array in HF layout, or None
-    has_mlm: bool              # any cls.predictions.* tensor
-    has_nsp: bool              # any cls.seq_relationship.* tensor
-    tokens: list[str]          # the WordPiece vocabulary, by id
+    get: Callable  # HF name -> float array in HF layout, or None
+    has_mlm: bool  # any cls.predictions.* tensor
+    has_nsp: bool  # any cls.seq_relationship.* tensor
+    tokens: list[str]  # the WordPiece vocabulary, by id
     lowercase: bool
     strip_accents: bool | None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -60,17 +65,26 @@ def model_config(values: dict, label: str) -> ModelConfig:
     # Google's TF1 code calls its tanh approximation "gelu" too; HF (and
     # so kerasbert) read it as the exact erf GELU, see the README.
     if act != "gelu":
-        raise UsageError(f"{label}: hidden_act {act!r} is not supported "
-                         "(kerasbert uses the exact GELU, 'gelu')")
+        raise UsageError(
+            f"{label}: hidden_act {act!r} is not supported "
+            "(kerasbert uses the exact GELU, 'gelu')"
+        )
     position = values.get("position_embedding_type", "absolute")
     if position != "absolute":
-        raise UsageError(f"{label}: position_embedding_type {position!r} "
-                         "is not supported (only 'absolute')")
+        raise UsageError(
+            f"{label}: position_embedding_type {position!r} "
+            "is not supported (only 'absolute')"
+        )
     if values.get("is_decoder") or values.get("add_cross_attention"):
-        raise UsageError(f"{label}: a decoder BERT (is_decoder / "
-                         "add_cross_attention) is not supported")
-    fields = {ours: values[theirs] for theirs, ours in CONFIG_KEYS.items()
-              if theirs in values}
+        raise UsageError(
+            f"{label}: a decoder BERT (is_decoder / "
+            "add_cross_attention) is not supported"
+        )
+    fields = {
+        ours: values[theirs]
+        for theirs, ours in CONFIG_KEYS.items()
+        if theirs in values
+    }
     fields.setdefault("initializer_range", 0.02)  # HF's and Google's default
     config = ModelConfig(**fields)
     try:
@@ -90,11 +104,13 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
     model = BertPretrainer(backbone) if heads else backbone
     if heads and not (ckpt.has_mlm and ckpt.has_nsp):
         fresh = "masked-LM" if not ckpt.has_mlm else "next-sentence"
-        ckpt.notes.append(f"no {fresh} head in the checkpoint: it starts "
-                          "from random weights")
+        ckpt.notes.append(
+            f"no {fresh} head in the checkpoint: it starts from random weights"
+        )
     for name, variable, transposed in weight_table(model):
-        if (name.startswith(MLM_PREFIX) and not ckpt.has_mlm) or \
-                (name.startswith(NSP_PREFIX) and not ckpt.has_nsp):
+        if (name.startswith(MLM_PREFIX) and not ckpt.has_mlm) or (
+            name.startswith(NSP_PREFIX) and not ckpt.has_nsp
+        ):
             continue
         array = ckpt.get(name)
         if array is None:
@@ -107,13 +123,13 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
             want = expected[::-1] if transposed else expected
             raise UsageError(
                 f"{ckpt.label}: tensor {name} has shape "
-                f"{tuple(np.shape(ckpt.get(name)))}, expected {want}")
+                f"{tuple(np.shape(ckpt.get(name)))}, expected {want}"
+            )
         variable.assign(array.astype("float32"))
     return model
 
 
-def write_model_dir(ckpt: Checkpoint, out: str,
-                    precision: str = "float32"):
+def write_model_dir(ckpt: Checkpoint, out: str, precision: str = "float32"):
     """Writes config.json, tokenizer/ and model.keras into folder `out`
     (the caller's temp folder of `files.atomic_dir`); returns the model."""
     from kerasbert.text.tokenizer import Tokenizer
@@ -121,19 +137,22 @@ def write_model_dir(ckpt: Checkpoint, out: str,
     if len(ckpt.tokens) > ckpt.config.vocabulary_size:
         raise UsageError(
             f"{ckpt.label}: the vocabulary has {len(ckpt.tokens)} tokens, "
-            f"the model only {ckpt.config.vocabulary_size} embeddings")
+            f"the model only {ckpt.config.vocabulary_size} embeddings"
+        )
     tok_dir = os.path.join(out, "tokenizer")
     os.makedirs(tok_dir)
-    with open(os.path.join(tok_dir, "vocab.txt"), "w",
-              encoding="utf-8") as f:
+    with open(os.path.join(tok_dir, "vocab.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(ckpt.tokens) + "\n")
-    tokenizer = Tokenizer.load(os.path.join(tok_dir, "vocab.txt"),
-                               lowercase=ckpt.lowercase,
-                               strip_accents=ckpt.strip_accents)
+    tokenizer = Tokenizer.load(
+        os.path.join(tok_dir, "vocab.txt"),
+        lowercase=ckpt.lowercase,
+        strip_accents=ckpt.strip_accents,
+    )
     tokenizer.save(tok_dir)
     model = build_model(ckpt, precision)
-    write_json_atomic(os.path.join(out, "config.json"),
-                      {"model": ckpt.config.to_dict()})
+    write_json_atomic(
+        os.path.join(out, "config.json"), {"model": ckpt.config.to_dict()}
+    )
     model.save(os.path.join(out, "model.keras"))
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -21,12 +21,16 @@ def is_google_folder(path: str) -> bool:
 
 def _checkpoint_prefix(path: str) -> str:
     preferred = os.path.join(path, "bert_model.ckpt.index")
-    indexes = [preferred] if os.path.isfile(preferred) else sorted(
-        glob.glob(os.path.join(path, "*.index")))
+    indexes = (
+        [preferred]
+        if os.path.isfile(preferred)
+        else sorted(glob.glob(os.path.join(path, "*.index")))
+    )
     if len(indexes) != 1:
         raise UsageError(
             f"{path}: expected one TF checkpoint (bert_model.ckpt.index), "
-            f"found {len(indexes)}")
+            f"found {len(indexes)}"
+        )
     return indexes[0][: -len(".index")]
 
 
@@ -40,8 +44,10 @@ def read_google_folder(path: str) -> Checkpoint:
         reader = tf.train.load_checkpoint(prefix)
         names = set(reader.get_variable_to_shape_map())
     except (tf.errors.OpError, ValueError) as e:
-        raise UsageError(f"{prefix}: cannot be read as a TF checkpoint "
-                         f"({str(e).splitlines()[0]})") from None
+        raise UsageError(
+            f"{prefix}: cannot be read as a TF checkpoint "
+            f"({str(e).splitlines()[0]})"
+        ) from None
 
     def get(hf_name):
         name, transposed = google_name(hf_name)
@@ -59,10 +65,14 @@ def read_google_folder(path: str) -> Checkpoint:
         tokens.pop()
     # Google ships no tokenizer settings: an uncased vocabulary (no
     # upper-case token) means do_lower_case, which also strips accents.
-    lowercase = not any(t != t.lower() for t in tokens
-                        if not t.startswith("["))
+    lowercase = not any(t != t.lower() for t in tokens if not t.startswith("["))
     return Checkpoint(
-        label=prefix, config=config, get=get,
+        label=prefix,
+        config=config,
+        get=get,
         has_mlm=any(n.startswith("cls/predictions/") for n in names),
         has_nsp=any(n.startswith("cls/seq_relationship/") for n in names),
-        tokens=tokens, lowercase=lowercase, strip_accents=None)
+        tokens=tokens,
+        lowercase=lowercase,
+        strip_accents=None,
+    )

@@ -45,27 +45,33 @@ def _load_safetensors(path: str) -> dict:
     try:
         return load_file(path)
     except Exception as e:  # SafetensorError, or a dtype numpy lacks
-        raise UsageError(f"{path}: cannot be read as safetensors "
-                         f"({str(e).splitlines()[0]})") from None
+        raise UsageError(
+            f"{path}: cannot be read as safetensors ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def _load_pickle(path: str, allow_pickle: bool) -> dict:
     if not allow_pickle:
         raise UsageError(
             f"{path}: a pickle, and unpickling can run code; pass "
-            "--allow-pickle if you trust it (or use model.safetensors)")
+            "--allow-pickle if you trust it (or use model.safetensors)"
+        )
     try:
         import torch
     except ImportError:
-        raise UsageError(f"--allow-pickle: reading {path} needs PyTorch "
-                         "(pip install torch)") from None
+        raise UsageError(
+            f"--allow-pickle: reading {path} needs PyTorch (pip install torch)"
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError...
-        raise UsageError(f"{path}: cannot be loaded "
-                         f"({str(e).splitlines()[0]})") from None
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in state.items()}
+        raise UsageError(
+            f"{path}: cannot be loaded ({str(e).splitlines()[0]})"
+        ) from None
+    return {
+        k: v.float().numpy() if v.is_floating_point() else v.numpy()
+        for k, v in state.items()
+    }
 
 
 def _load_weights(path: str, allow_pickle: bool) -> dict:
@@ -82,8 +88,9 @@ def _load_weights(path: str, allow_pickle: bool) -> dict:
     pickle = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(pickle):
         return _load_pickle(pickle, allow_pickle)
-    raise UsageError(f"{path}: no model.safetensors (or "
-                     "pytorch_model.bin) in this folder")
+    raise UsageError(
+        f"{path}: no model.safetensors (or pytorch_model.bin) in this folder"
+    )
 
 
 def _read_tokenizer(path: str) -> tuple[list[str], bool, bool | None]:
@@ -96,14 +103,18 @@ def _read_tokenizer(path: str) -> tuple[list[str], bool, bool | None]:
         spec = read_json_object(tok_json, tok_json)
         model = spec.get("model") or {}
         if model.get("type") != "WordPiece":
-            raise UsageError(f"{tok_json}: a {model.get('type')} tokenizer"
-                             ", not BERT's WordPiece")
+            raise UsageError(
+                f"{tok_json}: a {model.get('type')} tokenizer"
+                ", not BERT's WordPiece"
+            )
         vocab = model.get("vocab") or {}
         tokens = sorted(vocab, key=vocab.get)
         normalizer = spec.get("normalizer") or {}
         if normalizer.get("type") == "BertNormalizer":
-            settings = {"do_lower_case": normalizer.get("lowercase", True),
-                        "strip_accents": normalizer.get("strip_accents")}
+            settings = {
+                "do_lower_case": normalizer.get("lowercase", True),
+                "strip_accents": normalizer.get("strip_accents"),
+            }
     vocab_txt = os.path.join(path, "vocab.txt")
     if os.path.isfile(vocab_txt):
         with open(vocab_txt, encoding="utf-8") as f:
@@ -111,16 +122,24 @@ def _read_tokenizer(path: str) -> tuple[list[str], bool, bool | None]:
         while tokens and not tokens[-1]:
             tokens.pop()
     if not tokens:
-        raise UsageError(f"{path}: no vocab.txt or WordPiece tokenizer.json"
-                         " in this folder")
+        raise UsageError(
+            f"{path}: no vocab.txt or WordPiece tokenizer.json in this folder"
+        )
     config = os.path.join(path, "tokenizer_config.json")
     if os.path.isfile(config):
         saved = read_json_object(config, config)
-        settings.update({k: saved[k] for k in ("do_lower_case",
-                                               "strip_accents")
-                         if k in saved})
-    return (tokens, settings.get("do_lower_case", True),
-            settings.get("strip_accents"))
+        settings.update(
+            {
+                k: saved[k]
+                for k in ("do_lower_case", "strip_accents")
+                if k in saved
+            }
+        )
+    return (
+        tokens,
+        settings.get("do_lower_case", True),
+        settings.get("strip_accents"),
+    )
 
 
 def read_hf_folder(path: str, allow_pickle: bool = False) -> Checkpoint:
@@ -130,32 +149,48 @@ def read_hf_folder(path: str, allow_pickle: bool = False) -> Checkpoint:
     values = read_json_object(label, label)
     kind = values.get("model_type")
     if kind != "bert":
-        raise UsageError(f"{label}: model_type {kind!r} is not supported "
-                         "(only 'bert')")
+        raise UsageError(
+            f"{label}: model_type {kind!r} is not supported (only 'bert')"
+        )
     config = model_config(values, label)
     tokens, lowercase, strip_accents = _read_tokenizer(path)
-    state = {canonical_hf_name(k): v
-             for k, v in _load_weights(path, allow_pickle).items()}
+    state = {
+        canonical_hf_name(k): v
+        for k, v in _load_weights(path, allow_pickle).items()
+    }
     # A saved decoder must be the tied copy kerasbert keeps only once.
     for copy, original in TIED.items():
-        if copy in state and original in state and not np.array_equal(
-                state[copy], state[original]):
-            raise UsageError(f"{path}: {copy} differs from {original} "
-                             "(an untied decoder is not supported)")
+        if (
+            copy in state
+            and original in state
+            and not np.array_equal(state[copy], state[original])
+        ):
+            raise UsageError(
+                f"{path}: {copy} differs from {original} "
+                "(an untied decoder is not supported)"
+            )
         if copy in state:
             state.setdefault(original, state.pop(copy))
     ckpt = Checkpoint(
-        label=path, config=config, get=state.get,
+        label=path,
+        config=config,
+        get=state.get,
         has_mlm=any(k.startswith(MLM_PREFIX) for k in state),
         has_nsp=any(k.startswith(NSP_PREFIX) for k in state),
-        tokens=tokens, lowercase=lowercase, strip_accents=strip_accents)
+        tokens=tokens,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+    )
     known = {"bert.", MLM_PREFIX, NSP_PREFIX}
-    ignored = sorted(k for k in state if k not in BUFFERS
-                     and not k.startswith(tuple(known)))
+    ignored = sorted(
+        k for k in state if k not in BUFFERS and not k.startswith(tuple(known))
+    )
     if ignored:
-        ckpt.notes.append(f"ignored {len(ignored)} tensor(s) that are not "
-                          f"BERT's: {', '.join(ignored[:5])}"
-                          + (" ..." if len(ignored) > 5 else ""))
+        ckpt.notes.append(
+            f"ignored {len(ignored)} tensor(s) that are not "
+            f"BERT's: {', '.join(ignored[:5])}"
+            + (" ..." if len(ignored) > 5 else "")
+        )
     return ckpt
 
 
@@ -195,24 +230,31 @@ def write_hf_folder(model, tokenizer, out: str) -> str:
     from kerasbert.training.modeldir import backbone_of
 
     if tokenizer.kind != "wordpiece":
-        raise UsageError("a SentencePiece tokenizer has no Hugging Face "
-                         "BertTokenizer equivalent; only WordPiece models "
-                         "can be exported")
+        raise UsageError(
+            "a SentencePiece tokenizer has no Hugging Face "
+            "BertTokenizer equivalent; only WordPiece models "
+            "can be exported"
+        )
     backbone = backbone_of(model)
     heads = hasattr(model, "mlm_head")
     architecture = "BertForPreTraining" if heads else "BertModel"
     tensors = {}
     for name, variable, transposed in weight_table(
-            model if heads else backbone):
+        model if heads else backbone
+    ):
         array = keras.ops.convert_to_numpy(variable).astype("float32")
         if not heads:  # BertModel's own keys have no "bert." prefix
             name = name.removeprefix("bert.")
-        tensors[name] = np.ascontiguousarray(array.T if transposed
-                                             else array)
-    save_file(tensors, os.path.join(out, "model.safetensors"),
-              metadata={"format": "pt"})
-    write_json_atomic(os.path.join(out, "config.json"),
-                      hf_config(backbone, architecture, tokenizer.pad_id))
+        tensors[name] = np.ascontiguousarray(array.T if transposed else array)
+    save_file(
+        tensors,
+        os.path.join(out, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    write_json_atomic(
+        os.path.join(out, "config.json"),
+        hf_config(backbone, architecture, tokenizer.pad_id),
+    )
     tokenizer.save(out)
     # Tokenizer.save assumes 512 positions; the model may have fewer.
     path = os.path.join(out, "tokenizer_config.json")

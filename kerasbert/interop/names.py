@@ -17,9 +17,10 @@ import re
 
 MLM_PREFIX = "cls.predictions."
 NSP_PREFIX = "cls.seq_relationship."
-TIED = {"cls.predictions.decoder.weight":
-        "bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias"}
+TIED = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
 BUFFERS = ("bert.embeddings.position_ids",)
 
 
@@ -38,12 +39,27 @@ def weight_table(model) -> list[tuple[str, object, bool]]:
         rows.append((f"{name}.bias", layer.beta, False))
 
     emb = backbone.embedding
-    rows.append(("bert.embeddings.word_embeddings.weight",
-                 emb.token_embedding.embeddings, False))
-    rows.append(("bert.embeddings.position_embeddings.weight",
-                 emb.position_embeddings, False))
-    rows.append(("bert.embeddings.token_type_embeddings.weight",
-                 emb.segment_embeddings, False))
+    rows.append(
+        (
+            "bert.embeddings.word_embeddings.weight",
+            emb.token_embedding.embeddings,
+            False,
+        )
+    )
+    rows.append(
+        (
+            "bert.embeddings.position_embeddings.weight",
+            emb.position_embeddings,
+            False,
+        )
+    )
+    rows.append(
+        (
+            "bert.embeddings.token_type_embeddings.weight",
+            emb.segment_embeddings,
+            False,
+        )
+    )
     norm("bert.embeddings.LayerNorm", emb.layer_norm)
     for i, block in enumerate(backbone.blocks):
         p = f"bert.encoder.layer.{i}"
@@ -71,8 +87,11 @@ def canonical_hf_name(name: str) -> str:
     `weight/bias`."""
     if name.startswith(("embeddings.", "encoder.", "pooler.")):
         name = "bert." + name
-    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
-                  re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+    return re.sub(
+        r"LayerNorm\.gamma$",
+        "LayerNorm.weight",
+        re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name),
+    )
 
 
 def google_name(hf_name: str) -> tuple[str, bool]:
@@ -94,5 +113,7 @@ def google_name(hf_name: str) -> tuple[str, bool]:
         return f"{stem}/{'gamma' if leaf == 'weight' else 'beta'}", False
     if stem.startswith("bert/embeddings/"):  # a table, not a kernel
         return stem, False
-    return f"{stem}/{'kernel' if leaf == 'weight' else 'bias'}", \
-        leaf == "weight"
+    return (
+        f"{stem}/{'kernel' if leaf == 'weight' else 'bias'}",
+        leaf == "weight",
+    )
