@@ -53,7 +53,12 @@ def read_google_folder(path: str) -> Checkpoint:
         name, transposed = google_name(hf_name)
         if name not in names:
             return None
-        array = reader.get_tensor(name)
+        try:
+            array = reader.get_tensor(name)
+        except tf.errors.OpError as e:  # a truncated .data file
+            raise UsageError(
+                f"{prefix}: cannot read {name} ({str(e).splitlines()[0]})"
+            ) from None
         return array.T if transposed else array
 
     vocab = os.path.join(path, "vocab.txt")
