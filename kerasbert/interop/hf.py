@@ -11,6 +11,7 @@ no torch at run time.
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -238,6 +239,12 @@ def write_hf_folder(model, tokenizer, out: str) -> str:
     backbone = backbone_of(model)
     heads = hasattr(model, "mlm_head")
     architecture = "BertForPreTraining" if heads else "BertModel"
+    if not heads and model is not backbone:
+        print(
+            f"note: the {type(model).__name__}'s own layers are not "
+            "exported, only its BertModel",
+            file=sys.stderr,
+        )
     tensors = {}
     for name, variable, transposed in weight_table(
         model if heads else backbone
