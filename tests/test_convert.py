@@ -314,8 +314,8 @@ def test_init_from_copies_heads_and_checks_architecture(
     )
     with pytest.raises(
         UsageError,
-        match=r"--init-from: .*num_layers 3 vs 2"
-        r"; intermediate_dim 32 vs 24",
+        match=r"--init-from: .*num_layers 3 here, 2 there; "
+        r"intermediate_dim 32 here, 24 there",
     ):
         init_from(wider, converted)
 

@@ -102,14 +102,14 @@ def init_from(model, directory: str) -> list[str]:
     source = load_model(directory)
     theirs, ours = backbone_of(source), backbone_of(model)
     diffs = [
-        f"{name} {getattr(ours, name)} vs {getattr(theirs, name)}"
+        f"{name} {getattr(ours, name)} here, {getattr(theirs, name)} there"
         for name in ARCHITECTURE
         if getattr(ours, name) != getattr(theirs, name)
     ]
     if diffs:
         raise UsageError(
-            f"--init-from: {directory}: another architecture "
-            f"than the model being built ({'; '.join(diffs)})"
+            f"--init-from: {directory}: another architecture than the "
+            f"model being built ({'; '.join(diffs)})"
         )
     ours.set_weights(theirs.get_weights())
     copied = ["backbone"]
