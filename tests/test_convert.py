@@ -20,7 +20,7 @@ import transformers
 
 from kerasbert.errors import UsageError
 from kerasbert.interop import convert
-from kerasbert.training.modeldir import (
+from kerasbert.serving.modeldir import (
     init_from,
     load_model,
     load_tokenizer,

@@ -76,7 +76,7 @@ def convert(
     check_writable_dir(dst, "DST")
     if kind == "kerasbert":
         from kerasbert.interop.hf import write_hf_folder
-        from kerasbert.training.modeldir import load_model, load_tokenizer
+        from kerasbert.serving.modeldir import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(src)
         model = load_model(src)

@@ -4,7 +4,7 @@ Readers (`hf.read_hf_folder`, `google.read_google_folder`) return a
 `Checkpoint`: the architecture as a `ModelConfig`, a getter that returns
 each weight by its Hugging Face name in HF layout, and the WordPiece
 vocabulary with its normaliser settings. `write_model_dir` turns it into
-the folder every kerasbert command reads (see `training/modeldir.py`).
+the folder every kerasbert command reads (see `serving/modeldir.py`).
 """
 
 import dataclasses

@@ -228,7 +228,7 @@ def write_hf_folder(model, tokenizer, out: str) -> str:
     import keras
     from safetensors.numpy import save_file
 
-    from kerasbert.training.modeldir import backbone_of
+    from kerasbert.serving.modeldir import backbone_of
 
     if tokenizer.kind != "wordpiece":
         raise UsageError(
