@@ -9,9 +9,6 @@ Load it with `tf.saved_model.load(DIR).signatures["serving_default"]` -- no
 kerasbert or Keras needed on the serving side.
 """
 
-import os
-import shutil
-
 INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
@@ -20,27 +17,31 @@ def _spec(name):
     return tf.TensorSpec([None, None], tf.int32, name=name)
 
 
-def float32_copy(pretrainer):
-    """The same pretrainer computing in float32 (weights are shared values,
-    not shared variables). Mixed precision speeds up training; serving on
-    a CPU wants exact, reproducible float32 outputs."""
-    from kerasbert.modeling import BertBackbone, BertPretrainer
+def float32_copy(model):
+    """The same pretrainer or classifier computing in float32 (weights are
+    shared values, not shared variables). Mixed precision speeds up
+    training; serving on a CPU wants exact, reproducible float32 outputs."""
+    from kerasbert.modeling import BertBackbone
 
-    config = pretrainer.backbone.get_config()
+    config = model.backbone.get_config()
     config["dtype"] = "float32"
-    copy = BertPretrainer(BertBackbone.from_config(config))
-    copy.set_weights(pretrainer.get_weights())
+    # Both take the backbone plus their own get_config() arguments.
+    copy = type(model)(**{**model.get_config(),
+                          "backbone": BertBackbone.from_config(config)})
+    copy.set_weights(model.get_weights())
     return copy
 
 
 def export_saved_model(pretrainer, path: str) -> str:
     """Writes a float32 SavedModel of `pretrainer` (a `BertPretrainer`).
 
-    Writes to a temp folder first and renames it, so `path` is either the
-    old export or the complete new one.
+    Writes to a temp folder first and renames it (`atomic_dir`), so `path`
+    is either the old export or the complete new one.
     """
     import keras
     import tensorflow as tf
+
+    from kerasbert.files import atomic_dir
 
     pretrainer = float32_copy(pretrainer)
     backbone = pretrainer.backbone
@@ -72,10 +73,6 @@ def export_saved_model(pretrainer, path: str) -> str:
         input_signature=[_spec(n) for n in (*INPUTS, "mask_positions")])
     archive.add_endpoint("encode", encode,
                          input_signature=[_spec(n) for n in INPUTS])
-    tmp = f"{path.rstrip('/')}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
-    archive.write_out(tmp, verbose=False)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp:
+        archive.write_out(tmp, verbose=False)
     return path
