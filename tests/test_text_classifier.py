@@ -1,0 +1,198 @@
+"""The raw-text SavedModel of a classifier agrees with the Python path.
+
+Python path: `Tokenizer.encode_batch` -> `packing.pack` -> the Keras model.
+Graph path: the exported `serving_default` / `tokenize` signatures.
+Texts: the real sentences of tests/fixtures (English with accents, CJK and
+numbers; emotion; CoLA; Korean Wikipedia), their long paragraphs for
+truncation, and a few constructed normaliser edge cases.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerasbert.data.packing import TRUNCATIONS, pack
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).parent.parent
+LABELS = ["sadness", "joy", "surprise"]
+MAX_LENGTH = 24
+
+# Constructed: what the BERT normaliser must get right beyond the fixtures.
+EDGE_CASES = [
+    "café naïve Zürich", "CAFÉ NAÏVE ZÜRICH", "Crème Brûlée à la Ångström",
+    "ΣΑΣ ΟΔΥΣΣΕΥΣ İstanbul STRASSE straße ǅemal",
+    "the [MASK] sat[SEP]down [mask] [CLS][UNK]x [unused1]",
+    "tab\there\nnew\r\nline\u00a0nbsp\u3000wide\u2003em", "x\x00y \x0bz\x1f",
+    "zero\u200bwidth soft\u00adhyphen bom\ufeff repl\ufffd", "", "   ",
+    "漢字かな交じり文、中文。", "한국어 문장입니다. 서울특별시!", "e\u0301 ﬁ ①",
+    "a" * 99 + " " + "b" * 101 + " " + "가" * 100 + " " + "나" * 101,
+    "12,345.67 $9.99 3½ 10% #hashtag @user :-) <3 http://x.org/a?b=c",
+]
+
+
+def real_texts():
+    """Fixture sentences, then Korean Wikipedia lines (some paragraphs)."""
+    english = (FIXTURES / "sentences.txt").read_text("utf-8").splitlines()
+    korean = [line for line in
+              (FIXTURES / "kowiki_sample.txt").read_text("utf-8").splitlines()
+              if line.strip() and not line.startswith(("<doc", "</doc"))]
+    return english + korean[:90]
+
+
+def long_texts():
+    """WikiText paragraphs: hundreds of tokens, so every mode truncates."""
+    lines = (FIXTURES / "wikitext_sample.raw").read_text("utf-8").splitlines()
+    return [line for line in lines if len(line) > 600][:12]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from kerasbert.text.tokenizer import train_wordpiece
+
+    return train_wordpiece(real_texts() + long_texts() + EDGE_CASES,
+                           vocab_size=600, progress=False)
+
+
+def make_classifier(tokenizer, num_classes=len(LABELS)):
+    from kerasbert.modeling import BertBackbone, BertClassifier
+
+    backbone = BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size, hidden_dim=16,
+        num_layers=2, num_heads=2, intermediate_dim=32,
+        max_sequence_length=32)
+    return BertClassifier(backbone, num_classes=num_classes)
+
+
+def write_model_dir(directory, model, tokenizer, *, pair, truncation):
+    """What `python -m kerasbert.finetune` writes (the parts export reads)."""
+    os.makedirs(directory, exist_ok=True)
+    tokenizer.save(os.path.join(directory, "tokenizer"))
+    model.save(os.path.join(directory, "model.keras"))
+    config = {"model": {}, "labels": LABELS, "pair": pair,
+              "finetune": {"max_length": MAX_LENGTH,
+                           "truncation": truncation}}
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+
+
+def python_path(model, tokenizer, texts, pairs=None, truncation="head"):
+    """(packed token ids per text, float64 probabilities)."""
+    ids_a = tokenizer.encode_batch(texts)
+    ids_b = tokenizer.encode_batch(pairs) if pairs else [None] * len(texts)
+    packed = [pack(a, b, max_length=MAX_LENGTH, truncation=truncation,
+                   cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id)
+              for a, b in zip(ids_a, ids_b, strict=True)]
+    width = max(len(ids) for ids, _ in packed)
+    x = {k: np.zeros((len(packed), width), "int32")
+         for k in ("token_ids", "segment_ids", "padding_mask")}
+    x["token_ids"][:] = tokenizer.pad_id
+    for i, (ids, segments) in enumerate(packed):
+        x["token_ids"][i, :len(ids)] = ids
+        x["segment_ids"][i, :len(ids)] = segments
+        x["padding_mask"][i, :len(ids)] = 1
+    logits = np.asarray(model.predict(x, batch_size=128, verbose=0),
+                        "float64")
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return [ids for ids, _ in packed], probs / probs.sum(1, keepdims=True)
+
+
+def check_agrees(loaded, model, tokenizer, texts, pairs, truncation):
+    import tensorflow as tf
+
+    inputs = {"text": tf.constant(texts)}
+    if pairs is not None:
+        inputs["text_pair"] = tf.constant(pairs)
+    want_ids, want_probs = python_path(model, tokenizer, texts, pairs,
+                                       truncation)
+    features = loaded.signatures["tokenize"](**inputs)
+    mask = features["padding_mask"].numpy().astype(bool)
+    got_ids = [row[m].tolist() for row, m in
+               zip(features["token_ids"].numpy(), mask, strict=True)]
+    assert got_ids == want_ids
+    out = loaded.signatures["serving_default"](**inputs)
+    np.testing.assert_allclose(out["probabilities"].numpy(), want_probs,
+                               atol=1e-5, rtol=0)
+    label_ids = out["label_ids"].numpy()
+    # argmax of nearly equal logits may differ; elsewhere it must agree.
+    top2 = np.sort(want_probs, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4
+    np.testing.assert_array_equal(label_ids[clear],
+                                  want_probs.argmax(1)[clear])
+    assert [s.decode() for s in out["labels"].numpy()] == [
+        LABELS[i] for i in label_ids]
+
+
+@pytest.mark.parametrize("lowercase,strip_accents",
+                         [(True, None), (False, None), (True, False),
+                          (False, True)])
+def test_graph_tokenizer_equals_python(lowercase, strip_accents):
+    import tensorflow as tf
+
+    from kerasbert.serving.text_classifier import graph_tokenizer
+    from kerasbert.text.tokenizer import train_wordpiece
+
+    texts = real_texts() + long_texts() + EDGE_CASES
+    # Trained on the texts themselves: every character has an id, so a
+    # normalisation difference changes ids rather than hiding in [UNK].
+    variant = train_wordpiece(texts, vocab_size=600, lowercase=lowercase,
+                              strip_accents=strip_accents, progress=False)
+    got = graph_tokenizer(variant)(tf.constant(texts)).to_list()
+    want = variant.encode_batch(texts)
+    for text, g, w in zip(texts, got, want, strict=True):
+        assert g == w, text
+    assert sum(map(len, want)) > 5000  # the texts are really tokenized
+
+
+def test_graph_pack_equals_packing():
+    import tensorflow as tf
+
+    from kerasbert.serving.text_classifier import graph_pack
+
+    rng = np.random.default_rng(0)
+    lengths = list(range(40)) + list(rng.integers(0, 200, 60))
+    rows_a = [list(rng.integers(5, 99, n)) for n in lengths]
+    rows_b = [list(rng.integers(5, 99, n)) for n in rng.permutation(lengths)]
+    ragged_a, ragged_b = (tf.ragged.constant(rows, tf.int32)
+                          for rows in (rows_a, rows_b))
+    for truncation in TRUNCATIONS:
+        for max_length in (4, 5, 9, 16, 64):
+            for pair in (False, True):
+                got = graph_pack(
+                    ragged_a, ragged_b if pair else None,
+                    max_length=max_length, truncation=truncation,
+                    cls_id=1, sep_id=2, pad_id=0)
+                got = {k: v.numpy() for k, v in got.items()}
+                for i, a in enumerate(rows_a):
+                    want = pack(a, rows_b[i] if pair else None,
+                                max_length=max_length, truncation=truncation,
+                                cls_id=1, sep_id=2)
+                    m = got["padding_mask"][i].astype(bool)
+                    assert (got["token_ids"][i][m].tolist(),
+                            got["segment_ids"][i][m].tolist()) == want
+
+
+@pytest.fixture(scope="module")
+def exported(tokenizer, tmp_path_factory):
+    """(model, SavedModel path) of a single-text classifier."""
+    from kerasbert.serving.text_classifier import export_text_classifier
+
+    model = make_classifier(tokenizer)
+    path = str(tmp_path_factory.mktemp("export") / "single")
+    export_text_classifier(model, tokenizer, path, labels=LABELS,
+                           max_length=MAX_LENGTH, truncation="head+tail")
+    return model, path
+
+
+def test_saved_model_agrees_single(exported, tokenizer):
+    import tensorflow as tf
+
+    model, path = exported
+    texts = real_texts() + long_texts() + EDGE_CASES
+    check_agrees(tf.saved_model.load(path), model, tokenizer, texts, None,
+                 "head+tail")
