@@ -196,3 +196,85 @@ def test_saved_model_agrees_single(exported, tokenizer):
     texts = real_texts() + long_texts() + EDGE_CASES
     check_agrees(tf.saved_model.load(path), model, tokenizer, texts, None,
                  "head+tail")
+
+
+def test_loads_without_kerasbert(exported, tmp_path):
+    """TensorFlow + tensorflow-text alone load and run the SavedModel."""
+    import tensorflow as tf
+
+    _, path = exported
+    texts = ["café naïve Zürich", "서울특별시는 대한민국의 수도이다."]
+    script = f"""
+import json, sys
+sys.modules["kerasbert"] = None  # any import of it fails
+sys.path = [p for p in sys.path if p and not p.startswith({str(REPO)!r})]
+import tensorflow as tf, tensorflow_text  # noqa: F401  registers the ops
+serve = tf.saved_model.load({path!r}).signatures["serving_default"]
+out = serve(text=tf.constant({texts!r}))
+print(json.dumps({{"probabilities": out["probabilities"].numpy().tolist(),
+                  "labels": [s.decode() for s in out["labels"].numpy()],
+                  "keras": "keras" in sys.modules}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                            env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    want = tf.saved_model.load(path).signatures["serving_default"](
+        text=tf.constant(texts))
+    np.testing.assert_allclose(got["probabilities"],
+                               want["probabilities"].numpy(), atol=1e-6)
+    assert got["labels"] == [s.decode() for s in want["labels"].numpy()]
+
+
+def test_export_cli_pair_task(tokenizer, tmp_path):
+    """`python -m kerasbert.export` on a fine-tuned pair classifier writes
+    the raw-text SavedModel; it agrees with the Python path on pairs."""
+    import tensorflow as tf
+
+    from kerasbert.export import main
+
+    model = make_classifier(tokenizer)
+    write_model_dir(tmp_path / "run", model, tokenizer, pair=True,
+                    truncation="tail")
+    out = tmp_path / "served"
+    assert main([str(tmp_path / "run"), "--output", str(out)]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["run", "served"]  # no temp left
+    loaded = tf.saved_model.load(str(out))
+    assert set(loaded.signatures["serving_default"].structured_input_signature
+               [1]) == {"text", "text_pair"}
+    texts = real_texts() + long_texts()
+    pairs = texts[1:] + texts[:1]
+    # The ids of both sides count: long A with short B, and the reverse.
+    check_agrees(loaded, model, tokenizer, texts, pairs, "tail")
+
+
+@pytest.mark.parametrize("case", ["no_model_dir", "output_is_file",
+                                  "not_wordpiece_config"])
+def test_export_cli_bad_input(tokenizer, tmp_path, capsys, case):
+    from kerasbert.errors import run_cli
+    from kerasbert.export import main
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    if case == "no_model_dir":
+        args, expect = [str(run), "--output", str(out)], "no such model"
+    elif case == "output_is_file":
+        write_model_dir(run, make_classifier(tokenizer), tokenizer,
+                        pair=False, truncation="head")
+        out.write_text("keep me")
+        args, expect = [str(run), "--output", str(out)], "--output"
+    else:  # a labels entry but no finetune settings
+        write_model_dir(run, make_classifier(tokenizer), tokenizer,
+                        pair=False, truncation="head")
+        (run / "config.json").write_text(json.dumps({"labels": LABELS}))
+        args, expect = [str(run), "--output", str(out)], "config.json"
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0]
+    assert sorted(os.listdir(tmp_path)) == before
+    if case == "output_is_file":
+        assert out.read_text() == "keep me"

@@ -255,8 +255,9 @@ def export_text_classifier(model, tokenizer, path: str, *, labels,
     spec = [tf.TensorSpec([None], tf.string, name="text")]
     if pair:
         spec.append(tf.TensorSpec([None], tf.string, name="text_pair"))
+    # No archive.track(model): the endpoints' variables are saved anyway,
+    # and tracking walks every layer's functions (twice the export time).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint("serving_default", classify, input_signature=spec)
     archive.add_endpoint("tokenize", features, input_signature=spec)
     with atomic_dir(path) as tmp:
