@@ -278,3 +278,22 @@ def test_export_cli_bad_input(tokenizer, tmp_path, capsys, case):
     assert sorted(os.listdir(tmp_path)) == before
     if case == "output_is_file":
         assert out.read_text() == "keep me"
+
+
+def test_mixed_precision_model_serves_float32(tokenizer, tmp_path,
+                                               dtype_policy):
+    import tensorflow as tf
+
+    from kerasbert.serving.export import float32_copy
+    from kerasbert.serving.text_classifier import export_text_classifier
+
+    dtype_policy("mixed_bfloat16")
+    model = make_classifier(tokenizer)
+    dtype_policy("float32")
+    path = str(tmp_path / "served")
+    export_text_classifier(model, tokenizer, path, labels=LABELS,
+                           max_length=MAX_LENGTH)
+    loaded = tf.saved_model.load(path)
+    assert {v.dtype for v in loaded.weights} == {tf.float32}
+    texts = real_texts()[::10] + EDGE_CASES
+    check_agrees(loaded, float32_copy(model), tokenizer, texts, None, "head")
