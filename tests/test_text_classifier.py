@@ -297,3 +297,24 @@ def test_mixed_precision_model_serves_float32(tokenizer, tmp_path,
     assert {v.dtype for v in loaded.weights} == {tf.float32}
     texts = real_texts()[::10] + EDGE_CASES
     check_agrees(loaded, float32_copy(model), tokenizer, texts, None, "head")
+
+
+def test_graph_tokenizer_sentencepiece(tmp_path):
+    import tensorflow as tf
+
+    from kerasbert.serving.text_classifier import graph_tokenizer
+    from kerasbert.text.tokenizer import Tokenizer
+
+    spm = pytest.importorskip("sentencepiece")
+    texts = real_texts() + long_texts() + EDGE_CASES
+    prefix = str(tmp_path / "spm")
+    # The layout of the emotion-comment models (tests/test_tokenizer.py).
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=1000,
+        model_type="unigram", unk_id=0, pad_id=1, bos_id=-1, eos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+    tokenizer = Tokenizer.load(prefix + ".model")
+    got = graph_tokenizer(tokenizer)(tf.constant(texts)).to_list()
+    for text, g, w in zip(texts, got, tokenizer.encode_batch(texts),
+                          strict=True):
+        assert g == w, text

@@ -53,6 +53,9 @@ _CJK = (r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}"
         r"\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}\x{2B920}-\x{2CEAF}"
         r"\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}]")
 _MAX_WORD_CHARS = 100  # HF WordPiece max_input_chars_per_word
+# What Python's str.strip() removes.
+_PY_SPACE = (r"[\t-\r\x{1C}-\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}"
+             r"\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]")
 
 
 def _normalize(text, lowercase: bool, strip_accents: bool):
@@ -74,60 +77,29 @@ def _normalize(text, lowercase: bool, strip_accents: bool):
     return text
 
 
-def _special_ids(tokenizer):
-    names = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-    return {n: tokenizer.token_to_id(n) for n in names
-            if tokenizer.token_to_id(n) is not None}
-
-
-def graph_tokenizer(tokenizer):
-    """A function from a 1-D string tensor to ragged int32 ids
-    `[batch, (tokens)]`, equal to `tokenizer.encode_batch` (WordPiece)."""
-    import re
-
+def _wordpiece(tokenizer):
+    """HF's BERT pipeline on special-token-free pieces: a function from
+    strings [n] to ragged int32 ids [n, (tokens)]."""
     import tensorflow as tf
     import tensorflow_text as tf_text
 
-    if tokenizer.kind != "wordpiece":
-        raise UsageError(
-            f"{tokenizer.source}: SentencePiece tokenizers cannot be "
-            "exported to a raw-text SavedModel yet (WordPiece only)")
     vocab = [tokenizer.id_to_token(i)
              for i in range(tokenizer.vocabulary_size)]
-    unk = tokenizer.id_to_token(tokenizer.unk_id)
     # Longer words than this are swapped for a word that is surely [UNK]
     # (one longer than max_bytes_per_word), so the 100-character rule of
     # HF decides, not tensorflow-text's byte limit.
     max_bytes = 4 * _MAX_WORD_CHARS
     wordpiece = tf_text.FastWordpieceTokenizer(
         vocab, suffix_indicator="##", max_bytes_per_word=max_bytes,
-        token_out_type=tf.int32, unknown_token=unk, no_pretokenization=True)
+        token_out_type=tf.int32, unknown_token=vocab[tokenizer.unk_id],
+        no_pretokenization=True)
     too_long_word = "x" * (max_bytes + 1)
-    specials = _special_ids(tokenizer)
-    special_names = tf.constant(list(specials))
-    special_values = tf.constant(list(specials.values()), tf.int32)
-    special_regex = "|".join(re.escape(n) for n in specials)
     lowercase = bool(tokenizer.lowercase)
     strip_accents = (lowercase if tokenizer.strip_accents is None
                      else bool(tokenizer.strip_accents))
 
-    def tokenize(text):
-        # tensorflow-text's regex_split ends a string at a NUL; U+0001 is
-        # removed by the normaliser just the same.
-        text = tf.strings.regex_replace(text, r"\x00", "\x01")
-        # [batch, (pieces)]: special tokens and the text between them.
-        pieces = tf_text.regex_split(text, special_regex, special_regex)
-        flat = pieces.flat_values
-        is_special = tf.equal(flat[:, None], special_names[None, :])
-        special_id = tf.reduce_sum(
-            tf.cast(is_special, tf.int32) * special_values, axis=1)
-        is_special = tf.reduce_any(is_special, axis=1)
-        # [pieces, (0 or 1)]: the id of a special piece.
-        special_tokens = tf.RaggedTensor.from_row_lengths(
-            tf.boolean_mask(special_id, is_special),
-            tf.cast(is_special, tf.int64))
-        text = tf.where(is_special, "", _normalize(flat, lowercase,
-                                                   strip_accents))
+    def encode(text):
+        text = _normalize(text, lowercase, strip_accents)
         # Spaces around each mark and ideograph, then split on spaces
         # (the only white space left): cheaper than tf_text.regex_split.
         words = tf.strings.split(tf.strings.regex_replace(
@@ -135,10 +107,71 @@ def graph_tokenizer(tokenizer):
         long = tf.strings.length(words.flat_values,
                                  unit="UTF8_CHAR") > _MAX_WORD_CHARS
         flat_words = tf.where(long, too_long_word, words.flat_values)
-        # [pieces, (words), (wordpieces)] -> [pieces, (wordpieces)]
+        # [n, (words), (wordpieces)] -> [n, (wordpieces)]
         ids = words.with_flat_values(wordpiece.tokenize(flat_words))
-        ids = ids.merge_dims(1, 2)
-        ids = tf.concat([ids, special_tokens], axis=1)
+        return ids.merge_dims(1, 2)
+
+    # HF's added tokens: every special token of the vocabulary.
+    names = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    return encode, [n for n in names if tokenizer.token_to_id(n) is not None]
+
+
+def _sentencepiece(tokenizer):
+    """`Tokenizer._encode_spm` on special-token-free pieces."""
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    # Not tf_text.SentencepieceTokenizer: its older SentencePiece breaks
+    # ties between equal-score segmentations ("000" as 0+00 or 00+0) unlike
+    # the Python package; the fast one agrees.
+    model = tf_text.FastSentencepieceTokenizer(
+        tokenizer.sentencepiece_model())
+
+    def encode(text):
+        # Python skips pieces that str.strip() empties.
+        blank = tf.strings.regex_full_match(text, f"{_PY_SPACE}*")
+        ids = model.tokenize(tf.where(blank, "", text))
+        return tf.cast(ids, tf.int32).with_row_splits_dtype(tf.int64)
+
+    return encode, [tokenizer.id_to_token(i) for i in (
+        tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
+        tokenizer.pad_id)]
+
+
+def graph_tokenizer(tokenizer):
+    """A function from a 1-D string tensor to ragged int32 ids
+    `[batch, (tokens)]`, equal to `tokenizer.encode_batch`."""
+    import re
+
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    encode, specials = (_wordpiece if tokenizer.kind == "wordpiece"
+                        else _sentencepiece)(tokenizer)
+    special_names = tf.constant(specials)
+    special_values = tf.constant(
+        [tokenizer.token_to_id(n) for n in specials], tf.int32)
+    special_regex = "|".join(re.escape(n) for n in specials)
+
+    def tokenize(text):
+        # tensorflow-text's regex_split ends a string at a NUL. Private-use
+        # U+E000 stands in: HF's BERT normaliser removes both, SentencePiece
+        # makes either one <unk>.
+        text = tf.strings.regex_replace(text, r"\x00", "\ue000")
+        # [batch, (pieces)]: special tokens and the text between them.
+        pieces = tf_text.regex_split(text, special_regex, special_regex)
+        flat = pieces.flat_values
+        is_special = tf.equal(flat[:, None], special_names[None, :])
+        special_id = tf.reduce_sum(
+            tf.cast(is_special, tf.int32) * special_values, axis=1)
+        is_special = tf.reduce_any(is_special, axis=1)
+        # [pieces, (0 or 1)]: the id of a special piece, and [pieces,
+        # (tokens)]: the ids of the others.
+        special_ids = tf.RaggedTensor.from_row_lengths(
+            tf.boolean_mask(special_id, is_special),
+            tf.cast(is_special, tf.int64))
+        ids = tf.concat([encode(tf.where(is_special, "", flat)),
+                         special_ids], axis=1)
         return pieces.with_flat_values(ids).merge_dims(1, 2)
 
     return tokenize
