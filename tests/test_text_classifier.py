@@ -280,13 +280,15 @@ def test_export_cli_bad_input(tokenizer, tmp_path, capsys, case):
         assert out.read_text() == "keep me"
 
 
-def test_mixed_precision_model_serves_float32(tokenizer, tmp_path,
-                                               dtype_policy):
+def test_mixed_precision_sentencepiece_model(tmp_path, dtype_policy):
+    """A mixed_bfloat16 classifier with a SentencePiece tokenizer serves in
+    float32 and agrees with its float32 copy."""
     import tensorflow as tf
 
     from kerasbert.serving.export import float32_copy
     from kerasbert.serving.text_classifier import export_text_classifier
 
+    tokenizer = spm_tokenizer(tmp_path)
     dtype_policy("mixed_bfloat16")
     model = make_classifier(tokenizer)
     dtype_policy("float32")
@@ -295,25 +297,32 @@ def test_mixed_precision_model_serves_float32(tokenizer, tmp_path,
                            max_length=MAX_LENGTH)
     loaded = tf.saved_model.load(path)
     assert {v.dtype for v in loaded.weights} == {tf.float32}
-    texts = real_texts()[::10] + EDGE_CASES
+    texts = real_texts()[::5] + long_texts() + EDGE_CASES
     check_agrees(loaded, float32_copy(model), tokenizer, texts, None, "head")
+
+
+def spm_tokenizer(tmp_path):
+    """A SentencePiece model of the emotion-comment layout (as in
+    tests/test_tokenizer.py), trained on the test texts."""
+    from kerasbert.text.tokenizer import Tokenizer
+
+    spm = pytest.importorskip("sentencepiece")
+    prefix = str(tmp_path / "spm")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(real_texts() + long_texts() + EDGE_CASES),
+        model_prefix=prefix, vocab_size=1000, model_type="unigram",
+        unk_id=0, pad_id=1, bos_id=-1, eos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+    return Tokenizer.load(prefix + ".model")
 
 
 def test_graph_tokenizer_sentencepiece(tmp_path):
     import tensorflow as tf
 
     from kerasbert.serving.text_classifier import graph_tokenizer
-    from kerasbert.text.tokenizer import Tokenizer
 
-    spm = pytest.importorskip("sentencepiece")
+    tokenizer = spm_tokenizer(tmp_path)
     texts = real_texts() + long_texts() + EDGE_CASES
-    prefix = str(tmp_path / "spm")
-    # The layout of the emotion-comment models (tests/test_tokenizer.py).
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=1000,
-        model_type="unigram", unk_id=0, pad_id=1, bos_id=-1, eos_id=-1,
-        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
-    tokenizer = Tokenizer.load(prefix + ".model")
     got = graph_tokenizer(tokenizer)(tf.constant(texts)).to_list()
     for text, g, w in zip(texts, got, tokenizer.encode_batch(texts),
                           strict=True):
