@@ -20,16 +20,27 @@ from kerasbert.training.modeldir import CHECKPOINTS  # noqa: E402
 def main(argv=None):
     parser = ArgumentParser(
         prog="python -m kerasbert.export",
-        description="Export a kerasbert run's model.")
-    parser.add_argument("run_dir", help="a run directory of kerasbert.fit "
-                        "or an output directory of kerasbert.finetune")
-    parser.add_argument("--format", choices=["saved_model", "keras"],
-                        default="saved_model")
-    parser.add_argument("--output", required=True,
-                        help="output folder (saved_model) or .keras file")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS,
-                        default="model",
-                        help="which weights: final model, best or latest")
+        description="Export a kerasbert run's model.",
+    )
+    parser.add_argument(
+        "run_dir",
+        help="a run directory of kerasbert.fit "
+        "or an output directory of kerasbert.finetune",
+    )
+    parser.add_argument(
+        "--format", choices=["saved_model", "keras"], default="saved_model"
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output folder (saved_model) or .keras file",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default="model",
+        help="which weights: final model, best or latest",
+    )
     args = parser.parse_args(argv)
     from kerasbert.files import check_writable_dir
     from kerasbert.serving.export import export_saved_model
@@ -44,14 +55,16 @@ def main(argv=None):
         if is_classifier_dir(args.run_dir):
             export_classifier_dir(args.run_dir, args.output, args.checkpoint)
         else:
-            export_saved_model(load_model(args.run_dir, args.checkpoint),
-                               args.output)
+            export_saved_model(
+                load_model(args.run_dir, args.checkpoint), args.output
+            )
     else:
         model = load_model(args.run_dir, args.checkpoint)
         output = args.output
         if not output.endswith(".keras"):
             raise UsageError(f"--output: {output} must end in .keras")
         from kerasbert.training.callbacks import atomic_save
+
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         atomic_save(model, output)
     print(f"wrote {args.output}", file=sys.stderr)

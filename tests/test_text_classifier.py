@@ -25,12 +25,19 @@ MAX_LENGTH = 24
 
 # Constructed: what the BERT normaliser must get right beyond the fixtures.
 EDGE_CASES = [
-    "café naïve Zürich", "CAFÉ NAÏVE ZÜRICH", "Crème Brûlée à la Ångström",
+    "café naïve Zürich",
+    "CAFÉ NAÏVE ZÜRICH",
+    "Crème Brûlée à la Ångström",
     "ΣΑΣ ΟΔΥΣΣΕΥΣ İstanbul STRASSE straße ǅemal",
     "the [MASK] sat[SEP]down [mask] [CLS][UNK]x [unused1]",
-    "tab\there\nnew\r\nline\u00a0nbsp\u3000wide\u2003em", "x\x00y \x0bz\x1f",
-    "zero\u200bwidth soft\u00adhyphen bom\ufeff repl\ufffd", "", "   ",
-    "漢字かな交じり文、中文。", "한국어 문장입니다. 서울특별시!", "e\u0301 ﬁ ①",
+    "tab\there\nnew\r\nline\u00a0nbsp\u3000wide\u2003em",
+    "x\x00y \x0bz\x1f",
+    "zero\u200bwidth soft\u00adhyphen bom\ufeff repl\ufffd",
+    "",
+    "   ",
+    "漢字かな交じり文、中文。",
+    "한국어 문장입니다. 서울특별시!",
+    "e\u0301 ﬁ ①",
     "a" * 99 + " " + "b" * 101 + " " + "가" * 100 + " " + "나" * 101,
     "12,345.67 $9.99 3½ 10% #hashtag @user :-) <3 http://x.org/a?b=c",
 ]
@@ -39,9 +46,13 @@ EDGE_CASES = [
 def real_texts():
     """Fixture sentences, then Korean Wikipedia lines (some paragraphs)."""
     english = (FIXTURES / "sentences.txt").read_text("utf-8").splitlines()
-    korean = [line for line in
-              (FIXTURES / "kowiki_sample.txt").read_text("utf-8").splitlines()
-              if line.strip() and not line.startswith(("<doc", "</doc"))]
+    korean = [
+        line
+        for line in (FIXTURES / "kowiki_sample.txt")
+        .read_text("utf-8")
+        .splitlines()
+        if line.strip() and not line.startswith(("<doc", "</doc"))
+    ]
     return english + korean[:90]
 
 
@@ -55,18 +66,23 @@ def long_texts():
 def tokenizer():
     from kerasbert.text.tokenizer import train_wordpiece
 
-    return train_wordpiece(real_texts() + long_texts() + EDGE_CASES,
-                           vocab_size=600, progress=False)
+    return train_wordpiece(
+        real_texts() + long_texts() + EDGE_CASES, vocab_size=600, progress=False
+    )
 
 
-def make_classifier(tokenizer, num_classes=len(LABELS)):
+def make_classifier(tokenizer):
     from kerasbert.modeling import BertBackbone, BertClassifier
 
     backbone = BertBackbone(
-        vocabulary_size=tokenizer.vocabulary_size, hidden_dim=16,
-        num_layers=2, num_heads=2, intermediate_dim=32,
-        max_sequence_length=32)
-    return BertClassifier(backbone, num_classes=num_classes)
+        vocabulary_size=tokenizer.vocabulary_size,
+        hidden_dim=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=32,
+    )
+    return BertClassifier(backbone, num_classes=len(LABELS))
 
 
 def write_model_dir(directory, model, tokenizer, *, pair, truncation):
@@ -74,9 +90,12 @@ def write_model_dir(directory, model, tokenizer, *, pair, truncation):
     os.makedirs(directory, exist_ok=True)
     tokenizer.save(os.path.join(directory, "tokenizer"))
     model.save(os.path.join(directory, "model.keras"))
-    config = {"model": {}, "labels": LABELS, "pair": pair,
-              "finetune": {"max_length": MAX_LENGTH,
-                           "truncation": truncation}}
+    config = {
+        "model": {},
+        "labels": LABELS,
+        "pair": pair,
+        "finetune": {"max_length": MAX_LENGTH, "truncation": truncation},
+    }
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)
 
@@ -85,19 +104,28 @@ def python_path(model, tokenizer, texts, pairs=None, truncation="head"):
     """(packed token ids per text, float64 probabilities)."""
     ids_a = tokenizer.encode_batch(texts)
     ids_b = tokenizer.encode_batch(pairs) if pairs else [None] * len(texts)
-    packed = [pack(a, b, max_length=MAX_LENGTH, truncation=truncation,
-                   cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id)
-              for a, b in zip(ids_a, ids_b, strict=True)]
+    packed = [
+        pack(
+            a,
+            b,
+            max_length=MAX_LENGTH,
+            truncation=truncation,
+            cls_id=tokenizer.cls_id,
+            sep_id=tokenizer.sep_id,
+        )
+        for a, b in zip(ids_a, ids_b, strict=True)
+    ]
     width = max(len(ids) for ids, _ in packed)
-    x = {k: np.zeros((len(packed), width), "int32")
-         for k in ("token_ids", "segment_ids", "padding_mask")}
+    x = {
+        k: np.zeros((len(packed), width), "int32")
+        for k in ("token_ids", "segment_ids", "padding_mask")
+    }
     x["token_ids"][:] = tokenizer.pad_id
     for i, (ids, segments) in enumerate(packed):
-        x["token_ids"][i, :len(ids)] = ids
-        x["segment_ids"][i, :len(ids)] = segments
-        x["padding_mask"][i, :len(ids)] = 1
-    logits = np.asarray(model.predict(x, batch_size=128, verbose=0),
-                        "float64")
+        x["token_ids"][i, : len(ids)] = ids
+        x["segment_ids"][i, : len(ids)] = segments
+        x["padding_mask"][i, : len(ids)] = 1
+    logits = np.asarray(model.predict(x, batch_size=128, verbose=0), "float64")
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     return [ids for ids, _ in packed], probs / probs.sum(1, keepdims=True)
 
@@ -108,29 +136,34 @@ def check_agrees(loaded, model, tokenizer, texts, pairs, truncation):
     inputs = {"text": tf.constant(texts)}
     if pairs is not None:
         inputs["text_pair"] = tf.constant(pairs)
-    want_ids, want_probs = python_path(model, tokenizer, texts, pairs,
-                                       truncation)
+    want_ids, want_probs = python_path(
+        model, tokenizer, texts, pairs, truncation
+    )
     features = loaded.signatures["tokenize"](**inputs)
     mask = features["padding_mask"].numpy().astype(bool)
-    got_ids = [row[m].tolist() for row, m in
-               zip(features["token_ids"].numpy(), mask, strict=True)]
+    got_ids = [
+        row[m].tolist()
+        for row, m in zip(features["token_ids"].numpy(), mask, strict=True)
+    ]
     assert got_ids == want_ids
     out = loaded.signatures["serving_default"](**inputs)
-    np.testing.assert_allclose(out["probabilities"].numpy(), want_probs,
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        out["probabilities"].numpy(), want_probs, atol=1e-5, rtol=0
+    )
     label_ids = out["label_ids"].numpy()
     # argmax of nearly equal logits may differ; elsewhere it must agree.
     top2 = np.sort(want_probs, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 1e-4
-    np.testing.assert_array_equal(label_ids[clear],
-                                  want_probs.argmax(1)[clear])
+    np.testing.assert_array_equal(label_ids[clear], want_probs.argmax(1)[clear])
     assert [s.decode() for s in out["labels"].numpy()] == [
-        LABELS[i] for i in label_ids]
+        LABELS[i] for i in label_ids
+    ]
 
 
-@pytest.mark.parametrize("lowercase,strip_accents",
-                         [(True, None), (False, None), (True, False),
-                          (False, True)])
+@pytest.mark.parametrize(
+    "lowercase,strip_accents",
+    [(True, None), (False, None), (True, False), (False, True)],
+)
 def test_graph_tokenizer_equals_python(lowercase, strip_accents):
     import tensorflow as tf
 
@@ -140,8 +173,13 @@ def test_graph_tokenizer_equals_python(lowercase, strip_accents):
     texts = real_texts() + long_texts() + EDGE_CASES
     # Trained on the texts themselves: every character has an id, so a
     # normalisation difference changes ids rather than hiding in [UNK].
-    variant = train_wordpiece(texts, vocab_size=600, lowercase=lowercase,
-                              strip_accents=strip_accents, progress=False)
+    variant = train_wordpiece(
+        texts,
+        vocab_size=600,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        progress=False,
+    )
     got = graph_tokenizer(variant)(tf.constant(texts)).to_list()
     want = variant.encode_batch(texts)
     for text, g, w in zip(texts, got, want, strict=True):
@@ -158,23 +196,36 @@ def test_graph_pack_equals_packing():
     lengths = list(range(40)) + list(rng.integers(0, 200, 60))
     rows_a = [list(rng.integers(5, 99, n)) for n in lengths]
     rows_b = [list(rng.integers(5, 99, n)) for n in rng.permutation(lengths)]
-    ragged_a, ragged_b = (tf.ragged.constant(rows, tf.int32)
-                          for rows in (rows_a, rows_b))
+    ragged_a, ragged_b = (
+        tf.ragged.constant(rows, tf.int32) for rows in (rows_a, rows_b)
+    )
     for truncation in TRUNCATIONS:
         for max_length in (4, 5, 9, 16, 64):
             for pair in (False, True):
                 got = graph_pack(
-                    ragged_a, ragged_b if pair else None,
-                    max_length=max_length, truncation=truncation,
-                    cls_id=1, sep_id=2, pad_id=0)
+                    ragged_a,
+                    ragged_b if pair else None,
+                    max_length=max_length,
+                    truncation=truncation,
+                    cls_id=1,
+                    sep_id=2,
+                    pad_id=0,
+                )
                 got = {k: v.numpy() for k, v in got.items()}
                 for i, a in enumerate(rows_a):
-                    want = pack(a, rows_b[i] if pair else None,
-                                max_length=max_length, truncation=truncation,
-                                cls_id=1, sep_id=2)
+                    want = pack(
+                        a,
+                        rows_b[i] if pair else None,
+                        max_length=max_length,
+                        truncation=truncation,
+                        cls_id=1,
+                        sep_id=2,
+                    )
                     m = got["padding_mask"][i].astype(bool)
-                    assert (got["token_ids"][i][m].tolist(),
-                            got["segment_ids"][i][m].tolist()) == want
+                    assert (
+                        got["token_ids"][i][m].tolist(),
+                        got["segment_ids"][i][m].tolist(),
+                    ) == want
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +235,14 @@ def exported(tokenizer, tmp_path_factory):
 
     model = make_classifier(tokenizer)
     path = str(tmp_path_factory.mktemp("export") / "single")
-    export_text_classifier(model, tokenizer, path, labels=LABELS,
-                           max_length=MAX_LENGTH, truncation="head+tail")
+    export_text_classifier(
+        model,
+        tokenizer,
+        path,
+        labels=LABELS,
+        max_length=MAX_LENGTH,
+        truncation="head+tail",
+    )
     return model, path
 
 
@@ -194,8 +251,9 @@ def test_saved_model_agrees_single(exported, tokenizer):
 
     model, path = exported
     texts = real_texts() + long_texts() + EDGE_CASES
-    check_agrees(tf.saved_model.load(path), model, tokenizer, texts, None,
-                 "head+tail")
+    check_agrees(
+        tf.saved_model.load(path), model, tokenizer, texts, None, "head+tail"
+    )
 
 
 def test_loads_without_kerasbert(exported, tmp_path):
@@ -216,15 +274,22 @@ print(json.dumps({{"probabilities": out["probabilities"].numpy().tolist(),
                   "keras": "keras" in sys.modules}}))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
-                            env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     want = tf.saved_model.load(path).signatures["serving_default"](
-        text=tf.constant(texts))
-    np.testing.assert_allclose(got["probabilities"],
-                               want["probabilities"].numpy(), atol=1e-6)
+        text=tf.constant(texts)
+    )
+    np.testing.assert_allclose(
+        got["probabilities"], want["probabilities"].numpy(), atol=1e-6
+    )
     assert got["labels"] == [s.decode() for s in want["labels"].numpy()]
 
 
@@ -236,22 +301,25 @@ def test_export_cli_pair_task(tokenizer, tmp_path):
     from kerasbert.export import main
 
     model = make_classifier(tokenizer)
-    write_model_dir(tmp_path / "run", model, tokenizer, pair=True,
-                    truncation="tail")
+    write_model_dir(
+        tmp_path / "run", model, tokenizer, pair=True, truncation="tail"
+    )
     out = tmp_path / "served"
     assert main([str(tmp_path / "run"), "--output", str(out)]) == 0
     assert sorted(os.listdir(tmp_path)) == ["run", "served"]  # no temp left
     loaded = tf.saved_model.load(str(out))
-    assert set(loaded.signatures["serving_default"].structured_input_signature
-               [1]) == {"text", "text_pair"}
+    assert set(
+        loaded.signatures["serving_default"].structured_input_signature[1]
+    ) == {"text", "text_pair"}
     texts = real_texts() + long_texts()
     pairs = texts[1:] + texts[:1]
     # The ids of both sides count: long A with short B, and the reverse.
     check_agrees(loaded, model, tokenizer, texts, pairs, "tail")
 
 
-@pytest.mark.parametrize("case", ["no_model_dir", "output_is_file",
-                                  "not_wordpiece_config"])
+@pytest.mark.parametrize(
+    "case", ["no_model_dir", "output_is_file", "not_wordpiece_config"]
+)
 def test_export_cli_bad_input(tokenizer, tmp_path, capsys, case):
     from kerasbert.errors import run_cli
     from kerasbert.export import main
@@ -260,13 +328,23 @@ def test_export_cli_bad_input(tokenizer, tmp_path, capsys, case):
     if case == "no_model_dir":
         args, expect = [str(run), "--output", str(out)], "no such model"
     elif case == "output_is_file":
-        write_model_dir(run, make_classifier(tokenizer), tokenizer,
-                        pair=False, truncation="head")
+        write_model_dir(
+            run,
+            make_classifier(tokenizer),
+            tokenizer,
+            pair=False,
+            truncation="head",
+        )
         out.write_text("keep me")
         args, expect = [str(run), "--output", str(out)], "--output"
     else:  # a labels entry but no finetune settings
-        write_model_dir(run, make_classifier(tokenizer), tokenizer,
-                        pair=False, truncation="head")
+        write_model_dir(
+            run,
+            make_classifier(tokenizer),
+            tokenizer,
+            pair=False,
+            truncation="head",
+        )
         (run / "config.json").write_text(json.dumps({"labels": LABELS}))
         args, expect = [str(run), "--output", str(out)], "config.json"
     before = sorted(os.listdir(tmp_path))
@@ -293,8 +371,9 @@ def test_mixed_precision_sentencepiece_model(tmp_path, dtype_policy):
     model = make_classifier(tokenizer)
     dtype_policy("float32")
     path = str(tmp_path / "served")
-    export_text_classifier(model, tokenizer, path, labels=LABELS,
-                           max_length=MAX_LENGTH)
+    export_text_classifier(
+        model, tokenizer, path, labels=LABELS, max_length=MAX_LENGTH
+    )
     loaded = tf.saved_model.load(path)
     assert {v.dtype for v in loaded.weights} == {tf.float32}
     texts = real_texts()[::5] + long_texts() + EDGE_CASES
@@ -310,9 +389,16 @@ def spm_tokenizer(tmp_path):
     prefix = str(tmp_path / "spm")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(real_texts() + long_texts() + EDGE_CASES),
-        model_prefix=prefix, vocab_size=1000, model_type="unigram",
-        unk_id=0, pad_id=1, bos_id=-1, eos_id=-1,
-        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+        model_prefix=prefix,
+        vocab_size=1000,
+        model_type="unigram",
+        unk_id=0,
+        pad_id=1,
+        bos_id=-1,
+        eos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        minloglevel=2,
+    )
     return Tokenizer.load(prefix + ".model")
 
 
@@ -324,6 +410,7 @@ def test_graph_tokenizer_sentencepiece(tmp_path):
     tokenizer = spm_tokenizer(tmp_path)
     texts = real_texts() + long_texts() + EDGE_CASES
     got = graph_tokenizer(tokenizer)(tf.constant(texts)).to_list()
-    for text, g, w in zip(texts, got, tokenizer.encode_batch(texts),
-                          strict=True):
+    for text, g, w in zip(
+        texts, got, tokenizer.encode_batch(texts), strict=True
+    ):
         assert g == w, text

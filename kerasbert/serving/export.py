@@ -14,6 +14,7 @@ INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 def _spec(name):
     import tensorflow as tf
+
     return tf.TensorSpec([None, None], tf.int32, name=name)
 
 
@@ -26,8 +27,9 @@ def float32_copy(model):
     config = model.backbone.get_config()
     config["dtype"] = "float32"
     # Both take the backbone plus their own get_config() arguments.
-    copy = type(model)(**{**model.get_config(),
-                          "backbone": BertBackbone.from_config(config)})
+    copy = type(model)(
+        **{**model.get_config(), "backbone": BertBackbone.from_config(config)}
+    )
     copy.set_weights(model.get_weights())
     return copy
 
@@ -48,16 +50,23 @@ def export_saved_model(pretrainer, path: str) -> str:
 
     def run(token_ids, segment_ids, padding_mask, mask_positions=None):
         # One pass through the backbone feeds both heads.
-        enc = backbone(dict(token_ids=token_ids, segment_ids=segment_ids,
-                            padding_mask=padding_mask), training=False)
+        enc = backbone(
+            dict(
+                token_ids=token_ids,
+                segment_ids=segment_ids,
+                padding_mask=padding_mask,
+            ),
+            training=False,
+        )
         out = {
             "nsp_logits": pretrainer.nsp_head(enc["pooled_output"]),
             "sequence_output": enc["sequence_output"],
             "pooled_output": enc["pooled_output"],
         }
         if mask_positions is not None:
-            out["mlm_logits"] = pretrainer.mlm_head(enc["sequence_output"],
-                                                    mask_positions)
+            out["mlm_logits"] = pretrainer.mlm_head(
+                enc["sequence_output"], mask_positions
+            )
         return {k: tf.cast(v, tf.float32) for k, v in out.items()}
 
     def serve(token_ids, segment_ids, padding_mask, mask_positions):
@@ -69,10 +78,13 @@ def export_saved_model(pretrainer, path: str) -> str:
     archive = keras.export.ExportArchive()
     archive.track(pretrainer)
     archive.add_endpoint(
-        "serving_default", serve,
-        input_signature=[_spec(n) for n in (*INPUTS, "mask_positions")])
-    archive.add_endpoint("encode", encode,
-                         input_signature=[_spec(n) for n in INPUTS])
+        "serving_default",
+        serve,
+        input_signature=[_spec(n) for n in (*INPUTS, "mask_positions")],
+    )
+    archive.add_endpoint(
+        "encode", encode, input_signature=[_spec(n) for n in INPUTS]
+    )
     with atomic_dir(path) as tmp:
         archive.write_out(tmp, verbose=False)
     return path
