@@ -250,10 +250,37 @@ def test_saved_model_agrees_single(exported, tokenizer):
     import tensorflow as tf
 
     model, path = exported
+    loaded = tf.saved_model.load(path)
     texts = real_texts() + long_texts() + EDGE_CASES
-    check_agrees(
-        tf.saved_model.load(path), model, tokenizer, texts, None, "head+tail"
+    check_agrees(loaded, model, tokenizer, texts, None, "head+tail")
+    empty = loaded.signatures["serving_default"](
+        text=tf.constant([], tf.string)
     )
+    assert empty["probabilities"].shape == (0, len(LABELS))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"labels": ["a", "b"]}, "labels: 2 names"),
+        ({"truncation": "middle"}, "truncation"),
+        ({"max_length": 33}, "max_length: 33"),
+        ({"max_length": 3, "pair": True}, "max_length: 3"),
+    ],
+)
+def test_export_rejects_bad_settings(tokenizer, tmp_path, kwargs, message):
+    from kerasbert.errors import UsageError
+    from kerasbert.serving.text_classifier import export_text_classifier
+
+    settings = {"labels": LABELS, "max_length": MAX_LENGTH, **kwargs}
+    with pytest.raises(UsageError, match=message):
+        export_text_classifier(
+            make_classifier(tokenizer),
+            tokenizer,
+            str(tmp_path / "x"),
+            **settings,
+        )
+    assert not os.listdir(tmp_path)
 
 
 def test_loads_without_kerasbert(exported, tmp_path):

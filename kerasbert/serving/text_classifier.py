@@ -278,10 +278,15 @@ def graph_pack(
         b = tf.concat([_truncate(ids_b, keep_b, truncation), sep], axis=1)
         token_ids = tf.concat([a, b], axis=1)
         segment_ids = tf.concat([like(a, 0), like(b, 1)], axis=1)
+    # Every row has [CLS] and [SEP]; an empty batch gets 2 columns as well,
+    # so the pooler's [:, 0] has a column to take.
+    shape = tf.stack(
+        [token_ids.nrows(), tf.maximum(token_ids.bounding_shape(1), 2)]
+    )
     return {
-        "token_ids": token_ids.to_tensor(pad_id),
-        "segment_ids": segment_ids.to_tensor(0),
-        "padding_mask": like(token_ids, 1).to_tensor(0),
+        "token_ids": token_ids.to_tensor(pad_id, shape=shape),
+        "segment_ids": segment_ids.to_tensor(0, shape=shape),
+        "padding_mask": like(token_ids, 1).to_tensor(0, shape=shape),
     }
 
 
@@ -300,7 +305,8 @@ def export_text_classifier(
 
     Args:
         model: a `BertClassifier` (any dtype policy; served in float32).
-        tokenizer: its `kerasbert.text.tokenizer.Tokenizer` (WordPiece).
+        tokenizer: its `kerasbert.text.tokenizer.Tokenizer` (WordPiece or
+            SentencePiece).
         path: output folder.
         labels: label names, index = class id.
         max_length: tokens per packed example, [CLS] and [SEP]s included.
@@ -323,11 +329,12 @@ def export_text_classifier(
             f"truncation: unknown value {truncation!r} "
             f"(choose from {', '.join(TRUNCATIONS)})"
         )
+    pair = bool(pair)
     limit = model.backbone.max_sequence_length
-    if not 2 + bool(pair) < max_length <= limit:
+    if not isinstance(max_length, int) or not 2 + pair < max_length <= limit:
         raise UsageError(
             f"max_length: {max_length} is not in "
-            f"{3 + bool(pair)}..{limit} (the model's positions)"
+            f"{3 + pair}..{limit} (the model's positions)"
         )
     labels = [str(label) for label in labels]
     if len(labels) != model.num_classes:
@@ -392,7 +399,7 @@ def export_text_classifier(
                     "labels": labels,
                     "max_length": max_length,
                     "truncation": truncation,
-                    "pair": bool(pair),
+                    "pair": pair,
                 },
                 f,
                 indent=2,
