@@ -37,11 +37,11 @@ A SentencePiece model runs the same step 1, then its own `.model` through
 `FastSentencepieceTokenizer`.
 
 Known gap: TensorFlow's Unicode tables are newer than those compiled into
-HF `tokenizers`, so a few hundred characters added to Unicode in recent
-versions (U+2E44 DOUBLE SUSPENSION MARK, some combining marks) and
-unassigned code points may split differently. Checked: every other code
-point, alone and inside words, under all four lowercase / strip_accents
-settings, gives the same ids.
+HF `tokenizers`, so characters added to Unicode lately (U+061D ARABIC END
+OF TEXT MARK, U+2E44 DOUBLE SUSPENSION MARK, new combining marks) split
+differently. Checked over all 1,112,064 code points, each alone and inside
+words: 568 differ with lowercase + strip_accents, 149 with lowercase only;
+every other one gives the same ids.
 """
 
 import json
