@@ -297,8 +297,7 @@ import tensorflow as tf, tensorflow_text  # noqa: F401  registers the ops
 serve = tf.saved_model.load({path!r}).signatures["serving_default"]
 out = serve(text=tf.constant({texts!r}))
 print(json.dumps({{"probabilities": out["probabilities"].numpy().tolist(),
-                  "labels": [s.decode() for s in out["labels"].numpy()],
-                  "keras": "keras" in sys.modules}}))
+                  "labels": [s.decode() for s in out["labels"].numpy()]}}))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
