@@ -2,7 +2,10 @@
 
     python -m kerasbert.export RUN_DIR --format saved_model|keras --output DIR
 
-See `kerasbert.serving.export` for the SavedModel's signatures.
+A pretraining run gives the int-tensor SavedModel of
+`kerasbert.serving.export`; a fine-tuned classifier (its config.json lists
+"labels") gives the raw-text SavedModel of
+`kerasbert.serving.text_classifier`.
 """
 
 import os
@@ -17,23 +20,46 @@ from kerasbert.serving.modeldir import CHECKPOINTS  # noqa: E402
 def main(argv=None):
     parser = ArgumentParser(
         prog="python -m kerasbert.export",
-        description="Export a kerasbert run's model.")
-    parser.add_argument("run_dir", help="a run directory of kerasbert.fit")
-    parser.add_argument("--format", choices=["saved_model", "keras"],
-                        default="saved_model")
-    parser.add_argument("--output", required=True,
-                        help="output folder (saved_model) or .keras file")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS,
-                        default="model",
-                        help="which weights: final model, best or latest")
+        description="Export a kerasbert run's model.",
+    )
+    parser.add_argument(
+        "run_dir",
+        help="a run directory of kerasbert.fit "
+        "or an output directory of kerasbert.finetune",
+    )
+    parser.add_argument(
+        "--format", choices=["saved_model", "keras"], default="saved_model"
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output folder (saved_model) or .keras file",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default="model",
+        help="which weights: final model, best or latest",
+    )
     args = parser.parse_args(argv)
+    from kerasbert.files import check_writable_dir
     from kerasbert.serving.export import export_saved_model
     from kerasbert.serving.modeldir import load_model
+    from kerasbert.serving.text_classifier import (
+        export_classifier_dir,
+        is_classifier_dir,
+    )
 
-    model = load_model(args.run_dir, args.checkpoint)
     if args.format == "saved_model":
-        export_saved_model(model, args.output)
+        check_writable_dir(args.output, "--output")
+        if is_classifier_dir(args.run_dir):
+            export_classifier_dir(args.run_dir, args.output, args.checkpoint)
+        else:
+            export_saved_model(
+                load_model(args.run_dir, args.checkpoint), args.output
+            )
     else:
+        model = load_model(args.run_dir, args.checkpoint)
         output = args.output
         if not output.endswith(".keras"):
             raise UsageError(f"--output: {output} must end in .keras")

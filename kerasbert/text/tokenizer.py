@@ -157,6 +157,11 @@ class Tokenizer:
             h.update(self._backend.serialized_model_proto())
         return h.hexdigest()
 
+    def sentencepiece_model(self) -> bytes:
+        """The serialized SentencePiece model (what the `.model` file
+        holds); for the in-graph tokenizer of a SavedModel."""
+        return self._backend.serialized_model_proto()
+
     # Saving and loading.
 
     def save(self, directory: str) -> None:
