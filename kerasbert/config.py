@@ -285,6 +285,10 @@ class TrainConfig(_Config):
         "auto", "distribution (multi_worker reads TF_CONFIG)",
         choices=("auto", "one_device", "mirrored", "multi_worker"))
     seed: int = option(0, "seed for weights, pairs, masks and dropout")
+    init_from: str | None = option(
+        None, "start from the weights of this model directory (a run, or "
+        "kerasbert.convert's output); its architecture and tokenizer are "
+        "used")
     output_dir: str | None = option(
         None, "run directory (default: runs/<size>); rerun the same "
         "command to resume")

@@ -7,6 +7,7 @@ the nested `config.json` of an earlier run) and flags override it.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from kerasbert.config import (  # noqa: E402
 from kerasbert.errors import (  # noqa: E402
     ArgumentParser,
     TrainingDiverged,
+    UsageError,
     run_cli,
 )
 
@@ -62,10 +64,40 @@ def resolve_configs(argv=None):
     values.update(args)
     size = values.pop("size", "tiny")
     parts = split_values(values, CONFIG_CLASSES)
-    model = ModelConfig.from_size(size, **parts["model"])
     data, train = DataConfig(**parts["data"]), TrainConfig(**parts["train"])
+    if train.init_from:
+        size, model, data = _init_from(train.init_from, values, parts, data)
+    else:
+        model = ModelConfig.from_size(size, **parts["model"])
     validate_pretraining(model, data, train)
     return size, model, data, train, quiet
+
+
+# What --init-from fixes: the weights only fit this shape.
+ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
+                "intermediate_dim", "max_sequence_length", "num_segments")
+
+
+def _init_from(directory, values, parts, data):
+    """The model config and tokenizer of --init-from's directory; flags may
+    change dropout and the like, not the architecture."""
+    from kerasbert.serving.modeldir import read_model_config
+
+    if "size" in values:
+        raise UsageError("--size: not with --init-from (the model directory "
+                         "fixes the architecture)")
+    model = read_model_config(directory)
+    for name in ARCHITECTURE:
+        if name in parts["model"] and parts["model"][name] != getattr(
+                model, name):
+            raise UsageError(
+                f"--{name.replace('_', '-')}: {parts['model'][name]} differs "
+                f"from --init-from {directory} ({getattr(model, name)})")
+    model = dataclasses.replace(model, **parts["model"])
+    if data.tokenizer is None:
+        data = dataclasses.replace(
+            data, tokenizer=os.path.join(directory, "tokenizer"))
+    return None, model, data
 
 
 def main(argv=None):

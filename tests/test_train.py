@@ -238,3 +238,77 @@ def test_checkpoints_never_saved_with_a_non_finite_loss(tmp_path):
                                             "latest.keras"]
     assert json.loads((tmp_path / "best.json").read_text()) == {
         "loss": 2.5, "step": 0}
+
+
+def test_resume_accepts_only_bookkeeping_changes():
+    from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+    from kerasbert.training.rundir import config_changes, run_config
+
+    def configs(**train):
+        return run_config(ModelConfig.from_size("tiny"), DataConfig(),
+                          TrainConfig(**train))
+
+    saved = configs()
+    for free in (dict(log_every=3), dict(backup_every=7),
+                 dict(eval_batches=4), dict(jit_compile="off"),
+                 dict(output_dir="elsewhere"), dict(overwrite=True)):
+        assert config_changes(saved, configs(**free)) == [], free
+    changed = config_changes(saved, configs(learning_rate=1e-3, seed=2))
+    assert sorted(c.split(":")[0] for c in changed) == ["learning_rate",
+                                                        "seed"]
+
+
+def test_heldout_documents_never_enter_the_unigram_prior(bundled):
+    from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+    from kerasbert.training.plan import make_plan
+    from kerasbert.training.trainer import Trainer
+
+    tokenizer, corpus = bundled
+    data_cfg = DataConfig(holdout_fraction=0.2, sequence_length=64)
+    train_cfg = TrainConfig(batch_size=8, seed=3)
+    training_plan = make_plan(corpus, data_cfg, train_cfg)
+    assert len(training_plan.heldout_ids) >= 2
+    model_cfg = ModelConfig.from_size(
+        "tiny", vocabulary_size=tokenizer.vocabulary_size)
+    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus,
+                      training_plan, run_dir=None)
+    counts = trainer.train_token_counts()
+    train_tokens = corpus.select_documents(training_plan.train_ids).tokens
+    expected = np.bincount(train_tokens, minlength=len(counts))
+    np.testing.assert_array_equal(counts, expected)
+    heldout = corpus.select_documents(training_plan.heldout_ids).tokens
+    assert counts.sum() == corpus.num_tokens - len(heldout)
+
+
+def test_gradient_accumulation_survives_backup_and_restore(tmp_path):
+    """k=3, backed up after 4 batches: mid-accumulation. The restored
+    model has the same step (batches, not updates) and the same partial
+    gradient sums, so the next update is the uninterrupted one."""
+    model, x, y = _tiny_pretrainer()
+    model.compile(optimizer=optimization.make_optimizer(
+        "adamw", 1e-2, 10, gradient_accumulation_steps=3))
+    model.optimizer.build(model.trainable_variables)
+    backup = callbacks.StepBackup(str(tmp_path / "backup"), every=4)
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[backup])
+    assert callbacks.global_step(model) == 4
+    assert int(model.optimizer.iterations.numpy()) == 1  # updates
+    saved = _state(model)
+
+    fresh, _, _ = _tiny_pretrainer()
+    fresh.compile(optimizer=optimization.make_optimizer(
+        "adamw", 1e-2, 10, gradient_accumulation_steps=3))
+    fresh.optimizer.build(fresh.trainable_variables)
+    restore = callbacks.StepBackup(str(tmp_path / "backup"), every=4)
+    restore.set_model(fresh)
+    assert restore.restore()["step"] == 4
+    for a, b in zip(saved, _state(fresh)):
+        np.testing.assert_array_equal(a, b)
+    accumulators = [v for v in fresh.optimizer.variables
+                    if "accumulat" in v.path]
+    assert accumulators and any(
+        np.abs(keras.ops.convert_to_numpy(v)).sum() > 0 for v in accumulators)
+    # Two more batches: both finish the second update identically.
+    model.fit(x, y, epochs=2, verbose=0)
+    fresh.fit(x, y, epochs=2, verbose=0)
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)

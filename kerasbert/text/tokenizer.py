@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from kerasbert.errors import UsageError
-from kerasbert.files import atomic_dir, atomic_path, write_text_atomic
+from kerasbert.files import atomic_path, write_text_atomic
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _SPM_META = "kerasbert_tokenizer.json"
@@ -165,17 +165,8 @@ class Tokenizer:
     # Saving and loading.
 
     def save(self, directory: str) -> None:
-        """Writes the tokenizer folder whole or not at all (`atomic_dir`).
-        An existing folder is replaced only if it holds a tokenizer."""
-        if os.path.isdir(directory) and os.listdir(directory) and not any(
-                os.path.exists(os.path.join(directory, name))
-                for name in ("vocab.txt", _SPM_META)):
-            raise UsageError(f"{directory}: exists and is not a tokenizer "
-                             "folder; choose another")
-        with atomic_dir(directory) as tmp:
-            self._save_into(tmp)
-
-    def _save_into(self, directory: str) -> None:
+        """Writes the tokenizer's files into `directory`, each atomically
+        (an HF folder holds them next to the model's files)."""
         if self.kind == "sentencepiece":
             with atomic_path(os.path.join(directory, _SPM_FILE)) as tmp:
                 with open(tmp, "wb") as f:

@@ -128,7 +128,14 @@ class Trainer:
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
             optimizer.build(model.trainable_variables)
-            if self.cfg.mlm_bias_init == "unigram":
+            copied = []
+            if self.cfg.init_from:  # a resume then loads its backup over it
+                from kerasbert.serving.modeldir import init_from
+                copied = init_from(model, self.cfg.init_from)
+                self.log(f"init from {self.cfg.init_from}: "
+                         f"{', '.join(copied)}")
+            if self.cfg.mlm_bias_init == "unigram" and \
+                    "mlm_head" not in copied:
                 # A resume overwrites it with the backup anyway.
                 model.mlm_head.output_bias.assign(
                     optimization.unigram_log_prior(self.train_token_counts()))
