@@ -365,6 +365,11 @@ def test_multi_worker_matches_one_process(env, tmp_path):
         return [float(r["loss"]) for r in read_rows(run / "metrics.csv")
                 if r["split"] == "train"]
 
+    # The same callbacks log both: the same rows, held-out ones included.
+    assert [(r["step"], r["split"]) for r in
+            read_rows(single / "metrics.csv")] == [
+        (r["step"], r["split"]) for r in
+        read_rows(tmp_path / "multi" / "metrics.csv")]
     one, two = losses(single), losses(tmp_path / "multi")
     assert len(one) == len(two) == 6
     np.testing.assert_allclose(two, one, rtol=2e-2)

@@ -237,69 +237,50 @@ class Trainer:
                 return
 
     def _custom_loop(self, strategy, start):
-        """Multi-worker: `strategy.run` steps with the Keras optimizer."""
-        from kerasbert.modeling import pretraining_losses
-        model, optimizer = self.model, self.model.optimizer
-        replicas = strategy.num_replicas_in_sync
+        """Multi-worker: Keras' own `train_step` under `strategy.run`,
+        driving the same callbacks as `fit` (metric windows, backups,
+        held-out rows, checkpoints), so both paths log and save alike.
+        Non-chief workers write theirs to a scratch directory."""
+        model = self.model
 
         def dataset_fn(ctx):
-            ds = self.train_dataset(
-                int(optimizer._iterations.numpy()),
+            return self.train_dataset(
+                callbacks.global_step(model),
                 num_workers=ctx.num_input_pipelines,
                 worker_index=ctx.input_pipeline_id)
-            return ds
 
         iterator = iter(strategy.distribute_datasets_from_function(
             dataset_fn))
 
-        def step_fn(x, y):
-            with tf.GradientTape() as tape:
-                y_pred = model(x, training=True)
-                losses = pretraining_losses(y, y_pred)
-                # Gradients are summed over replicas: scale for a mean.
-                loss = losses["loss"] / replicas
-                scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return losses
-
         @tf.function
         def train_step(batch):
-            x, y = batch
-            per_replica = strategy.run(step_fn, args=(x, y))
-            return {k: strategy.reduce("MEAN", v, axis=None)
-                    for k, v in per_replica.items()}
+            strategy.run(model.train_step, args=(batch,))
+            # Read in cross-replica context: sums over every worker.
+            return model.get_metrics_result()
 
-        window = {}
-        window_steps = 0
-        t_window = time.perf_counter()
-        for step in range(start + 1, self.plan.total_steps + 1):
-            out = {k: float(v) for k, v in train_step(next(iterator)).items()}
-            if not math.isfinite(out["loss"]):
-                self.guard.diverged_at, self.guard.bad_loss = step, out["loss"]
-                return
-            for k, v in out.items():
-                window[k] = window.get(k, 0.0) + v
-            window_steps += 1
-            if self.chief and step % self.cfg.backup_every == 0:
-                self.backup.save(step)
-            if step % self.cfg.log_every == 0 or step == self.plan.total_steps:
-                seconds = time.perf_counter() - t_window
-                self.metrics.epoch = (step - 1) // self.plan.steps_per_epoch
-                if self.chief:
-                    lr = float(keras.ops.convert_to_numpy(
-                        optimizer.learning_rate))
-                    self.metrics.log_row(
-                        step, "train",
-                        {k: v / window_steps for k, v in window.items()},
-                        seconds=seconds, lr=lr,
-                        tps=window_steps * self.metrics.tokens_per_step
-                        / seconds)
+        callback_list = keras.callbacks.CallbackList(
+            [self.guard, self.metrics, self.checkpoints, self.backup],
+            model=model)
+        for first, end, steps in plan.plan_fit_calls(
+                self.plan.total_steps, self.plan.steps_per_epoch, start):
+            callback_list.set_params({"steps": steps, "epochs": end})
+            for epoch in range(first, end):
+                model.reset_metrics()
+                callback_list.on_epoch_begin(epoch)
+                for batch in range(steps):
+                    logs = {k: float(v) for k, v in
+                            train_step(next(iterator)).items()}
+                    callback_list.on_train_batch_end(batch, logs)
+                    if model.stop_training:
+                        return
                 if self.verbose:
-                    self.log(f"step {step}/{self.plan.total_steps} loss "
-                             f"{window['loss'] / window_steps:.4f}")
-                window, window_steps = {}, 0
-                t_window = time.perf_counter()
+                    self.log(f"step {callbacks.global_step(model)}/"
+                             f"{self.plan.total_steps} loss "
+                             f"{logs['loss']:.4f}")
+                epoch_logs = dict(logs)
+                epoch_logs.update({f"val_{k}": v
+                                   for k, v in self.evaluate().items()})
+                callback_list.on_epoch_end(epoch, epoch_logs)
 
     # ------------------------------------------------------------------
     # The end of a run: evaluate, save, plot, export, summarise.
