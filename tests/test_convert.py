@@ -282,6 +282,11 @@ def test_backbone_gives_no_fill_mask_and_inits_backbone(
     backbone = load_model(tiny_backbone)
     with pytest.raises(UsageError, match="no masked-LM head"):
         fill_mask(backbone, load_tokenizer(tiny_backbone), "a [MASK] .")
+    from kerasbert.serving.export import export_saved_model
+
+    with pytest.raises(UsageError, match="no MLM/NSP heads"):
+        export_saved_model(backbone, str(tiny_backbone) + "-export")
+    assert not os.path.exists(str(tiny_backbone) + "-export")
     fresh = build_pretrainer(**read_model_config(tiny_backbone).to_dict())
     head_before = fresh.nsp_head.get_weights()
     assert init_from(fresh, tiny_backbone) == ["backbone"]

@@ -9,6 +9,7 @@ Load it with `tf.saved_model.load(DIR).signatures["serving_default"]` -- no
 kerasbert or Keras needed on the serving side.
 """
 
+from kerasbert.errors import UsageError
 from kerasbert.files import atomic_dir
 
 INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -45,7 +46,11 @@ def export_saved_model(pretrainer, path: str) -> str:
     import keras
     import tensorflow as tf
 
-
+    if not hasattr(pretrainer, "mlm_head"):
+        raise UsageError(
+            f"{path}: the model has no MLM/NSP heads (a converted BertModel"
+            "?): export it with --format keras, convert it to Hugging Face "
+            "or fine-tune it")
     pretrainer = float32_copy(pretrainer)
     backbone = pretrainer.backbone
 
