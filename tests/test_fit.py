@@ -332,14 +332,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_multi_worker_matches_one_process(env, tmp_path):
-    common = ["--max-steps", "6", "--steps-per-epoch", "6", "--log-every",
-              "1", "--hidden-dropout", "0", "--attention-dropout", "0",
-              "--precision", "float32", "--seed", "3", *SHORT]
-    single = tmp_path / "single"
-    fit([*common, "--strategy", "one_device", "--output-dir", str(single)],
-        env)
-
+def run_workers(args, env, fault=None):
+    """Two local workers of one multi-worker run; returns their results."""
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -347,19 +341,40 @@ def test_multi_worker_matches_one_process(env, tmp_path):
         worker_env = dict(env, TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker",
                                           "index": index}}))
+        if fault:
+            worker_env["KERASBERT_FAULT"] = fault
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "kerasbert.fit", *common, "--strategy",
-             "multi_worker", "--output-dir", str(tmp_path / "multi")],
-            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+            [sys.executable, "-m", "kerasbert.fit", *args, "--strategy",
+             "multi_worker"], env=worker_env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
     try:
         outputs = [p.communicate(timeout=400) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
+def test_multi_worker_matches_one_process_across_a_kill(env, tmp_path):
+    common = ["--max-steps", "6", "--steps-per-epoch", "6", "--log-every",
+              "1", "--backup-every", "3", "--hidden-dropout", "0",
+              "--attention-dropout", "0", "--precision", "float32",
+              "--seed", "3", *SHORT]
+    single = tmp_path / "single"
+    fit([*common, "--strategy", "one_device", "--output-dir", str(single)],
+        env)
+
+    multi = tmp_path / "multi"
+    args = [*common, "--output-dir", str(multi)]
+    # Both workers die right after their step-3 backups...
+    for code, _, err in run_workers(args, env, fault="after_backup:1"):
+        assert code == -signal.SIGKILL, err[-3000:]
+    # ...and the rerun resumes both from the chief's backup.
+    results = run_workers(args, env)
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert "resuming from step 3" in out
 
     def losses(run):
         return [float(r["loss"]) for r in read_rows(run / "metrics.csv")
@@ -368,9 +383,8 @@ def test_multi_worker_matches_one_process(env, tmp_path):
     # The same callbacks log both: the same rows, held-out ones included.
     assert [(r["step"], r["split"]) for r in
             read_rows(single / "metrics.csv")] == [
-        (r["step"], r["split"]) for r in
-        read_rows(tmp_path / "multi" / "metrics.csv")]
-    one, two = losses(single), losses(tmp_path / "multi")
+        (r["step"], r["split"]) for r in read_rows(multi / "metrics.csv")]
+    one, two = losses(single), losses(multi)
     assert len(one) == len(two) == 6
     np.testing.assert_allclose(two, one, rtol=2e-2)
     assert not np.allclose(one[0], one[-1])  # it did learn something

@@ -85,10 +85,11 @@ class StepBackup(keras.callbacks.Callback):
 
     KEEP = 2
 
-    def __init__(self, backup_dir, every, metrics=None, checkpoints=None,
-                 log=print):
+    def __init__(self, backup_dir, every, restore_dir=None, metrics=None,
+                 checkpoints=None, log=print):
         super().__init__()
         self.dir = backup_dir
+        self.restore_dir = restore_dir or backup_dir
         self.every = every
         self.metrics = metrics  # MetricsLogger: its row count is saved
         self.checkpoints = checkpoints  # CheckpointSaver: its best record
@@ -98,14 +99,16 @@ class StepBackup(keras.callbacks.Callback):
 
     # Writing.
 
-    def backups(self):
-        """(step, folder) of every complete backup, newest first."""
-        if not os.path.isdir(self.dir):
+    def backups(self, folder=None):
+        """(step, path) of every complete backup in `folder` (default:
+        ours), newest first."""
+        folder = folder or self.dir
+        if not os.path.isdir(folder):
             return []
         found = []
-        for name in os.listdir(self.dir):
+        for name in os.listdir(folder):
             if name.startswith("step-") and name[5:].isdigit():
-                found.append((int(name[5:]), os.path.join(self.dir, name)))
+                found.append((int(name[5:]), os.path.join(folder, name)))
         return sorted(found, reverse=True)
 
     def save(self, step: int) -> bool:
@@ -164,7 +167,7 @@ class StepBackup(keras.callbacks.Callback):
         returns its meta (None: no backup). Damaged ones are named and
         skipped, never silently."""
         model = self.model
-        for step, folder in self.backups():
+        for step, folder in self.backups(self.restore_dir):
             try:
                 meta = self._check(folder)
             except UsageError as e:
@@ -186,7 +189,7 @@ class StepBackup(keras.callbacks.Callback):
                 model.metrics_variables):]
             assert int(meta["step"]) == step == global_step(model)
             return meta
-        if self.backups():
+        if self.backups(self.restore_dir):
             self.log("warning: no usable backup; starting from step 0")
         return None
 

@@ -44,9 +44,11 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
     """
     validate_pretraining(model_cfg, data_cfg, train_cfg)
     output_dir = train_cfg.output_dir or default_output_dir(size)
+    chief_dir = output_dir
     if train_cfg.strategy == "multi_worker" and not chief_by_tf_config():
         # Only the chief owns the run directory; the others write scratch
-        # files where they cannot race it.
+        # files where they cannot race it (and read the chief's backups to
+        # resume at its step).
         output_dir = tempfile.mkdtemp(prefix="kerasbert-worker-")
     check_writable_dir(output_dir, "--output-dir")
     train_cfg = dataclasses.replace(train_cfg, output_dir=output_dir)
@@ -56,13 +58,13 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
             dir=os.path.dirname(os.path.abspath(output_dir)))
         try:
             return _pretrain(model_cfg, data_cfg, train_cfg, verbose, log,
-                             callbacks, staging)
+                             callbacks, staging, chief_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
-              staging):
+              staging, chief_dir):
     from kerasbert.data.cache import prepare_corpus
 
     run = RunDir(train_cfg.output_dir)
@@ -103,7 +105,16 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
         else:  # a given tokenizer: keep a copy with the run
             tokenizer.save(run.tokenizer)
 
+    restore_dir = None
+    if chief_dir != run.path:
+        # A non-chief worker resumes when the chief does, from its backup
+        # (on a file system all workers share, like the run directory).
+        chief = RunDir(chief_dir)
+        if chief.state(configs, train_cfg.overwrite) == "resume":
+            state, restore_dir = "resume", chief.backup
+
     from kerasbert.training.trainer import Trainer
     trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus, plan,
-                      run, verbose=verbose, log=log, callbacks=callbacks)
+                      run, verbose=verbose, log=log, callbacks=callbacks,
+                      restore_dir=restore_dir)
     return trainer.run(resume=state == "resume")

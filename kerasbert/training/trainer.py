@@ -37,7 +37,8 @@ class Trainer:
     """
 
     def __init__(self, model_cfg, data_cfg, train_cfg, tokenizer, corpus,
-                 training_plan, run_dir, verbose=1, log=print, callbacks=()):
+                 training_plan, run_dir, verbose=1, log=print, callbacks=(),
+                 restore_dir=None):
         self.model_cfg = model_cfg
         self.data_cfg = data_cfg
         self.cfg = train_cfg
@@ -49,6 +50,7 @@ class Trainer:
         self.log = log
         self.extra_callbacks = list(callbacks)
         self.multi_worker = train_cfg.strategy == "multi_worker"
+        self.restore_dir = restore_dir  # where to resume from, if not ours
 
     # ------------------------------------------------------------------
     # Data.
@@ -165,16 +167,15 @@ class Trainer:
         self.heldout, self.heldout_batches = self.heldout_dataset()
 
         run = self.dir
-        backup_dir = run.backup
-        if not self.chief:  # Non-chief workers keep their files apart.
-            backup_dir = os.path.join(run.path, f".worker-{os.getpid()}")
+        backup_dir = run.backup  # a scratch folder on non-chief workers
         tokens_per_step = cfg.batch_size * self.data_cfg.sequence_length
         self.metrics = callbacks.MetricsLogger(
             run.metrics, cfg.log_every, tokens_per_step,
             total_steps=plan.total_steps)
         self.checkpoints = callbacks.CheckpointSaver(run.latest, run.best)
         self.backup = callbacks.StepBackup(
-            backup_dir, cfg.backup_every, metrics=self.metrics,
+            backup_dir, cfg.backup_every, restore_dir=self.restore_dir,
+            metrics=self.metrics,
             checkpoints=self.checkpoints, log=self.log)
         self.guard = callbacks.DivergenceGuard(backups=[self.backup])
         self.metrics.guard = self.checkpoints.guard = self.guard
