@@ -22,6 +22,7 @@ batches (each epoch's order depends only on seed and epoch) but other
 dropout draws.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,6 +41,7 @@ from kerasbert.errors import UsageError
 from kerasbert.files import (
     atomic_path,
     check_writable_dir,
+    fault_point,
     write_json_atomic,
     write_text_atomic,
 )
@@ -113,7 +115,8 @@ def _source_backbone(cfg: FinetuneConfig, tokenizer, model_overrides):
             ": architecture flags only apply with --from-scratch")
     from kerasbert.training.modeldir import backbone_of, load_model
 
-    backbone = backbone_of(load_model(cfg.model))
+    with _flag("--model"):
+        backbone = backbone_of(load_model(cfg.model))
     if not hasattr(backbone, "hidden_dim"):
         raise UsageError(f"--model: {cfg.model}: holds no BERT backbone")
     names = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -135,6 +138,17 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     if weights is not None:
         backbone.set_weights(weights)
     return BertClassifier(backbone, num_classes, dropout=dropout)
+
+
+@contextlib.contextmanager
+def _flag(flag):
+    """Prefixes the flag to a `UsageError` that names only a path."""
+    try:
+        yield
+    except UsageError as e:
+        if str(e).startswith("--"):
+            raise
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def _configs(cfg, model_cfg, labels, pair):
@@ -188,7 +202,8 @@ def finetune(cfg: FinetuneConfig, model_overrides: dict | None = None,
     from kerasbert.training.modeldir import load_tokenizer
 
     if cfg.model:
-        tokenizer = load_tokenizer(cfg.model)
+        with _flag("--model"):
+            tokenizer = load_tokenizer(cfg.model)
     elif os.path.isdir(tokenizer_dir) and not cfg.overwrite:
         tokenizer = load_tokenizer(out)  # this run trained it already
     else:
@@ -270,7 +285,7 @@ def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
             train_encoded, data.train_ids, cfg.batch_size, cfg.bucketing,
             cfg.max_length, cfg.seed, first_epoch, cfg.epochs)
         model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch,
-                  steps_per_epoch=steps, callbacks=callbacks,
+                  steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                   verbose=verbose if verbose < 1 or sys.stdout.isatty()
                   else 2)
     return _finish(cfg, model, model_cfg, tokenizer, data, evaluator.state,
@@ -357,6 +372,7 @@ class _EpochEnd(keras.callbacks.Callback):
         self.state.update(epoch=number, latest=latest, best=best)
         write_json_atomic(os.path.join(self.checkpoints, "state.json"),
                           self.state)
+        fault_point("finetune_epoch")
         keep = {latest, best["weights"], "state.json"}
         for name in os.listdir(self.checkpoints):
             if name not in keep:
