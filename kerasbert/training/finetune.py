@@ -248,6 +248,14 @@ def finetune(
     `hidden_dim`)."""
     cfg.validate()
     check_writable_dir(cfg.output_dir, "--output-dir")
+    from kerasbert.training.rundir import run_lock
+
+    # One process per output directory, as for pretraining runs.
+    with run_lock(cfg.output_dir):
+        return _finetune(cfg, model_overrides, verbose, log)
+
+
+def _finetune(cfg, model_overrides, verbose, log):
     data = read_data(cfg)
     out = cfg.output_dir
     tokenizer_dir = os.path.join(out, "tokenizer")
