@@ -15,8 +15,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def seed():
-    """Seeds Python, NumPy and the backend before every test."""
+    """Seeds Python, NumPy and the backend before every test; afterwards
+    the global dtype policy is float32 again (a command run in-process may
+    have chosen mixed precision for this CPU)."""
     keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
 
 
 @pytest.fixture
