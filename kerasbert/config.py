@@ -305,3 +305,89 @@ def validate_pretraining(model: ModelConfig, data: DataConfig,
         raise UsageError(
             f"--sequence-length: {data.sequence_length} is above "
             f"--max-sequence-length {model.max_sequence_length}")
+
+
+DATA_FORMATS = ("auto", "tsv", "csv", "jsonl", "semicolon", "folder", "hf")
+FINETUNE_METRICS = ("accuracy", "macro_f1", "mcc")
+
+
+@dataclass
+class FinetuneConfig(_Config):
+    """Fine-tuning a classifier: data, optimisation and bookkeeping."""
+
+    model: str | None = option(
+        None, "pretraining run or converted model directory to start from")
+    from_scratch: str | None = option(
+        None, "start from random weights of this size instead of --model, "
+        "with a WordPiece vocabulary trained on the training texts",
+        choices=tuple(SIZES))
+    train: str | None = option(
+        None, "training data: .tsv/.csv/.jsonl, an emotion-style "
+        "text;label file, a folder of <label>/*.txt, or (--data-format hf) "
+        "a datasets name[:split]")
+    validation: str | None = option(
+        None, "validation data (default: a stratified share of --train)")
+    test: str | None = option(None, "test data, scored with the best epoch")
+    output_dir: str | None = option(
+        None, "classifier directory to write; rerun the same command to "
+        "resume")
+    data_format: str = option("auto", "how to read the data files (auto: "
+                              "by extension; a folder: folder)",
+                              choices=DATA_FORMATS)
+    text_column: str = option("text", "column (or JSON field) of the text")
+    text_pair_column: str | None = option(
+        None, "column of the second text of sentence-pair tasks")
+    label_column: str = option("label", "column (or JSON field) of the "
+                                        "label")
+    columns: str | None = option(
+        None, "comma-separated column names of header-less TSV/CSV files")
+    hf_config: str | None = option(None, "hf: dataset configuration name")
+    holdout_fraction: float = option(
+        0.1, "share of --train held out (stratified) without --validation",
+        above=0, below=1)
+    max_examples: int | None = option(
+        None, "use a seeded random sample of at most this many examples "
+        "per file (quick runs)", min=1)
+    max_length: int = option(
+        128, "tokens per text (pair) including [CLS]/[SEP]; longer is "
+        "truncated", min=4)
+    truncation: str = option(
+        "head", "which tokens of a long text to keep",
+        choices=("head", "tail", "head+tail"))
+    bucketing: bool = option(
+        True, "batch texts of similar length and pad per batch (--no-"
+        "bucketing pads every batch to --max-length)")
+    batch_size: int = option(32, "examples per batch", min=1)
+    epochs: int = option(3, "passes over the training set", min=1)
+    learning_rate: float = option(2e-5, "peak learning rate", above=0)
+    warmup_ratio: float = option(
+        0.1, "share of steps of linear warm-up (then linear decay)",
+        min=0, max=1)
+    weight_decay: float = option(
+        0.01, "decoupled weight decay (not on LayerNorm and bias)", min=0)
+    adam_epsilon: float = option(1e-6, "AdamW epsilon", above=0)
+    clipnorm: float = option(
+        1.0, "global gradient-norm clipping (0 turns it off)", min=0)
+    dropout: float = option(
+        0.1, "dropout on the pooled [CLS] vector", min=0, below=1)
+    metric: str = option("accuracy", "validation metric that picks the "
+                         "best epoch", choices=FINETUNE_METRICS)
+    vocab_size: int = option(
+        8000, "--from-scratch: WordPiece vocabulary size", min=10)
+    precision: str = option(
+        "auto", "auto: bfloat16 where the CPU/GPU computes it natively, "
+        "float16 on older GPUs, else float32",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: str = option("auto", "XLA (auto: on with a GPU)",
+                              choices=("auto", "on", "off"))
+    seed: int = option(0, "seed for the split, batch order and weights")
+    overwrite: bool = option(
+        False, "delete an existing --output-dir first")
+
+    def _cross_checks(self) -> None:
+        if (self.model is None) == (self.from_scratch is None):
+            raise UsageError("--model: give a model directory or "
+                             "--from-scratch SIZE (one of them)")
+        for name in ("train", "output_dir"):
+            if getattr(self, name) is None:
+                raise UsageError(f"{flag_name(name)}: is required")

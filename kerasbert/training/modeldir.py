@@ -37,7 +37,8 @@ def model_path(directory: str, which: str = "model") -> str:
             return path
     raise UsageError(
         f"{directory}: no {' or '.join(candidates)} (not a kerasbert model "
-        "directory, or a run that has not finished a first epoch)")
+        "directory, or a run that has not finished a first epoch)"
+    )
 
 
 def load_keras_model(path: str):
@@ -48,12 +49,12 @@ def load_keras_model(path: str):
     import kerasbert.modeling  # noqa: F401  registers the classes
 
     if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path}: not a .keras file (truncated or "
-                         "another format)")
+        raise UsageError(
+            f"{path}: not a .keras file (truncated or another format)"
+        )
     try:
         return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, ValueError, KeyError, TypeError,
-            zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise UsageError(f"{path}: cannot be loaded ({e})") from None
 
 
@@ -74,3 +75,61 @@ def load_tokenizer(directory: str):
 def backbone_of(model):
     """The BertBackbone inside a pretrainer or classifier, or `model`."""
     return getattr(model, "backbone", model)
+
+
+ARCHITECTURE = (
+    "vocabulary_size",
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "intermediate_dim",
+    "max_sequence_length",
+    "num_segments",
+)
+
+
+def init_from(model, directory: str) -> list[str]:
+    """Copies the weights of model directory `directory` (a run, or one
+    written by `kerasbert.convert`) into `model`, a freshly built
+    `BertPretrainer` or `BertBackbone`: the backbone always, each head the
+    directory also has. Returns the parts copied ("backbone", "mlm_head",
+    "nsp_head"); heads it lacks keep their fresh weights.
+
+    Dropout rates and the dtype policy stay `model`'s. A different
+    architecture is a `UsageError` naming the fields (build `model` from
+    `read_model_config(directory)` to match).
+    """
+    source = load_model(directory)
+    theirs, ours = backbone_of(source), backbone_of(model)
+    diffs = [
+        f"{name} {getattr(ours, name)} here, {getattr(theirs, name)} there"
+        for name in ARCHITECTURE
+        if getattr(ours, name) != getattr(theirs, name)
+    ]
+    if diffs:
+        raise UsageError(
+            f"--init-from: {directory}: another architecture than the "
+            f"model being built ({'; '.join(diffs)})"
+        )
+    ours.set_weights(theirs.get_weights())
+    copied = ["backbone"]
+    for head in ("mlm_head", "nsp_head"):
+        if hasattr(source, head) and hasattr(model, head):
+            getattr(model, head).set_weights(
+                getattr(source, head).get_weights()
+            )
+            copied.append(head)
+    return copied
+
+
+def read_model_config(directory: str):
+    """The `ModelConfig` in a model directory's config.json."""
+    from kerasbert.config import ModelConfig, read_json_object
+
+    path = os.path.join(directory, "config.json")
+    values = read_json_object(path, path).get("model")
+    if not isinstance(values, dict):
+        raise UsageError(
+            f'{path}: no "model" section (not a kerasbert model directory)'
+        )
+    return ModelConfig.from_dict(values, source=path).validate()

@@ -1,0 +1,61 @@
+"""`python -m kerasbert.finetune`: train a text classifier on labelled data.
+
+    python -m kerasbert.finetune --model MODEL_DIR --train train.tsv \
+        [--validation dev.tsv] [--test test.tsv] --output-dir OUT
+
+`MODEL_DIR` is a pretraining run of `kerasbert.fit` or a converted model
+directory; `--from-scratch SIZE` starts from random weights instead (the
+architecture flags then override the size). Every `FinetuneConfig` field is
+a flag. Rerunning the same command resumes after the last finished epoch.
+See `kerasbert.training.finetune` for what OUT holds.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kerasbert.cli import add_config_flags, split_values  # noqa: E402
+from kerasbert.config import FinetuneConfig, ModelConfig  # noqa: E402
+from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
+
+# Architecture flags that make sense for --from-scratch.
+ARCHITECTURE = ("hidden_dim", "num_layers", "num_heads", "intermediate_dim",
+                "max_sequence_length", "hidden_dropout", "attention_dropout")
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="python -m kerasbert.finetune",
+        description="Fine-tune a BERT model for text (or text-pair) "
+                    "classification.")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar")
+    add_config_flags(parser, FinetuneConfig, title="fine-tuning")
+    add_config_flags(parser, ModelConfig, names=ARCHITECTURE,
+                     title="architecture (with --from-scratch)")
+    return parser
+
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
+    quiet = args.pop("quiet")
+    parts = split_values(args, {"finetune": FinetuneConfig,
+                                "model": ModelConfig})
+    cfg = FinetuneConfig(**parts["finetune"]).validate()
+    from kerasbert.training.finetune import finetune
+
+    result = finetune(cfg, parts["model"], verbose=0 if quiet else 1,
+                      log=lambda message: print(message, file=sys.stderr))
+    summary = {"best_epoch": result["best_epoch"], "metric": result["metric"]}
+    for split in ("validation", "test"):
+        if split in result:
+            summary[split] = {k: round(result[split][k], 4)
+                              for k in ("accuracy", "macro_f1", "mcc")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

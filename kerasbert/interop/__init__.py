@@ -1,0 +1,99 @@
+"""Checkpoints in and out: Hugging Face and Google BERT <-> kerasbert.
+
+`convert(src, dst)` looks at what `src` is:
+
+    HF BERT folder      config.json (model_type bert) + model.safetensors
+    Google BERT folder  bert_config.json + bert_model.ckpt.* + vocab.txt
+    kerasbert folder    a run or model directory (config.json with "model")
+
+and writes a kerasbert model directory from the first two, a Hugging Face
+folder from the third. `dst` appears complete or not at all.
+"""
+
+import os
+
+from kerasbert.errors import UsageError
+from kerasbert.files import atomic_dir, check_writable_dir
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def detect(src: str) -> str:
+    """ "hf", "google" or "kerasbert" for folder `src`; else `UsageError`."""
+    from kerasbert.config import read_json_object
+    from kerasbert.interop.google import is_google_folder
+    from kerasbert.interop.hf import is_hf_folder
+
+    if not os.path.isdir(src):
+        raise UsageError(f"{src}: no such folder")
+    if is_google_folder(src):
+        return "google"
+    if is_hf_folder(src):
+        return "hf"
+    config = os.path.join(src, "config.json")
+    if os.path.isfile(config) and isinstance(
+        read_json_object(config, config).get("model"), dict
+    ):
+        return "kerasbert"
+    if os.path.isfile(config):
+        raise UsageError(
+            f"{config}: neither a Hugging Face config (no "
+            'model_type) nor a kerasbert one (no "model")'
+        )
+    raise UsageError(
+        f"{src}: not a checkpoint folder (no config.json of Hugging Face "
+        "or kerasbert, no bert_config.json of Google BERT)"
+    )
+
+
+def convert(
+    src: str,
+    dst: str,
+    precision: str = "float32",
+    allow_pickle: bool = False,
+    overwrite: bool = False,
+) -> str:
+    """Converts folder `src` into folder `dst`; returns what was written
+    ("kerasbert BertPretrainer", "Hugging Face BertModel", ...).
+
+    Args:
+        precision: dtype policy of the written kerasbert model (weights
+            are float32 in every case; ignored when writing HF).
+        allow_pickle: read an HF `pytorch_model.bin` (unpickling can run
+            code: only for files you trust).
+        overwrite: replace an existing `dst`.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"--precision: unknown value {precision!r} "
+            f"(choose from {', '.join(PRECISIONS)})"
+        )
+    kind = detect(src)
+    if os.path.exists(dst) and not overwrite:
+        raise UsageError(f"{dst}: exists (pass --overwrite to replace it)")
+    if os.path.abspath(dst) == os.path.abspath(src):
+        raise UsageError(f"{dst}: is the source folder")
+    check_writable_dir(dst, "DST")
+    if kind == "kerasbert":
+        from kerasbert.interop.hf import write_hf_folder
+        from kerasbert.training.modeldir import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(src)
+        model = load_model(src)
+        with atomic_dir(dst) as tmp:
+            architecture = write_hf_folder(model, tokenizer, tmp)
+        return f"Hugging Face {architecture}"
+
+    from kerasbert.interop.checkpoint import write_model_dir
+
+    if kind == "hf":
+        from kerasbert.interop.hf import read_hf_folder
+
+        ckpt = read_hf_folder(src, allow_pickle)
+    else:
+        from kerasbert.interop.google import read_google_folder
+
+        ckpt = read_google_folder(src)
+    with atomic_dir(dst) as tmp:
+        model = write_model_dir(ckpt, tmp, precision)
+    return f"kerasbert {type(model).__name__}"
