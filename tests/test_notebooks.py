@@ -46,7 +46,6 @@ def execute(path, workdir, cache_dir):
         KERASBERT_CACHE=cache_dir,
         KERAS_BACKEND="tensorflow",
         TF_CPP_MIN_LOG_LEVEL="2",
-        MPLBACKEND="agg",
     )
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH")) if p
@@ -129,6 +128,7 @@ def test_notebook_runs(name, tmp_path):
 def test_notebooks_exist():
     assert {
         "01_pretrain_from_scratch.ipynb",
+        "02_finetune_classification.ipynb",
         "03_korean_pretraining.ipynb",
     } <= set(NOTEBOOKS)
 
