@@ -21,38 +21,56 @@ from kerasbert.config import FinetuneConfig, ModelConfig  # noqa: E402
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 
 # Architecture flags that make sense for --from-scratch.
-ARCHITECTURE = ("hidden_dim", "num_layers", "num_heads", "intermediate_dim",
-                "max_sequence_length", "hidden_dropout", "attention_dropout")
+ARCHITECTURE = (
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "intermediate_dim",
+    "max_sequence_length",
+    "hidden_dropout",
+    "attention_dropout",
+)
 
 
 def build_parser():
     parser = ArgumentParser(
         prog="python -m kerasbert.finetune",
         description="Fine-tune a BERT model for text (or text-pair) "
-                    "classification.")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar")
+        "classification.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser, FinetuneConfig, title="fine-tuning")
-    add_config_flags(parser, ModelConfig, names=ARCHITECTURE,
-                     title="architecture (with --from-scratch)")
+    add_config_flags(
+        parser,
+        ModelConfig,
+        names=ARCHITECTURE,
+        title="architecture (with --from-scratch)",
+    )
     return parser
 
 
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     quiet = args.pop("quiet")
-    parts = split_values(args, {"finetune": FinetuneConfig,
-                                "model": ModelConfig})
+    parts = split_values(
+        args, {"finetune": FinetuneConfig, "model": ModelConfig}
+    )
     cfg = FinetuneConfig(**parts["finetune"]).validate()
     from kerasbert.training.finetune import finetune
 
-    result = finetune(cfg, parts["model"], verbose=0 if quiet else 1,
-                      log=lambda message: print(message, file=sys.stderr))
+    result = finetune(
+        cfg,
+        parts["model"],
+        verbose=0 if quiet else 1,
+        log=lambda message: print(message, file=sys.stderr),
+    )
     summary = {"best_epoch": result["best_epoch"], "metric": result["metric"]}
     for split in ("validation", "test"):
         if split in result:
-            summary[split] = {k: round(result[split][k], 4)
-                              for k in ("accuracy", "macro_f1", "mcc")}
+            summary[split] = {
+                k: round(result[split][k], 4)
+                for k in ("accuracy", "macro_f1", "mcc")
+            }
     print(json.dumps(summary, indent=2))
     return 0
 

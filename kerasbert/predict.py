@@ -29,8 +29,9 @@ def read_texts(args) -> list[str]:
         except IsADirectoryError:
             raise UsageError(f"--file: {args.file}: is a folder") from None
         except UnicodeDecodeError as e:
-            raise UsageError(f"--file: {args.file}: not UTF-8 text ({e})") \
-                from None
+            raise UsageError(
+                f"--file: {args.file}: not UTF-8 text ({e})"
+            ) from None
     if not texts:
         raise UsageError("give texts as arguments or --file")
     return texts
@@ -43,8 +44,10 @@ def split_pairs(texts, pair: bool):
     firsts, seconds = [], []
     for i, text in enumerate(texts, 1):
         if text.count("\t") != 1:
-            raise UsageError(f"text {i}: this model classifies text pairs; "
-                             "write them as A<TAB>B")
+            raise UsageError(
+                f"text {i}: this model classifies text pairs; "
+                "write them as A<TAB>B"
+            )
         a, b = text.split("\t")
         firsts.append(a)
         seconds.append(b)
@@ -54,13 +57,18 @@ def split_pairs(texts, pair: bool):
 def main(argv=None):
     parser = ArgumentParser(
         prog="python -m kerasbert.predict",
-        description="Classify texts with a kerasbert.finetune directory.")
+        description="Classify texts with a kerasbert.finetune directory.",
+    )
     parser.add_argument("texts", nargs="*", help="texts to classify")
-    parser.add_argument("--model", required=True,
-                        help="output directory of kerasbert.finetune")
+    parser.add_argument(
+        "--model", required=True, help="output directory of kerasbert.finetune"
+    )
     parser.add_argument("--file", help="a file of texts, one per line")
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON Lines instead of a table")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON Lines instead of a table",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -72,18 +80,30 @@ def main(argv=None):
     model, tokenizer, config = load_classifier(args.model)
     firsts, seconds = split_pairs(texts, config.get("pair", False))
     settings = config["finetune"]
-    encoded = encode(tokenizer, Examples(firsts, seconds, None, []),
-                     settings["max_length"], settings["truncation"])
+    encoded = encode(
+        tokenizer,
+        Examples(firsts, seconds, None, []),
+        settings["max_length"],
+        settings["truncation"],
+    )
     probs = predict_proba(model, encoded, args.batch_size)
     labels = config["labels"]
     for text, p in zip(texts, probs):
         best = int(p.argmax())
         if args.json:
-            print(json.dumps({
-                "text": text, "label": labels[best],
-                "probabilities": {name: round(float(v), 6)
-                                  for name, v in zip(labels, p)}},
-                ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "text": text,
+                        "label": labels[best],
+                        "probabilities": {
+                            name: round(float(v), 6)
+                            for name, v in zip(labels, p)
+                        },
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
             print(f"{labels[best]}\t{p[best]:.4f}\t{text}")
     sys.stdout.flush()

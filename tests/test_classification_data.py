@@ -26,8 +26,11 @@ def test_emotion_semicolon_layout():
 
 def test_headerless_cola_with_columns():
     ex = cd.read_examples(
-        fixture("cola_head.tsv"), flag="--train", text_column="sentence",
-        columns="source,label,original_label,sentence")
+        fixture("cola_head.tsv"),
+        flag="--train",
+        text_column="sentence",
+        columns="source,label,original_label,sentence",
+    )
     assert len(ex) == 40 and set(ex.labels) <= {"0", "1"}
     assert ex.texts[0].startswith("Our friends won't buy this analysis")
     assert cd.label_names(ex.labels) == ["0", "1"]
@@ -40,8 +43,7 @@ def test_folder_of_label_subfolders():
 
 
 def test_csv_and_jsonl_agree(tmp_path):
-    rows = [("a b, c", "x", "pos"), ('say "hi"', "y", "neg"),
-            ("d", "z", "pos")]
+    rows = [("a b, c", "x", "pos"), ('say "hi"', "y", "neg"), ("d", "z", "pos")]
     csv_path = tmp_path / "d.csv"
     import csv
 
@@ -50,11 +52,19 @@ def test_csv_and_jsonl_agree(tmp_path):
         w.writerow(["q", "p", "y"])
         w.writerows(rows)
     jsonl = tmp_path / "d.jsonl"
-    jsonl.write_text("".join(json.dumps({"q": a, "p": b, "y": c}) + "\n"
-                             for a, b, c in rows))
-    got = [cd.read_examples(str(p), flag="--train", text_column="q",
-                            text_pair_column="p", label_column="y")
-           for p in (csv_path, jsonl)]
+    jsonl.write_text(
+        "".join(json.dumps({"q": a, "p": b, "y": c}) + "\n" for a, b, c in rows)
+    )
+    got = [
+        cd.read_examples(
+            str(p),
+            flag="--train",
+            text_column="q",
+            text_pair_column="p",
+            label_column="y",
+        )
+        for p in (csv_path, jsonl)
+    ]
     for ex in got:
         assert ex.texts == [r[0] for r in rows]
         assert ex.pairs == [r[1] for r in rows]
@@ -90,9 +100,11 @@ def test_bucketed_batches_cover_everything_once():
     batches = cd.batch_order(lengths, 32, True, np.random.default_rng(1))
     assert len(batches) == -(-1003 // 32)
     assert sorted(np.concatenate(batches)) == list(range(1003))
+
     # Padding per batch: bucketed batches waste far less than random ones.
     def waste(bs):
         return sum(lengths[b].max() * len(b) - lengths[b].sum() for b in bs)
+
     plain = cd.batch_order(lengths, 32, False, np.random.default_rng(1))
     assert waste(batches) < waste(plain) / 4
 
@@ -114,21 +126,32 @@ def test_metrics_equal_sklearn(num_classes):
     rng = np.random.default_rng(num_classes)
     y_true = rng.integers(0, num_classes, 300)
     # Correlated but imperfect predictions, one class never predicted.
-    y_pred = np.where(rng.random(300) < 0.6, y_true,
-                      rng.integers(0, num_classes, 300))
+    y_pred = np.where(
+        rng.random(300) < 0.6, y_true, rng.integers(0, num_classes, 300)
+    )
     y_pred[y_pred == num_classes - 1] = 0
     labels = [f"c{i}" for i in range(num_classes)]
     got = classification_metrics(y_true, y_pred, labels)
     every = list(range(num_classes))
     assert got["accuracy"] == pytest.approx(sk.accuracy_score(y_true, y_pred))
-    assert got["macro_f1"] == pytest.approx(sk.f1_score(
-        y_true, y_pred, average="macro", labels=every, zero_division=0))
+    assert got["macro_f1"] == pytest.approx(
+        sk.f1_score(
+            y_true, y_pred, average="macro", labels=every, zero_division=0
+        )
+    )
     assert got["mcc"] == pytest.approx(sk.matthews_corrcoef(y_true, y_pred))
     p, r, f, s = sk.precision_recall_fscore_support(
-        y_true, y_pred, labels=every, zero_division=0)
+        y_true, y_pred, labels=every, zero_division=0
+    )
     for i, name in enumerate(labels):
         c = got["per_class"][name]
-        assert (c["precision"], c["recall"], c["f1"], c["support"]) == \
-            pytest.approx((p[i], r[i], f[i], s[i]))
-    assert got["confusion"] == sk.confusion_matrix(
-        y_true, y_pred, labels=every).tolist()
+        assert (
+            c["precision"],
+            c["recall"],
+            c["f1"],
+            c["support"],
+        ) == pytest.approx((p[i], r[i], f[i], s[i]))
+    assert (
+        got["confusion"]
+        == sk.confusion_matrix(y_true, y_pred, labels=every).tolist()
+    )

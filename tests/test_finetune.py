@@ -21,11 +21,33 @@ from kerasbert.finetune import main as finetune_main
 from kerasbert.predict import main as predict_main
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
-TINY = ["--from-scratch", "tiny", "--hidden-dim", "32", "--num-layers", "1",
-        "--num-heads", "2", "--intermediate-dim", "64", "--hidden-dropout",
-        "0", "--attention-dropout", "0", "--dropout", "0", "--vocab-size",
-        "300", "--learning-rate", "3e-3", "--batch-size", "16",
-        "--max-length", "64", "--quiet"]
+TINY = [
+    "--from-scratch",
+    "tiny",
+    "--hidden-dim",
+    "32",
+    "--num-layers",
+    "1",
+    "--num-heads",
+    "2",
+    "--intermediate-dim",
+    "64",
+    "--hidden-dropout",
+    "0",
+    "--attention-dropout",
+    "0",
+    "--dropout",
+    "0",
+    "--vocab-size",
+    "300",
+    "--learning-rate",
+    "3e-3",
+    "--batch-size",
+    "16",
+    "--max-length",
+    "64",
+    "--quiet",
+]
 
 
 def fixture(name):
@@ -36,11 +58,21 @@ def fixture(name):
 def single(tmp_path_factory):
     """A classifier directory trained on the single-sentence task."""
     out = str(tmp_path_factory.mktemp("single") / "out")
-    finetune_main(TINY + [
-        "--train", fixture("source_train.tsv"),
-        "--validation", fixture("source_val.tsv"),
-        "--test", fixture("source_val.tsv"), "--epochs", "5",
-        "--output-dir", out])
+    finetune_main(
+        TINY
+        + [
+            "--train",
+            fixture("source_train.tsv"),
+            "--validation",
+            fixture("source_val.tsv"),
+            "--test",
+            fixture("source_val.tsv"),
+            "--epochs",
+            "5",
+            "--output-dir",
+            out,
+        ]
+    )
     return out
 
 
@@ -56,8 +88,13 @@ def test_single_sentence_learns_and_writes_the_layout(single):
     assert config["labels"] == ["tweet", "wiki"] and config["pair"] is False
     assert config["finetune"]["max_length"] == 64
     assert config["model"]["hidden_dim"] == 32
-    for name in ("model.keras", "metrics.csv", "confusion.png",
-                 "tokenizer/vocab.txt", "logs"):
+    for name in (
+        "model.keras",
+        "metrics.csv",
+        "confusion.png",
+        "tokenizer/vocab.txt",
+        "logs",
+    ):
         assert os.path.exists(os.path.join(single, name)), name
     assert not os.path.exists(os.path.join(single, "checkpoints"))
     with open(os.path.join(single, "metrics.csv")) as f:
@@ -86,10 +123,13 @@ def test_bucketing_predicts_like_padding_to_max_length(single):
 
 def test_predict_cli(single, tmp_path, capsys):
     lines = tmp_path / "texts.txt"
-    lines.write_text("i feel so happy and loved today\n"
-                     "The regiment crossed the river in 1862 .\n")
-    predict_main(["--model", single, "--json", "--file", str(lines),
-                  "i am feeling sad"])
+    lines.write_text(
+        "i feel so happy and loved today\n"
+        "The regiment crossed the river in 1862 .\n"
+    )
+    predict_main(
+        ["--model", single, "--json", "--file", str(lines), "i am feeling sad"]
+    )
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows][0] == "i am feeling sad"
     assert [r["label"] for r in rows] == ["tweet", "tweet", "wiki"]
@@ -99,11 +139,25 @@ def test_predict_cli(single, tmp_path, capsys):
 
 def test_sentence_pairs_learn(tmp_path):
     out = str(tmp_path / "pairs")
-    finetune_main(TINY + [
-        "--train", fixture("source_pairs_train.tsv"),
-        "--validation", fixture("source_pairs_val.tsv"),
-        "--text-column", "first", "--text-pair-column", "second",
-        "--epochs", "10", "--metric", "mcc", "--output-dir", out])
+    finetune_main(
+        TINY
+        + [
+            "--train",
+            fixture("source_pairs_train.tsv"),
+            "--validation",
+            fixture("source_pairs_val.tsv"),
+            "--text-column",
+            "first",
+            "--text-pair-column",
+            "second",
+            "--epochs",
+            "10",
+            "--metric",
+            "mcc",
+            "--output-dir",
+            out,
+        ]
+    )
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["validation"]["accuracy"] >= 0.75  # chance: 0.5
@@ -117,8 +171,10 @@ def _bad(tmp_path, name, text):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["missing_column", "unseen_label", "empty",
-                                  "float_labels", "not_a_model"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing_column", "unseen_label", "empty", "float_labels", "not_a_model"],
+)
 def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     out = tmp_path / "out"
     train = fixture("source_train.tsv")
@@ -126,19 +182,33 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     if case == "missing_column":
         extra, message = ["--text-column", "sentence"], "no column 'sentence'"
     elif case == "unseen_label":
-        extra = ["--test", _bad(tmp_path, "test.tsv",
-                                "text\tlabel\nhello\ttweet\nhi\tneutral\n")]
+        extra = [
+            "--test",
+            _bad(
+                tmp_path, "test.tsv", "text\tlabel\nhello\ttweet\nhi\tneutral\n"
+            ),
+        ]
         message = "test.tsv:3: label 'neutral' is not in the training"
     elif case == "empty":
         train, message = _bad(tmp_path, "empty.tsv", ""), "has no examples"
     elif case == "float_labels":
-        train = _bad(tmp_path, "reg.tsv", "text\tlabel\n" + "".join(
-            f"text {i}\t{i / 7:.3f}\n" for i in range(20)))
+        train = _bad(
+            tmp_path,
+            "reg.tsv",
+            "text\tlabel\n"
+            + "".join(f"text {i}\t{i / 7:.3f}\n" for i in range(20)),
+        )
         message = "real numbers"
     args = TINY + ["--train", train, "--output-dir", str(out), *extra]
     if case == "not_a_model":
-        args = ["--model", str(tmp_path), "--train", train,
-                "--output-dir", str(out)]
+        args = [
+            "--model",
+            str(tmp_path),
+            "--train",
+            train,
+            "--output-dir",
+            str(out),
+        ]
         message = "--model: "
     with pytest.raises(SystemExit) as exit_info:
         run_cli(finetune_main, args)
@@ -151,12 +221,23 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
 
 def test_killed_run_resumes_after_its_last_epoch(tmp_path, capsys):
     out = str(tmp_path / "out")
-    args = [*TINY, "--train", fixture("source_train.tsv"), "--epochs", "2",
-            "--output-dir", out]
+    args = [
+        *TINY,
+        "--train",
+        fixture("source_train.tsv"),
+        "--epochs",
+        "2",
+        "--output-dir",
+        out,
+    ]
     env = {**os.environ, "KERASBERT_FAULT": "finetune_epoch:1"}
-    killed = subprocess.run([sys.executable, "-m", "kerasbert.finetune",
-                             *args], env=env, capture_output=True,
-                            text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-m", "kerasbert.finetune", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     with open(os.path.join(out, "checkpoints", "state.json")) as f:
         assert json.load(f)["epoch"] == 1

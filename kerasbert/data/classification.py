@@ -34,8 +34,9 @@ from kerasbert.data.packing import pack
 from kerasbert.errors import UsageError
 
 _INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|nan|inf",
-                    re.IGNORECASE)
+_FLOAT = re.compile(
+    r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|nan|inf", re.IGNORECASE
+)
 # Batches are formed from sorted windows of this many batches: lengths
 # within a window are similar, yet batch contents still vary per epoch.
 _WINDOW_BATCHES = 50
@@ -55,16 +56,22 @@ class Examples:
         def pick(xs):
             return None if xs is None else [xs[i] for i in index]
 
-        return Examples(pick(self.texts), pick(self.pairs),
-                        pick(self.labels), pick(self.where))
+        return Examples(
+            pick(self.texts),
+            pick(self.pairs),
+            pick(self.labels),
+            pick(self.where),
+        )
 
 
 def detect_format(path: str, flag: str) -> str:
     if os.path.isdir(path):
         return "folder"
     if not os.path.exists(path):
-        raise UsageError(f"{flag}: {path}: no such file or folder (a "
-                         "Hugging Face dataset needs --data-format hf)")
+        raise UsageError(
+            f"{flag}: {path}: no such file or folder (a "
+            "Hugging Face dataset needs --data-format hf)"
+        )
     ext = os.path.splitext(path)[1].lower()
     if ext in (".tsv", ".csv"):
         return ext[1:]
@@ -75,8 +82,10 @@ def detect_format(path: str, flag: str) -> str:
         return "tsv"
     if ";" in first:
         return "semicolon"
-    raise UsageError(f"{flag}: {path}: cannot tell the format (no tab or "
-                     "';' on the first line); pass --data-format")
+    raise UsageError(
+        f"{flag}: {path}: cannot tell the format (no tab or "
+        "';' on the first line); pass --data-format"
+    )
 
 
 def _first_line(path, flag):
@@ -90,12 +99,17 @@ def _first_line(path, flag):
     raise UsageError(f"{flag}: {path}: is empty")
 
 
-def read_examples(path: str, *, flag: str, data_format: str = "auto",
-                  text_column: str = "text",
-                  text_pair_column: str | None = None,
-                  label_column: str | None = "label",
-                  columns: str | None = None,
-                  hf_config: str | None = None) -> Examples:
+def read_examples(
+    path: str,
+    *,
+    flag: str,
+    data_format: str = "auto",
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str | None = "label",
+    columns: str | None = None,
+    hf_config: str | None = None,
+) -> Examples:
     """Reads labelled (or, with `label_column=None`, unlabelled) texts.
 
     `flag` names the source in errors (`--train`, `--test`, ...)."""
@@ -111,8 +125,7 @@ def read_examples(path: str, *, flag: str, data_format: str = "auto",
         try:
             rows = list(_ROW_READERS[data_format](path, flag, columns))
         except UnicodeDecodeError as e:
-            raise UsageError(f"{flag}: {path}: not UTF-8 text ({e})") \
-                from None
+            raise UsageError(f"{flag}: {path}: not UTF-8 text ({e})") from None
         except csv.Error as e:
             raise UsageError(f"{flag}: {path}: {e}") from None
         if data_format == "semicolon":
@@ -128,30 +141,36 @@ def read_examples(path: str, *, flag: str, data_format: str = "auto",
                 if column not in row:
                     raise UsageError(
                         f"{flag}: {place}: no column {column!r} (columns: "
-                        f"{', '.join(map(str, row))})")
+                        f"{', '.join(map(str, row))})"
+                    )
                 raise UsageError(f"{flag}: {place}: {column!r} is empty")
         texts.append(_text(row[text_column], flag, place, text_column))
         if text_pair_column:
-            pairs.append(_text(row[text_pair_column], flag, place,
-                               text_pair_column))
+            pairs.append(
+                _text(row[text_pair_column], flag, place, text_pair_column)
+            )
         if label_column:
             labels.append(_label(row[label_column], flag, place))
         where.append(place)
-    return Examples(texts, pairs if text_pair_column else None,
-                    labels if label_column else None, where)
+    return Examples(
+        texts,
+        pairs if text_pair_column else None,
+        labels if label_column else None,
+        where,
+    )
 
 
 def _text(value, flag, place, column):
     if not isinstance(value, str):
-        raise UsageError(f"{flag}: {place}: {column!r} is not text "
-                         f"({value!r})")
+        raise UsageError(f"{flag}: {place}: {column!r} is not text ({value!r})")
     return value
 
 
 def _label(value, flag, place):
     if isinstance(value, bool) or value is None or isinstance(value, float):
-        raise UsageError(f"{flag}: {place}: label {value!r} is not a class "
-                         "name or integer")
+        raise UsageError(
+            f"{flag}: {place}: label {value!r} is not a class name or integer"
+        )
     value = str(value).strip()
     if not value:
         raise UsageError(f"{flag}: {place}: the label is empty")
@@ -174,7 +193,8 @@ def _read_table(path, flag, columns, delimiter):
             if len(row) != len(header):
                 raise UsageError(
                     f"{flag}: {place}: {len(row)} fields, expected "
-                    f"{len(header)} ({','.join(header)})")
+                    f"{len(header)} ({','.join(header)})"
+                )
             yield place, dict(zip(header, row))
 
 
@@ -182,8 +202,9 @@ def _read_semicolon(path, flag, columns):
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
-            if not line.strip() or (number == 1 and
-                                    line.lower().startswith("text;")):
+            if not line.strip() or (
+                number == 1 and line.lower().startswith("text;")
+            ):
                 continue
             place = f"{path}:{number}"
             if ";" not in line:
@@ -201,8 +222,7 @@ def _read_jsonl(path, flag, columns):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UsageError(f"{flag}: {place}: not JSON ({e})") \
-                    from None
+                raise UsageError(f"{flag}: {place}: not JSON ({e})") from None
             if not isinstance(row, dict):
                 raise UsageError(f"{flag}: {place}: not a JSON object")
             yield place, row
@@ -218,8 +238,10 @@ _ROW_READERS = {
 
 def _read_folder(path, flag, text_pair_column):
     if text_pair_column:
-        raise UsageError(f"{flag}: {path}: a folder of .txt files holds "
-                         "single texts; --text-pair-column needs a table")
+        raise UsageError(
+            f"{flag}: {path}: a folder of .txt files holds "
+            "single texts; --text-pair-column needs a table"
+        )
     texts, labels, where = [], [], []
     for label in sorted(os.listdir(path)):
         folder = os.path.join(path, label)
@@ -233,8 +255,9 @@ def _read_folder(path, flag, text_pair_column):
                 with open(file, encoding="utf-8") as f:
                     texts.append(f.read())
             except UnicodeDecodeError as e:
-                raise UsageError(f"{flag}: {file}: not UTF-8 text ({e})") \
-                    from None
+                raise UsageError(
+                    f"{flag}: {file}: not UTF-8 text ({e})"
+                ) from None
             labels.append(label)
             where.append(file)
     if not texts:
@@ -244,25 +267,35 @@ def _read_folder(path, flag, text_pair_column):
 
 def _read_hf(name, flag, hf_config):
     name, _, split = name.partition(":")
-    split = split or {"--train": "train", "--validation": "validation",
-                      "--test": "test"}.get(flag, "train")
+    split = split or {
+        "--train": "train",
+        "--validation": "validation",
+        "--test": "test",
+    }.get(flag, "train")
     try:
         import datasets
+        import huggingface_hub
 
+        # Their retry warnings would bury the one-line error below.
+        datasets.logging.set_verbosity_error()
+        huggingface_hub.utils.logging.set_verbosity_error()
         data = datasets.load_dataset(name, hf_config, split=split)
     except Exception as e:  # offline, unknown name, missing split...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UsageError(
             f"{flag}: cannot load Hugging Face dataset {name!r} split "
             f"{split!r} (offline or unknown: {type(e).__name__}: "
-            f"{first})") from None
+            f"{first})"
+        ) from None
     names = {}
     for column, feature in data.features.items():
         if hasattr(feature, "names"):  # ClassLabel: keep the label names
             names[column] = feature.names
     for i, row in enumerate(data):
-        row = {k: names[k][v] if k in names and isinstance(v, int) else v
-               for k, v in row.items()}
+        row = {
+            k: names[k][v] if k in names and isinstance(v, int) else v
+            for k, v in row.items()
+        }
         yield f"{name}[{split}][{i}]", row
 
 
@@ -275,7 +308,8 @@ def label_names(labels: list[str], flag: str = "--train") -> list[str]:
         raise UsageError(
             f"{flag}: the label column holds real numbers (e.g. "
             f"{sorted(distinct)[0]}); classification needs class names or "
-            "integers")
+            "integers"
+        )
     return sorted(distinct)
 
 
@@ -287,7 +321,8 @@ def label_ids(examples: Examples, names: list[str], flag: str) -> np.ndarray:
         if label not in index:
             raise UsageError(
                 f"{flag}: {place}: label {label!r} is not in the training "
-                f"labels ({', '.join(names)})")
+                f"labels ({', '.join(names)})"
+            )
         ids.append(index[label])
     return np.asarray(ids, np.int32)
 
@@ -297,8 +332,9 @@ def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
     if limit is None or limit >= len(examples):
         return examples
     rng = np.random.default_rng(seed)
-    return examples.subset(np.sort(rng.choice(len(examples), limit,
-                                              replace=False)))
+    return examples.subset(
+        np.sort(rng.choice(len(examples), limit, replace=False))
+    )
 
 
 def stratified_split(ids: np.ndarray, fraction: float, seed: int):
@@ -309,24 +345,40 @@ def stratified_split(ids: np.ndarray, fraction: float, seed: int):
     for c in np.unique(ids):
         members = rng.permutation(np.flatnonzero(ids == c))
         n = int(round(fraction * len(members)))
-        held.extend(members[:max(n, 1 if len(members) > 1 else 0)])
+        held.extend(members[: max(n, 1 if len(members) > 1 else 0)])
     held = np.sort(np.asarray(held, np.int64))
     return np.setdiff1d(np.arange(len(ids)), held), held
 
 
-def encode(tokenizer, examples: Examples, max_length: int,
-           truncation: str) -> list[tuple[list[int], list[int]]]:
+def encode(
+    tokenizer, examples: Examples, max_length: int, truncation: str
+) -> list[tuple[list[int], list[int]]]:
     """`(token_ids, segment_ids)` of every example, unpadded."""
     ids_a = tokenizer.encode_batch(examples.texts)
-    ids_b = (tokenizer.encode_batch(examples.pairs)
-             if examples.pairs is not None else [None] * len(ids_a))
-    return [pack(a, b, max_length=max_length, truncation=truncation,
-                 cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id)
-            for a, b in zip(ids_a, ids_b)]
+    ids_b = (
+        tokenizer.encode_batch(examples.pairs)
+        if examples.pairs is not None
+        else [None] * len(ids_a)
+    )
+    return [
+        pack(
+            a,
+            b,
+            max_length=max_length,
+            truncation=truncation,
+            cls_id=tokenizer.cls_id,
+            sep_id=tokenizer.sep_id,
+        )
+        for a, b in zip(ids_a, ids_b)
+    ]
 
 
-def batch_order(lengths, batch_size: int, bucketing: bool,
-                rng: np.random.Generator | None = None) -> list[np.ndarray]:
+def batch_order(
+    lengths,
+    batch_size: int,
+    bucketing: bool,
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
     """Example indices of each batch: shuffled when `rng` is given (training),
     else in order (inference; with bucketing, sorted by length).
 
@@ -334,13 +386,19 @@ def batch_order(lengths, batch_size: int, bucketing: bool,
     them into batches and shuffles the batches: always ceil(n / batch_size)
     batches, so the schedule knows the step count in advance."""
     lengths = np.asarray(lengths)
-    order = (rng.permutation(len(lengths)) if rng is not None
-             else np.arange(len(lengths)))
+    order = (
+        rng.permutation(len(lengths))
+        if rng is not None
+        else np.arange(len(lengths))
+    )
     if bucketing:
         window = batch_size * _WINDOW_BATCHES
-        order = np.concatenate([
-            chunk[np.argsort(lengths[chunk], kind="stable")]
-            for chunk in np.split(order, range(window, len(order), window))])
+        order = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(order, range(window, len(order), window))
+            ]
+        )
     batches = np.split(order, range(batch_size, len(order), batch_size))
     if rng is not None and bucketing:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -355,10 +413,13 @@ def pad_batch(encoded, index, length: int | None = None) -> dict:
     segment_ids = np.zeros_like(token_ids)
     for row, i in enumerate(index):
         ids, segments = encoded[i]
-        token_ids[row, :len(ids)] = ids
-        segment_ids[row, :len(ids)] = segments
-    return {"token_ids": token_ids, "segment_ids": segment_ids,
-            "padding_mask": _mask(encoded, index, length)}
+        token_ids[row, : len(ids)] = ids
+        segment_ids[row, : len(ids)] = segments
+    return {
+        "token_ids": token_ids,
+        "segment_ids": segment_ids,
+        "padding_mask": _mask(encoded, index, length),
+    }
 
 
 def _mask(encoded, index, length):
@@ -368,9 +429,16 @@ def _mask(encoded, index, length):
     return (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
 
 
-def training_dataset(encoded, labels: np.ndarray, batch_size: int,
-                     bucketing: bool, max_length: int, seed: int,
-                     first_epoch: int, epochs: int):
+def training_dataset(
+    encoded,
+    labels: np.ndarray,
+    batch_size: int,
+    bucketing: bool,
+    max_length: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+):
     """tf.data of (inputs, label) batches for epochs `first_epoch`..
     `epochs - 1`, one after the other. Epoch e's order depends only on
     (seed, e), so a resumed run sees the batches it would have seen."""
@@ -382,16 +450,21 @@ def training_dataset(encoded, labels: np.ndarray, batch_size: int,
         for epoch in range(first_epoch, epochs):
             rng = np.random.default_rng([seed, epoch])
             for index in batch_order(lengths, batch_size, bucketing, rng):
-                yield (pad_batch(encoded, index,
-                                 None if bucketing else max_length),
-                       labels[index])
+                yield (
+                    pad_batch(
+                        encoded, index, None if bucketing else max_length
+                    ),
+                    labels[index],
+                )
 
     spec = tf.TensorSpec((None, None), tf.int32)
-    signature = ({k: spec for k in ("token_ids", "segment_ids",
-                                    "padding_mask")},
-                 tf.TensorSpec((None,), tf.int32))
+    signature = (
+        {k: spec for k in ("token_ids", "segment_ids", "padding_mask")},
+        tf.TensorSpec((None,), tf.int32),
+    )
     return tf.data.Dataset.from_generator(
-        batches, output_signature=signature).prefetch(2)
+        batches, output_signature=signature
+    ).prefetch(2)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

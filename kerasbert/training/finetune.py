@@ -46,8 +46,17 @@ from kerasbert.files import (
     write_text_atomic,
 )
 
-CSV_COLUMNS = ("epoch", "split", "loss", "accuracy", "macro_f1", "mcc",
-               "learning_rate", "examples_per_second", "seconds")
+CSV_COLUMNS = (
+    "epoch",
+    "split",
+    "loss",
+    "accuracy",
+    "macro_f1",
+    "mcc",
+    "learning_rate",
+    "examples_per_second",
+    "seconds",
+)
 # Fields that do not change what a run computes: a resumed run may differ
 # in them.
 _RESUMABLE = ("overwrite",)
@@ -66,53 +75,74 @@ class Data:
 
 def read_data(cfg: FinetuneConfig) -> Data:
     """Reads and checks --train/--validation/--test (labels included)."""
-    read = dict(data_format=cfg.data_format, text_column=cfg.text_column,
-                text_pair_column=cfg.text_pair_column,
-                label_column=cfg.label_column, columns=cfg.columns,
-                hf_config=cfg.hf_config)
-    train = cls_data.sample(cls_data.read_examples(
-        cfg.train, flag="--train", **read), cfg.max_examples, cfg.seed)
+    read = dict(
+        data_format=cfg.data_format,
+        text_column=cfg.text_column,
+        text_pair_column=cfg.text_pair_column,
+        label_column=cfg.label_column,
+        columns=cfg.columns,
+        hf_config=cfg.hf_config,
+    )
+    train = cls_data.sample(
+        cls_data.read_examples(cfg.train, flag="--train", **read),
+        cfg.max_examples,
+        cfg.seed,
+    )
     labels = cls_data.label_names(train.labels, "--train")
     if len(labels) < 2:
-        raise UsageError(f"--train: {cfg.train}: only one label "
-                         f"({labels[0]!r}); a classifier needs two or more")
+        raise UsageError(
+            f"--train: {cfg.train}: only one label "
+            f"({labels[0]!r}); a classifier needs two or more"
+        )
     train_ids = cls_data.label_ids(train, labels, "--train")
     if cfg.validation:
-        validation = cls_data.sample(cls_data.read_examples(
-            cfg.validation, flag="--validation", **read), cfg.max_examples,
-            cfg.seed)
-        validation_ids = cls_data.label_ids(validation, labels,
-                                            "--validation")
+        validation = cls_data.sample(
+            cls_data.read_examples(cfg.validation, flag="--validation", **read),
+            cfg.max_examples,
+            cfg.seed,
+        )
+        validation_ids = cls_data.label_ids(validation, labels, "--validation")
     else:
         keep, held = cls_data.stratified_split(
-            train_ids, cfg.holdout_fraction, cfg.seed)
+            train_ids, cfg.holdout_fraction, cfg.seed
+        )
         if not len(held) or not len(keep):
-            raise UsageError(f"--train: {cfg.train}: too few examples "
-                             f"({len(train)}) to hold out a validation "
-                             "share; pass --validation")
+            raise UsageError(
+                f"--train: {cfg.train}: too few examples "
+                f"({len(train)}) to hold out a validation "
+                "share; pass --validation"
+            )
         validation, validation_ids = train.subset(held), train_ids[held]
         train, train_ids = train.subset(keep), train_ids[keep]
     test = test_ids = None
     if cfg.test:
-        test = cls_data.sample(cls_data.read_examples(
-            cfg.test, flag="--test", **read), cfg.max_examples, cfg.seed)
+        test = cls_data.sample(
+            cls_data.read_examples(cfg.test, flag="--test", **read),
+            cfg.max_examples,
+            cfg.seed,
+        )
         test_ids = cls_data.label_ids(test, labels, "--test")
-    return Data(labels, train, train_ids, validation, validation_ids, test,
-                test_ids)
+    return Data(
+        labels, train, train_ids, validation, validation_ids, test, test_ids
+    )
 
 
 def _source_backbone(cfg: FinetuneConfig, tokenizer, model_overrides):
     """(ModelConfig, backbone weights or None) of the starting point."""
     if cfg.from_scratch:
         model_cfg = ModelConfig.from_size(
-            cfg.from_scratch, **{**(model_overrides or {}),
-                                 "vocabulary_size":
-                                     tokenizer.vocabulary_size})
+            cfg.from_scratch,
+            **{
+                **(model_overrides or {}),
+                "vocabulary_size": tokenizer.vocabulary_size,
+            },
+        )
         return model_cfg.validate(), None
     if model_overrides:
         raise UsageError(
             f"{', '.join('--' + k.replace('_', '-') for k in model_overrides)}"
-            ": architecture flags only apply with --from-scratch")
+            ": architecture flags only apply with --from-scratch"
+        )
     from kerasbert.training.modeldir import backbone_of, load_model
 
     with _flag("--model"):
@@ -120,18 +150,25 @@ def _source_backbone(cfg: FinetuneConfig, tokenizer, model_overrides):
     if not hasattr(backbone, "hidden_dim"):
         raise UsageError(f"--model: {cfg.model}: holds no BERT backbone")
     names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(**{k: v for k, v in backbone.get_config().items()
-                               if k in names})
+    model_cfg = ModelConfig(
+        **{k: v for k, v in backbone.get_config().items() if k in names}
+    )
     if model_cfg.vocabulary_size != tokenizer.vocabulary_size:
         raise UsageError(
             f"--model: {cfg.model}: the model has "
             f"{model_cfg.vocabulary_size} token ids but its tokenizer "
-            f"{tokenizer.vocabulary_size}")
+            f"{tokenizer.vocabulary_size}"
+        )
     return model_cfg, backbone.get_weights()
 
 
-def build_classifier(model_cfg: ModelConfig, num_classes: int,
-                     dropout: float = 0.1, weights=None, dtype=None):
+def build_classifier(
+    model_cfg: ModelConfig,
+    num_classes: int,
+    dropout: float = 0.1,
+    weights=None,
+    dtype=None,
+):
     from kerasbert.modeling import BertBackbone, BertClassifier
 
     backbone = BertBackbone(**model_cfg.to_dict(), dtype=dtype)
@@ -152,8 +189,12 @@ def _flag(flag):
 
 
 def _configs(cfg, model_cfg, labels, pair):
-    return {"model": model_cfg.to_dict(), "finetune": cfg.to_dict(),
-            "labels": labels, "pair": pair}
+    return {
+        "model": model_cfg.to_dict(),
+        "finetune": cfg.to_dict(),
+        "labels": labels,
+        "pair": pair,
+    }
 
 
 def _same_run(saved: dict, configs: dict) -> bool:
@@ -162,11 +203,12 @@ def _same_run(saved: dict, configs: dict) -> bool:
         for name in _RESUMABLE:
             c.get("finetune", {}).pop(name, None)
         return c
+
     return strip(saved) == strip(configs)
 
 
 def _output_state(output_dir: str, configs: dict, overwrite: bool) -> str:
-    """"new", "resume" or "done"; a folder holding something else (or a
+    """ "new", "resume" or "done"; a folder holding something else (or a
     different run) is an error unless `overwrite`."""
     if not os.path.exists(output_dir) or not os.listdir(output_dir):
         return "new"
@@ -174,22 +216,32 @@ def _output_state(output_dir: str, configs: dict, overwrite: bool) -> str:
         return "overwrite"
     path = os.path.join(output_dir, "config.json")
     if not os.path.exists(path):
-        raise UsageError(f"--output-dir: {output_dir} is not empty and "
-                         "holds no fine-tuning run; pass --overwrite or "
-                         "another folder")
+        raise UsageError(
+            f"--output-dir: {output_dir} is not empty and "
+            "holds no fine-tuning run; pass --overwrite or "
+            "another folder"
+        )
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     if not _same_run(saved, configs):
-        raise UsageError(f"--output-dir: {output_dir} holds a run with "
-                         "other settings; pass --overwrite or another "
-                         "folder")
-    done = all(os.path.exists(os.path.join(output_dir, name))
-               for name in ("model.keras", "metrics.json"))
+        raise UsageError(
+            f"--output-dir: {output_dir} holds a run with "
+            "other settings; pass --overwrite or another "
+            "folder"
+        )
+    done = all(
+        os.path.exists(os.path.join(output_dir, name))
+        for name in ("model.keras", "metrics.json")
+    )
     return "done" if done else "resume"
 
 
-def finetune(cfg: FinetuneConfig, model_overrides: dict | None = None,
-             verbose: int = 1, log=print) -> dict:
+def finetune(
+    cfg: FinetuneConfig,
+    model_overrides: dict | None = None,
+    verbose: int = 1,
+    log=print,
+) -> dict:
     """Runs (or resumes) one fine-tuning run; returns metrics.json's dict.
 
     `model_overrides`: ModelConfig fields for --from-scratch (e.g. a tiny
@@ -213,15 +265,20 @@ def finetune(cfg: FinetuneConfig, model_overrides: dict | None = None,
         tokenizer = train_wordpiece(texts, cfg.vocab_size, progress=False)
     model_cfg, weights = _source_backbone(cfg, tokenizer, model_overrides)
     if cfg.max_length > model_cfg.max_sequence_length:
-        raise UsageError(f"--max-length: {cfg.max_length} is above the "
-                         "model's max_sequence_length "
-                         f"{model_cfg.max_sequence_length}")
-    configs = _configs(cfg, model_cfg, data.labels,
-                       data.train.pairs is not None)
+        raise UsageError(
+            f"--max-length: {cfg.max_length} is above the "
+            "model's max_sequence_length "
+            f"{model_cfg.max_sequence_length}"
+        )
+    configs = _configs(
+        cfg, model_cfg, data.labels, data.train.pairs is not None
+    )
     state = _output_state(out, configs, cfg.overwrite)
     if state == "done":
-        log(f"{out}: this run is complete (metrics.json); pass --overwrite "
-            "to start again")
+        log(
+            f"{out}: this run is complete (metrics.json); pass --overwrite "
+            "to start again"
+        )
         with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
             return json.load(f)
     if state == "overwrite":
@@ -247,49 +304,75 @@ def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
     out = cfg.output_dir
     policy, why = hardware.select_precision(cfg.precision)
     jit = hardware.select_jit_compile(cfg.jit_compile)
-    log(f"precision: {policy} ({why}); jit_compile: {jit}; "
+    log(
+        f"precision: {policy} ({why}); jit_compile: {jit}; "
         f"{len(data.train)} training / {len(data.validation)} validation"
         f"{f' / {len(data.test)} test' if data.test else ''} examples; "
-        f"labels: {', '.join(data.labels)}")
+        f"labels: {', '.join(data.labels)}"
+    )
     train_encoded, validation_encoded = (
         cls_data.encode(tokenizer, ex, cfg.max_length, cfg.truncation)
-        for ex in (data.train, data.validation))
+        for ex in (data.train, data.validation)
+    )
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_classifier(model_cfg, len(data.labels), cfg.dropout,
-                             weights, dtype=policy)
+    model = build_classifier(
+        model_cfg, len(data.labels), cfg.dropout, weights, dtype=policy
+    )
     steps = cls_data.steps_per_epoch(len(data.train), cfg.batch_size)
     optimizer = make_optimizer(
-        "adamw", cfg.learning_rate, steps * cfg.epochs, cfg.warmup_ratio,
-        cfg.weight_decay, cfg.clipnorm, epsilon=cfg.adam_epsilon)
+        "adamw",
+        cfg.learning_rate,
+        steps * cfg.epochs,
+        cfg.warmup_ratio,
+        cfg.weight_decay,
+        cfg.clipnorm,
+        epsilon=cfg.adam_epsilon,
+    )
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit)
+        jit_compile=jit,
+    )
 
     checkpoints = os.path.join(out, "checkpoints")
     epoch_state = _load_state(checkpoints)
     first_epoch = epoch_state["epoch"]
     if first_epoch:
         optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(checkpoints,
-                                        epoch_state["latest"]))
+        model.load_weights(os.path.join(checkpoints, epoch_state["latest"]))
         log(f"resuming after epoch {first_epoch}")
-    evaluator = _EpochEnd(cfg, data, validation_encoded, checkpoints,
-                          epoch_state, len(data.train))
-    callbacks = [evaluator, keras.callbacks.TensorBoard(
-        os.path.join(out, "logs"), write_graph=False)]
+    evaluator = _EpochEnd(
+        cfg, data, validation_encoded, checkpoints, epoch_state, len(data.train)
+    )
+    callbacks = [
+        evaluator,
+        keras.callbacks.TensorBoard(
+            os.path.join(out, "logs"), write_graph=False
+        ),
+    ]
     if first_epoch < cfg.epochs:
         dataset = cls_data.training_dataset(
-            train_encoded, data.train_ids, cfg.batch_size, cfg.bucketing,
-            cfg.max_length, cfg.seed, first_epoch, cfg.epochs)
-        model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch,
-                  steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                  verbose=verbose if verbose < 1 or sys.stdout.isatty()
-                  else 2)
-    return _finish(cfg, model, model_cfg, tokenizer, data, evaluator.state,
-                   log)
+            train_encoded,
+            data.train_ids,
+            cfg.batch_size,
+            cfg.bucketing,
+            cfg.max_length,
+            cfg.seed,
+            first_epoch,
+            cfg.epochs,
+        )
+        model.fit(
+            dataset,
+            epochs=cfg.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=verbose if verbose < 1 or sys.stdout.isatty() else 2,
+        )
+    return _finish(cfg, model, model_cfg, tokenizer, data, evaluator.state, log)
 
 
 def _load_state(checkpoints: str) -> dict:
@@ -327,8 +410,11 @@ class _EpochEnd(keras.callbacks.Callback):
     def __init__(self, cfg, data, encoded, checkpoints, state, n_train):
         super().__init__()
         self.cfg, self.data, self.encoded = cfg, data, encoded
-        self.checkpoints, self.state, self.n_train = (checkpoints, state,
-                                                      n_train)
+        self.checkpoints, self.state, self.n_train = (
+            checkpoints,
+            state,
+            n_train,
+        )
         self._start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -342,24 +428,34 @@ class _EpochEnd(keras.callbacks.Callback):
         if not math.isfinite(float(logs.get("loss", 0.0))):
             self.model.stop_training = True  # keep the last good epoch
             return
-        probs = predict_proba(self.model, self.encoded,
-                              self.cfg.batch_size * 2)
+        probs = predict_proba(self.model, self.encoded, self.cfg.batch_size * 2)
         truth = self.data.validation_ids
-        val = classification_metrics(truth, probs.argmax(-1),
-                                     self.data.labels)
-        val["loss"] = float(-np.mean(np.log(np.maximum(
-            probs[np.arange(len(truth)), truth], 1e-12))))
+        val = classification_metrics(truth, probs.argmax(-1), self.data.labels)
+        val["loss"] = float(
+            -np.mean(
+                np.log(np.maximum(probs[np.arange(len(truth)), truth], 1e-12))
+            )
+        )
         for key in ("loss", "accuracy", "macro_f1", "mcc"):
             logs[f"val_{key}"] = val[key]
-        lr = float(keras.ops.convert_to_numpy(
-            self.model.optimizer.learning_rate))
+        lr = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
         number = epoch + 1
         history = self.state["history"]
-        history.append({"epoch": number, "train": {
-            "loss": float(logs["loss"]),
-            "accuracy": float(logs.get("accuracy", float("nan"))),
-            "examples_per_second": self.n_train / seconds,
-            "seconds": seconds, "learning_rate": lr}, "validation": val})
+        history.append(
+            {
+                "epoch": number,
+                "train": {
+                    "loss": float(logs["loss"]),
+                    "accuracy": float(logs.get("accuracy", float("nan"))),
+                    "examples_per_second": self.n_train / seconds,
+                    "seconds": seconds,
+                    "learning_rate": lr,
+                },
+                "validation": val,
+            }
+        )
         best = self.state["best"]
         score = val[self.cfg.metric]
         os.makedirs(self.checkpoints, exist_ok=True)
@@ -370,15 +466,17 @@ class _EpochEnd(keras.callbacks.Callback):
         # state.json names the files; switching it is the commit point, so
         # a kill before it resumes from the previous epoch.
         self.state.update(epoch=number, latest=latest, best=best)
-        write_json_atomic(os.path.join(self.checkpoints, "state.json"),
-                          self.state)
+        write_json_atomic(
+            os.path.join(self.checkpoints, "state.json"), self.state
+        )
         fault_point("finetune_epoch")
         keep = {latest, best["weights"], "state.json"}
         for name in os.listdir(self.checkpoints):
             if name not in keep:
                 os.remove(os.path.join(self.checkpoints, name))
-        _write_csv(os.path.join(self.cfg.output_dir, "metrics.csv"),
-                   _csv_rows(history))
+        _write_csv(
+            os.path.join(self.cfg.output_dir, "metrics.csv"), _csv_rows(history)
+        )
 
     def _save(self, name):
         path = os.path.join(self.checkpoints, name)
@@ -406,43 +504,66 @@ def _finish(cfg, trained, model_cfg, tokenizer, data, state, log):
     out = cfg.output_dir
     best = state["best"]
     if best is None:
-        raise UsageError("training stopped before a first epoch finished "
-                         "(non-finite loss); try a lower --learning-rate")
+        raise UsageError(
+            "training stopped before a first epoch finished "
+            "(non-finite loss); try a lower --learning-rate"
+        )
     trained.load_weights(os.path.join(out, "checkpoints", best["weights"]))
     # Rebuilt in float32 whatever the training precision (the variables
     # are float32 either way), so the saved model computes the same on
     # every machine.
-    model = build_classifier(model_cfg, len(data.labels), cfg.dropout,
-                             dtype="float32")
+    model = build_classifier(
+        model_cfg, len(data.labels), cfg.dropout, dtype="float32"
+    )
     model.set_weights(trained.get_weights())
     with atomic_path(os.path.join(out, "model.keras")) as tmp:
         model.save(tmp)
-    result = {"metric": cfg.metric, "best_epoch": best["epoch"],
-              "labels": data.labels, "epochs": state["history"],
-              "validation": state["history"][best["epoch"] - 1][
-                  "validation"]}
+    result = {
+        "metric": cfg.metric,
+        "best_epoch": best["epoch"],
+        "labels": data.labels,
+        "epochs": state["history"],
+        "validation": state["history"][best["epoch"] - 1]["validation"],
+    }
     shown, title = result["validation"], "validation"
     if data.test is not None:
-        encoded = cls_data.encode(tokenizer, data.test, cfg.max_length,
-                                  cfg.truncation)
+        encoded = cls_data.encode(
+            tokenizer, data.test, cfg.max_length, cfg.truncation
+        )
         probs = predict_proba(model, encoded, cfg.batch_size * 2)
-        test = classification_metrics(data.test_ids, probs.argmax(-1),
-                                      data.labels)
-        test["loss"] = float(-np.mean(np.log(np.maximum(
-            probs[np.arange(len(data.test_ids)), data.test_ids], 1e-12))))
+        test = classification_metrics(
+            data.test_ids, probs.argmax(-1), data.labels
+        )
+        test["loss"] = float(
+            -np.mean(
+                np.log(
+                    np.maximum(
+                        probs[np.arange(len(data.test_ids)), data.test_ids],
+                        1e-12,
+                    )
+                )
+            )
+        )
         test["epoch"] = best["epoch"]
         result["test"] = test
         shown, title = test, "test"
-    plot_confusion(shown["confusion"], data.labels,
-                   os.path.join(out, "confusion.png"),
-                   f"{title}, epoch {best['epoch']}")
-    _write_csv(os.path.join(out, "metrics.csv"),
-               _csv_rows(state["history"], result.get("test")))
+    plot_confusion(
+        shown["confusion"],
+        data.labels,
+        os.path.join(out, "confusion.png"),
+        f"{title}, epoch {best['epoch']}",
+    )
+    _write_csv(
+        os.path.join(out, "metrics.csv"),
+        _csv_rows(state["history"], result.get("test")),
+    )
     write_json_atomic(os.path.join(out, "metrics.json"), result)
     shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
     summary = {k: shown[k] for k in ("accuracy", "macro_f1", "mcc")}
-    log(f"best epoch {best['epoch']} by {cfg.metric}; {title}: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    log(
+        f"best epoch {best['epoch']} by {cfg.metric}; {title}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
+    )
     return result
 
 
@@ -457,29 +578,40 @@ def _predictor(model):
     if model not in _PREDICTORS:
         spec = tf.TensorSpec((None, None), tf.int32)
         _PREDICTORS[model] = tf.function(
-            lambda x: tf.nn.softmax(tf.cast(model(x, training=False),
-                                            tf.float32)),
-            input_signature=[{k: spec for k in ("token_ids", "segment_ids",
-                                                "padding_mask")}])
+            lambda x: tf.nn.softmax(
+                tf.cast(model(x, training=False), tf.float32)
+            ),
+            input_signature=[
+                {k: spec for k in ("token_ids", "segment_ids", "padding_mask")}
+            ],
+        )
     return _PREDICTORS[model]
 
 
-def predict_proba(model, encoded, batch_size: int = 64,
-                  bucketing: bool = True,
-                  max_length: int | None = None) -> np.ndarray:
+def predict_proba(
+    model,
+    encoded,
+    batch_size: int = 64,
+    bucketing: bool = True,
+    max_length: int | None = None,
+) -> np.ndarray:
     """Class probabilities `[n, classes]` of packed examples, in order.
 
     With bucketing the examples run sorted by length, each batch padded
     to its longest; without it every batch is padded to `max_length`."""
     lengths = np.array([len(ids) for ids, _ in encoded])
-    order = (np.argsort(lengths, kind="stable") if bucketing
-             else np.arange(len(lengths)))
+    order = (
+        np.argsort(lengths, kind="stable")
+        if bucketing
+        else np.arange(len(lengths))
+    )
     call = _predictor(model)
     probs = np.zeros((len(encoded), model.num_classes), np.float32)
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = cls_data.pad_batch(encoded, index,
-                                   None if bucketing else max_length)
+        index = order[start : start + batch_size]
+        batch = cls_data.pad_batch(
+            encoded, index, None if bucketing else max_length
+        )
         probs[index] = call(batch).numpy()
     return probs
 
@@ -489,14 +621,17 @@ def load_classifier(directory: str):
     from kerasbert.config import read_json_object
     from kerasbert.training.modeldir import load_model, load_tokenizer
 
-    config = read_json_object(os.path.join(directory, "config.json"),
-                              f"--model: {directory}/config.json")
+    config = read_json_object(
+        os.path.join(directory, "config.json"),
+        f"--model: {directory}/config.json",
+    )
     if "labels" not in config or "finetune" not in config:
-        raise UsageError(f"--model: {directory}: not a fine-tuned "
-                         "classifier (config.json has no labels)")
+        raise UsageError(
+            f"--model: {directory}: not a fine-tuned "
+            "classifier (config.json has no labels)"
+        )
     tokenizer = load_tokenizer(directory)
     model = load_model(directory)
     if not hasattr(model, "num_classes"):
-        raise UsageError(f"--model: {directory}: model.keras is no "
-                         "classifier")
+        raise UsageError(f"--model: {directory}: model.keras is no classifier")
     return model, tokenizer, config

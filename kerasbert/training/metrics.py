@@ -48,16 +48,21 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
         "macro_f1": float(f1.mean()),
         "mcc": mcc(matrix),
         "per_class": {
-            name: {"precision": float(precision[i]),
-                   "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(matrix[i].sum())}
-            for i, name in enumerate(labels)},
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(matrix[i].sum()),
+            }
+            for i, name in enumerate(labels)
+        },
         "confusion": matrix.tolist(),
     }
 
 
-def plot_confusion(matrix, labels: list[str], png_path: str,
-                   title: str = "") -> str:
+def plot_confusion(
+    matrix, labels: list[str], png_path: str, title: str = ""
+) -> str:
     """A confusion matrix heat map with label names and counts."""
     import matplotlib
 
@@ -80,8 +85,15 @@ def plot_confusion(matrix, labels: list[str], png_path: str,
         ax.set_title(title)
     dark = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > dark else "black", fontsize=8)
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > dark else "black",
+            fontsize=8,
+        )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     with atomic_path(png_path) as tmp:
