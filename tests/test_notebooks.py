@@ -7,8 +7,9 @@ written into the repository or the user's cache. Any cell error fails the
 test. Outputs are not compared: they change with versions and hardware.
 
 `python tests/test_notebooks.py [NAME.ipynb ...]` executes the notebooks the
-same way and writes them back with their outputs, progress bars collapsed to
-their final state: how the committed outputs are made.
+same way and writes them back with their outputs (progress bars collapsed to
+their final state, TensorFlow's log lines and colour codes dropped): how the
+committed outputs are made.
 """
 
 import os
