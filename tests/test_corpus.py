@@ -231,6 +231,12 @@ def test_split_korean():
         "지미 카터는 조지아주에서 태어났다.", "조지아 공과대학교를 졸업하였다.",
         "또한 이 때 두 사람의 만남을 주선했다.", "하지만 그는 곧 사망했다.",
         "둘째 문단이다."]
+    # One paragraph: kss returns a flat list then, not a list of lists.
+    assert sentences.split_sentences([text], "ko")[1:] == [
+        "조지아 공과대학교를 졸업하였다.", "또한 이 때 두 사람의 만남을 주선했다.",
+        "하지만 그는 곧 사망했다."]
+    assert list(sentences.iter_sentences([["첫 문장이다. 둘째 문장이다."]],
+                                         "ko")) == [["첫 문장이다.", "둘째 문장이다."]]
 
 
 def test_iter_sentences_drops_empty_documents():

@@ -127,9 +127,14 @@ def split_sentences(paragraphs: list[str], language: str) -> list[str]:
     if language == "ko":
         import kss
 
+        paragraphs = list(paragraphs)
+        split = kss.split_sentences(paragraphs, backend="fast", num_workers=1)
+        if len(paragraphs) == 1:
+            # kss unwraps a one-element list: it returns that paragraph's
+            # sentences, not a list holding them.
+            split = [split]
         out = []
-        for sentences in kss.split_sentences(
-                list(paragraphs), backend="fast", num_workers=1):
+        for sentences in split:
             for s in sentences:
                 # kss "fast" sometimes keeps "...했다. 하지만 ..." together;
                 # Hangul + . ! ? + space ends a sentence in Korean prose.
