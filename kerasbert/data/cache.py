@@ -40,7 +40,8 @@ from kerasbert.text import readers
 from kerasbert.text.sentences import iter_sentences, resolve_language
 from kerasbert.text.tokenizer import Tokenizer, train_wordpiece
 
-FORMAT_VERSION = 1
+# 2: Korean one-paragraph documents were split into characters before.
+FORMAT_VERSION = 2
 _ARRAYS = ("tokens", "sentence_offsets", "document_offsets")
 
 

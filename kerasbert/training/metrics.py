@@ -64,16 +64,14 @@ def plot_confusion(
     matrix, labels: list[str], png_path: str, title: str = ""
 ) -> str:
     """A confusion matrix heat map with label names and counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # Files only; never needs a display.
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: see plots.py
 
     from kerasbert.files import atomic_path
 
     matrix = np.asarray(matrix)
     size = 2.5 + 0.6 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ticks = np.arange(len(labels))
@@ -98,5 +96,4 @@ def plot_confusion(
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return png_path

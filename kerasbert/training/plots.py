@@ -22,13 +22,13 @@ def read_metrics(csv_path: str) -> dict:
 
 
 def plot_metrics(csv_path: str, png_path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")  # Files only; never needs a display.
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: no global backend switch, so a notebook's
+    # inline plots keep working after a run wrote its loss.png.
+    from matplotlib.figure import Figure
 
     series = read_metrics(csv_path)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(2, 2, sharex=True)
     panels = [("mlm_loss", "MLM loss"), ("nsp_loss", "NSP loss"),
               ("mlm_accuracy", "MLM accuracy"),
               ("nsp_accuracy", "NSP accuracy")]
@@ -46,5 +46,4 @@ def plot_metrics(csv_path: str, png_path: str) -> str:
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return png_path
