@@ -383,10 +383,10 @@ def _load_state(checkpoints: str) -> dict:
         return json.load(f)
 
 
-def _row(epoch, split, values, **extra):
+def _row(epoch, split, values):
     row = {"epoch": epoch, "split": split}
     for key in CSV_COLUMNS[2:]:
-        value = extra.get(key, values.get(key))
+        value = values.get(key)
         row[key] = "" if value is None else f"{float(value):.6g}"
     return row
 
