@@ -324,21 +324,10 @@ def bench_train(args):
 
     import keras
 
-    from kerasbert.modeling import build_pretrainer
-    from kerasbert.training import hardware, optimization
-
     info = tp.cpu_info()
     print(tp.describe_cpu(info), file=sys.stderr)
-    policy, why = hardware.select_precision(train_cfg.precision)
-    keras.mixed_precision.set_global_policy(policy)
-    jit = hardware.select_jit_compile(train_cfg.jit_compile)
-    keras.utils.set_random_seed(train_cfg.seed)
-    model = build_pretrainer(**dataclasses.asdict(model_cfg))
-    model.compile(
-        optimizer=optimization.optimizer_from_config(
-            train_cfg, args.warmup + args.steps
-        ),
-        jit_compile=jit,
+    model, policy, why, jit = tp.compiled_pretrainer(
+        model_cfg, train_cfg, args.warmup + args.steps
     )
     x, y = tp.synthetic_batch(
         train_cfg.batch_size,

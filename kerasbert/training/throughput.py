@@ -157,6 +157,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def compiled_pretrainer(model_cfg, train_cfg, total_steps):
+    """The model `fit` trains, compiled as `fit` compiles it.
+
+    Sets the global dtype policy (`train_cfg.precision`, `auto` resolved
+    by the CPU/GPU). Returns (model, policy name, why, jit_compile).
+    """
+    import dataclasses
+
+    import keras
+
+    from kerasbert.modeling import build_pretrainer
+    from kerasbert.training import hardware, optimization
+
+    policy, why = hardware.select_precision(train_cfg.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    jit = hardware.select_jit_compile(train_cfg.jit_compile)
+    keras.utils.set_random_seed(train_cfg.seed)
+    model = build_pretrainer(**dataclasses.asdict(model_cfg))
+    model.compile(
+        optimizer=optimization.optimizer_from_config(train_cfg, total_steps),
+        jit_compile=jit,
+    )
+    return model, policy, why, jit
+
+
 class StepTimer:
     """Times Keras' `train_function` on one repeated batch.
 
