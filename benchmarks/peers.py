@@ -34,8 +34,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# impl:jit[:precision]; HF's best on CPU may be float32 even when bf16 is
-# native (autocast adds casts around every op), so both are tried.
+# impl:jit[:precision][:field=value...][@SOURCE]. HF's best on CPU may be
+# float32 even when bf16 is native, so both are tried. `kerasbert` takes
+# ModelConfig overrides (`kerasbert:0:bfloat16:attention_dropout=0`) and
+# `@SOURCE`, another checkout to import kerasbert from: a before/after of a
+# code change, measured alternately.
 DEFAULT_CONFIGS = (
     "kerasbert:0,kerasbert:1,kerashub:0,kerashub:1,hf:0,hf:0:float32"
 )
@@ -45,14 +48,15 @@ def _kerasbert_step(a, x, y):
     from kerasbert.config import ModelConfig, TrainConfig
     from kerasbert.training import throughput as tp
 
-    cfg = ModelConfig.from_size(a.size, vocabulary_size=a.vocab)
+    overrides = json.loads(a.overrides or "{}")
+    cfg = ModelConfig.from_size(a.size, vocabulary_size=a.vocab, **overrides)
     train = TrainConfig(
         batch_size=a.batch,
         jit_compile="on" if a.jit else "off",
         precision="mixed_bfloat16" if a.precision == "bfloat16" else "float32",
     )
     model, *_ = tp.compiled_pretrainer(cfg, train, 10_000)
-    return tp.StepTimer(model, x, y).run
+    return tp.StepTimer(model, x, y)
 
 
 def _kerashub_step(a, x, y):
@@ -94,7 +98,7 @@ def _kerashub_step(a, x, y):
     )
     x = {**x, "padding_mask": x["padding_mask"].astype(bool)}
     y = {"mlm": y["mask_ids"], "nsp": y["next_sentence_label"]}
-    return tp.StepTimer(model, x, y).run
+    return tp.StepTimer(model, x, y)
 
 
 def _hf_step(a, x, y):
@@ -136,23 +140,28 @@ def _hf_step(a, x, y):
         ),
     }
 
-    def run(steps):
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            with torch.autocast(
-                "cpu",
-                dtype=torch.bfloat16,
-                enabled=a.precision == "bfloat16",
-            ):
-                loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            times.append(time.perf_counter() - t)
-        return times
+    class Timer:  # as throughput.StepTimer: wall and CPU seconds per step
+        def run(self, steps):
+            times, self.cpu_times = [], []
+            for _ in range(steps):
+                t, c = time.perf_counter(), time.process_time()
+                step()
+                times.append(time.perf_counter() - t)
+                self.cpu_times.append(time.process_time() - c)
+            return times
 
-    return run
+    def step():
+        with torch.autocast(
+            "cpu",
+            dtype=torch.bfloat16,
+            enabled=a.precision == "bfloat16",
+        ):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return Timer()
 
 
 STEPS = {
@@ -164,19 +173,20 @@ STEPS = {
 
 def worker(a):
     """Builds one configuration, warms it up, then serves step requests:
-    a line with N on stdin -> a JSON list of N step times on stdout."""
+    a line with N on stdin -> {"wall": [...], "cpu": [...]} on stdout,
+    the wall and CPU seconds of N steps."""
     from kerasbert.training import throughput as tp
 
     x, y = tp.synthetic_batch(a.batch, a.seq, a.preds, a.vocab)
-    run = STEPS[a.impl](a, x, y)
-    run(a.warmup)
+    timer = STEPS[a.impl](a, x, y)
+    timer.run(a.warmup)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
-        n = int(line)
-        print(json.dumps(run(n)), flush=True)
+        wall = timer.run(int(line))
+        print(json.dumps({"wall": wall, "cpu": timer.cpu_times}), flush=True)
 
 
-def _start(impl, jit, precision, a, log):
+def _start(impl, jit, precision, overrides, source, a, log):
     cmd = [
         sys.executable,
         __file__,
@@ -186,6 +196,8 @@ def _start(impl, jit, precision, a, log):
         str(jit),
         "--precision",
         precision,
+        "--overrides",
+        json.dumps(overrides),
         "--size",
         a.size,
         "--seq",
@@ -202,7 +214,9 @@ def _start(impl, jit, precision, a, log):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join(
+            [source or root, os.environ.get("PYTHONPATH", "")]
+        ),
     )
     proc = subprocess.Popen(
         cmd,
@@ -226,21 +240,33 @@ def drive(a):
     print(tp.describe_cpu(info))
     configs = []
     for c in a.configs.split(","):
-        impl, jit, *precision = c.split(":")
+        c, _, source = c.partition("@")
+        impl, jit, *rest = c.split(":")
         if impl not in STEPS:
             raise SystemExit(f"error: --configs: unknown implementation {impl}")
-        configs.append((impl, int(jit), (precision or [a.precision])[0]))
+        precision = rest[0] if rest and "=" not in rest[0] else a.precision
+        overrides = {
+            k: json.loads(v)
+            for k, v in (r.split("=", 1) for r in rest if "=" in r)
+        }
+        label = ":".join([impl, *[f"{k}={v}" for k, v in overrides.items()]])
+        if source:
+            label += f"@{os.path.basename(source.rstrip('/'))}"
+        configs.append(
+            (label, impl, int(jit), precision, overrides, source or None)
+        )
     log = tempfile.NamedTemporaryFile(
         "w", prefix="peers-", suffix=".log", delete=False
     )
     workers = {}
     try:
-        for impl, jit, precision in configs:
-            workers[(impl, jit, precision)] = _start(
-                impl, jit, precision, a, log
+        for label, impl, jit, precision, overrides, source in configs:
+            workers[(label, jit, precision)] = _start(
+                impl, jit, precision, overrides, source, a, log
             )
         load_before = os.getloadavg()
         times = {k: [] for k in workers}
+        cpu = {k: [] for k in workers}
         rounds = {k: [] for k in workers}
         for r in range(a.rounds):
             order = list(workers) if r % 2 == 0 else list(workers)[::-1]
@@ -249,8 +275,9 @@ def drive(a):
                 proc.stdin.write(f"{a.steps}\n")
                 proc.stdin.flush()
                 got = json.loads(proc.stdout.readline())
-                times[k] += got
-                rounds[k].append(statistics.median(got))
+                times[k] += got["wall"]
+                cpu[k] += got["cpu"]
+                rounds[k].append(statistics.median(got["wall"]))
         load_after = os.getloadavg()
     finally:
         for proc in workers.values():
@@ -259,6 +286,7 @@ def drive(a):
     tokens = a.batch * a.seq
     rows = []
     for (impl, jit, precision), ts in times.items():
+        # impl: a label, "kerasbert:attention_dropout=0@base" for a variant
         per_round = [tokens / t for t in rounds[(impl, jit, precision)]]
         rows.append(
             {
@@ -266,16 +294,19 @@ def drive(a):
                 "jit": jit,
                 "precision": precision,
                 "tokens_per_s": round(tokens / statistics.median(ts), 1),
+                "tokens_per_cpu_s": round(
+                    tokens / statistics.median(cpu[(impl, jit, precision)]), 1
+                ),
                 "round_min": round(min(per_round), 1),
                 "round_max": round(max(per_round), 1),
                 "steps": len(ts),
             }
         )
-    best = {}
+    best = {}  # per implementation; kerasbert's variants aside
     for row in rows:
-        if row["tokens_per_s"] > best.get(row["impl"], {}).get(
-            "tokens_per_s", 0
-        ):
+        if row["impl"] in STEPS and row["tokens_per_s"] > best.get(
+            row["impl"], {}
+        ).get("tokens_per_s", 0):
             best[row["impl"]] = row
     ratios = {
         f"kerasbert/{impl}": round(
@@ -308,19 +339,23 @@ def drive(a):
     )
     print(
         "\n| implementation | precision | XLA | tokens/s (median) | "
-        "round medians |"
+        "round medians | tokens per CPU-second |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['impl']} | {row['precision']} | "
             f"{'on' if row['jit'] else 'off'} | "
             f"{row['tokens_per_s']:,.0f} | {row['round_min']:,.0f}-"
-            f"{row['round_max']:,.0f} |"
+            f"{row['round_max']:,.0f} | {row['tokens_per_cpu_s']:,.0f} |"
         )
     print()
     for name, ratio in ratios.items():
-        print(f"{name} (best of each): {ratio:.2f}x")
+        print(f"{name} (best of each, wall): {ratio:.2f}x")
+    for impl, row in best.items():
+        if impl != "kerasbert" and "kerasbert" in best:
+            r = best["kerasbert"]["tokens_per_cpu_s"] / row["tokens_per_cpu_s"]
+            print(f"kerasbert/{impl} per CPU-second (same rows): {r:.2f}x")
     if a.output:
         with open(a.output, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
@@ -348,6 +383,7 @@ def main():
     p.add_argument("--output", help="also write the JSON here")
     p.add_argument("--worker", dest="impl", help=argparse.SUPPRESS)
     p.add_argument("--jit", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--overrides", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.impl:
         worker(a)

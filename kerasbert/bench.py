@@ -19,6 +19,7 @@ built from the same vocabulary. It prints both figures and their ratio.
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -361,6 +362,9 @@ def bench_train(args):
         "steps": args.steps,
         "warmup": args.warmup,
         **tp.summarise(times, tokens, flops, roof["flops"]),
+        "tokens_per_cpu_s": round(
+            tokens / statistics.median(timer.cpu_times), 1
+        ),
         "step_s_min": round(min(times), 5),
         "step_s_max": round(max(times), 5),
         "train_mflop_per_token": round(flops / 1e6, 3),
