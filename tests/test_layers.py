@@ -218,18 +218,3 @@ def test_mlm_head_gradient_reaches_the_embedding_table():
         loss = ops.sum(head(hidden(), mask_positions()) ** 2)
     grad = tape.gradient(loss, embedding.embeddings.value)
     assert grad is not None and float(ops.max(ops.abs(grad))) > 0
-
-
-def test_dropout_rate_and_scale():
-    from kerasbert.modeling.layers import Dropout
-
-    x = np.ones((64, 9, 31), "float32")  # odd size: the last key pair is cut
-    layer = Dropout(0.1, seed=3)
-    np.testing.assert_array_equal(layer(x, training=False), x)
-    y = keras.ops.convert_to_numpy(layer(x, training=True))
-    dropped = (y == 0).mean()
-    assert abs(dropped - 0.1) < 0.01  # 17,856 draws: sd 0.0022
-    assert np.allclose(y[y != 0], 65536 / (65536 - 6554))
-    assert abs(y.mean() - 1) < 0.02  # the expectation is kept
-    again = keras.ops.convert_to_numpy(layer(x, training=True))
-    assert (again != y).any()  # a new mask each call
