@@ -18,51 +18,6 @@ def _initializer(stddev):
 
 
 @keras.saving.register_keras_serializable(package="kerasbert")
-class Dropout(keras.layers.Layer):
-    """`keras.layers.Dropout` with half the random draws.
-
-    On CPUs TensorFlow's counter-based generator, not the multiply, is
-    what dropout costs (about 5 ns per float drawn). Here each random
-    32-bit integer is read as two 16-bit keys, so the rate is applied in
-    steps of 1/65536 and the kept values are scaled by 1 / (1 - that
-    rate): the expectation is exact, as in Keras' dropout.
-
-    Args:
-        rate: float. Share of elements set to 0 in training.
-        seed: optional int seed.
-        **kwargs: Base layer arguments (`name`, `dtype`, ...).
-    """
-
-    def __init__(self, rate, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate = rate
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self._threshold = round(rate * 65536)
-
-    def call(self, inputs, training=None):
-        if not training or self._threshold == 0:
-            return inputs
-        size = ops.size(inputs)
-        bits = keras.random.randint(
-            ((size + 1) // 2,), -(1 << 31), (1 << 31) - 1, dtype="int32",
-            seed=self.seed_generator)
-        # Low and high halves: two keys uniform on [0, 65536).
-        keys = ops.concatenate([ops.bitwise_and(bits, 0xFFFF), ops.bitwise_and(
-            ops.right_shift(bits, 16), 0xFFFF)])[:size]
-        keep = ops.reshape(keys, ops.shape(inputs)) >= self._threshold
-        scale = 65536 / (65536 - self._threshold)
-        return ops.where(keep, inputs * ops.cast(scale, inputs.dtype),
-                         ops.zeros_like(inputs))
-
-    def compute_output_shape(self, inputs_shape):
-        return inputs_shape
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="kerasbert")
 class BertEmbedding(keras.layers.Layer):
     """Token + learned position + segment embeddings, LayerNorm, dropout.
 
@@ -103,7 +58,7 @@ class BertEmbedding(keras.layers.Layer):
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=self.dtype_policy,
             name="layer_norm")
-        self.dropout_layer = Dropout(
+        self.dropout_layer = keras.layers.Dropout(
             dropout, dtype=self.dtype_policy, name="dropout")
 
     def build(self, token_ids_shape):
@@ -216,13 +171,13 @@ class EncoderBlock(keras.layers.Layer):
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
             name="output_layer_norm")
-        self.attention_probs_dropout = Dropout(
+        self.attention_probs_dropout = keras.layers.Dropout(
             self.attention_dropout, dtype=self.dtype_policy,
             name="attention_probs_dropout")
-        self.attention_output_dropout = Dropout(
+        self.attention_output_dropout = keras.layers.Dropout(
             self.hidden_dropout, dtype=self.dtype_policy,
             name="attention_output_dropout")
-        self.output_dropout = Dropout(
+        self.output_dropout = keras.layers.Dropout(
             self.hidden_dropout, dtype=self.dtype_policy,
             name="output_dropout")
         for layer in (self.query, self.key, self.value, self.attention_output,
