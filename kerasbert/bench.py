@@ -1,4 +1,10 @@
-"""Benchmarks. `python -m kerasbert.bench data`: input pipeline throughput.
+"""Benchmarks: `python -m kerasbert.bench {data,train}`.
+
+`train` times the training step `fit` runs (model, optimizer, loss and
+precision/XLA choice built by the same functions) on a synthetic batch and
+prints one JSON object: median tokens/s, peak memory, model FLOPs per token
+and MFU against a matmul roof measured in the same run, the CPU and its
+flags; see `kerasbert.training.throughput`.
 
 `data` times sequences/s through NSP pairing + dynamic masking + batching at
 one sequence length, on a tokenized corpus (default: the bundled sample,
@@ -10,14 +16,31 @@ per-instance pairing building token lists (HF's former
 built from the same vocabulary. It prints both figures and their ratio.
 """
 
-import argparse
 import os
 import platform
 import random
+import statistics
+import sys
 import tempfile
 import time
 
-from kerasbert.errors import UsageError, run_cli
+from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+from kerasbert.errors import ArgumentParser, UsageError, run_cli
+
+TRAIN_CONFIGS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# What shapes the step; the rest of a run's flags do not change its speed.
+TRAIN_FLAGS = {
+    "model": [
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "intermediate_dim",
+        "hidden_dropout",
+        "attention_dropout",
+    ],
+    "data": ["sequence_length", "max_predictions"],
+    "train": ["batch_size", "precision", "jit_compile", "optimizer", "seed"],
+}
 
 
 def _load(args, tokenizer_dir):
@@ -25,10 +48,12 @@ def _load(args, tokenizer_dir):
     from kerasbert.config import DataConfig
     from kerasbert.data.cache import prepare_corpus
 
-    config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer,
-                        vocab_size=args.vocab_size)
-    tokenizer, corpus = prepare_corpus(config, tokenizer_dir=tokenizer_dir,
-                                       progress=False)
+    config = DataConfig(
+        corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size
+    )
+    tokenizer, corpus = prepare_corpus(
+        config, tokenizer_dir=tokenizer_dir, progress=False
+    )
     hf_path = args.tokenizer or tokenizer_dir
     return tokenizer, corpus, hf_path
 
@@ -38,12 +63,21 @@ def _documents(corpus):
     tokens = corpus.tokens.tolist()
     so = corpus.sentence_offsets.tolist()
     do = corpus.document_offsets.tolist()
-    return [[tokens[so[s]:so[s + 1]] for s in range(do[d], do[d + 1])]
-            for d in range(len(do) - 1)]
+    return [
+        [tokens[so[s] : so[s + 1]] for s in range(do[d], do[d + 1])]
+        for d in range(len(do) - 1)
+    ]
 
 
-def _reference_examples(documents, doc_index, max_num_tokens, short_seq_prob,
-                        nsp_probability, tokenizer, rng):
+def _reference_examples(
+    documents,
+    doc_index,
+    max_num_tokens,
+    short_seq_prob,
+    nsp_probability,
+    tokenizer,
+    rng,
+):
     """HF `TextDatasetForNextSentencePrediction.create_examples_from_document`
     (transformers 4.x), i.e. Google's loop on token lists."""
     document = documents[doc_index]
@@ -82,8 +116,9 @@ def _reference_examples(documents, doc_index, max_num_tokens, short_seq_prob,
                     for j in range(a_end, len(chunk)):
                         tokens_b.extend(chunk[j])
                 while len(tokens_a) + len(tokens_b) > max_num_tokens:
-                    longer = tokens_a if len(tokens_a) > len(tokens_b) \
-                        else tokens_b
+                    longer = (
+                        tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+                    )
                     if rng.random() < 0.5:
                         del longer[0]
                     else:
@@ -92,36 +127,47 @@ def _reference_examples(documents, doc_index, max_num_tokens, short_seq_prob,
                     # What 4.x's build_inputs_with_special_tokens and
                     # create_token_type_ids_from_sequences returned (5.x
                     # removed them).
-                    examples.append({
-                        "input_ids": [cls_id, *tokens_a, sep_id, *tokens_b,
-                                      sep_id],
-                        "token_type_ids": [0] * (len(tokens_a) + 2)
-                        + [1] * (len(tokens_b) + 1),
-                        "next_sentence_label": int(is_random_next),
-                    })
+                    examples.append(
+                        {
+                            "input_ids": [
+                                cls_id,
+                                *tokens_a,
+                                sep_id,
+                                *tokens_b,
+                                sep_id,
+                            ],
+                            "token_type_ids": [0] * (len(tokens_a) + 2)
+                            + [1] * (len(tokens_b) + 1),
+                            "next_sentence_label": int(is_random_next),
+                        }
+                    )
             chunk, length = [], 0
         i += 1
     return examples
 
 
-def _reference_batches(corpus, tokenizer, *, sequence_length, batch_size,
-                       seed):
+def _reference_batches(corpus, tokenizer, *, sequence_length, batch_size, seed):
     """Endless batches from the reference pipeline (per-epoch re-pairing)."""
     from transformers import DataCollatorForLanguageModeling
 
     documents = _documents(corpus)
     collator = DataCollatorForLanguageModeling(
-        tokenizer, mlm_probability=0.15, pad_to_multiple_of=sequence_length,
-        return_tensors="np", seed=seed)
+        tokenizer,
+        mlm_probability=0.15,
+        pad_to_multiple_of=sequence_length,
+        return_tensors="np",
+        seed=seed,
+    )
     rng = random.Random(seed)
     while True:
         examples = []
         for d in range(len(documents)):
             examples += _reference_examples(
-                documents, d, sequence_length - 3, 0.1, 0.5, tokenizer, rng)
+                documents, d, sequence_length - 3, 0.1, 0.5, tokenizer, rng
+            )
         rng.shuffle(examples)
         for b in range(len(examples) // batch_size):
-            yield collator(examples[b * batch_size:(b + 1) * batch_size])
+            yield collator(examples[b * batch_size : (b + 1) * batch_size])
 
 
 def _hf_tokenizer(tokenizer, path):
@@ -135,9 +181,12 @@ def _hf_tokenizer(tokenizer, path):
     else:
         raise UsageError(
             f"--tokenizer: the reference needs a WordPiece vocabulary, got "
-            f"{path} (use --no-reference)")
-    if (hf.mask_token_id, hf.cls_token_id) != (tokenizer.mask_id,
-                                               tokenizer.cls_id):
+            f"{path} (use --no-reference)"
+        )
+    if (hf.mask_token_id, hf.cls_token_id) != (
+        tokenizer.mask_id,
+        tokenizer.cls_id,
+    ):
         raise UsageError(f"{path}: special ids differ between tokenizers")
     return hf
 
@@ -186,64 +235,234 @@ def bench_data(args):
 
     tokenizer_dir = tempfile.mkdtemp(prefix="kerasbert-bench-")
     tokenizer, corpus, hf_path = _load(args, tokenizer_dir)
-    print(f"corpus: {corpus.num_documents} documents, "
-          f"{corpus.num_sentences} sentences, {corpus.num_tokens} tokens; "
-          f"vocabulary {tokenizer.vocabulary_size}; "
-          f"{count_pairs(corpus, sequence_length=args.sequence_length)} "
-          f"sequences per epoch at length {args.sequence_length}")
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores; batch "
-          f"{args.batch_size}, max predictions {args.max_predictions}, "
-          f"whole_word {args.whole_word}")
+    print(
+        f"corpus: {corpus.num_documents} documents, "
+        f"{corpus.num_sentences} sentences, {corpus.num_tokens} tokens; "
+        f"vocabulary {tokenizer.vocabulary_size}; "
+        f"{count_pairs(corpus, sequence_length=args.sequence_length)} "
+        f"sequences per epoch at length {args.sequence_length}"
+    )
+    print(
+        f"machine: {_cpu_name()}, {os.cpu_count()} cores; batch "
+        f"{args.batch_size}, max predictions {args.max_predictions}, "
+        f"whole_word {args.whole_word}"
+    )
     start = time.perf_counter()
     ds = pretraining_dataset(
-        corpus, tokenizer, sequence_length=args.sequence_length,
-        batch_size=args.batch_size, max_predictions=args.max_predictions,
-        whole_word=args.whole_word, seed=args.seed)
+        corpus,
+        tokenizer,
+        sequence_length=args.sequence_length,
+        batch_size=args.batch_size,
+        max_predictions=args.max_predictions,
+        whole_word=args.whole_word,
+        seed=args.seed,
+    )
     pull = _graph_puller(ds, 50)
     pull()
     first = time.perf_counter() - start
-    ours, n = _time(pull, chunk=50, seconds=args.seconds,
-                    max_batches=args.batches, batch_size=args.batch_size)
-    print(f"kerasbert.data: {ours:,.0f} sequences/s ({n} batches; first 50 "
-          f"batches after {first:.1f} s)")
+    ours, n = _time(
+        pull,
+        chunk=50,
+        seconds=args.seconds,
+        max_batches=args.batches,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"kerasbert.data: {ours:,.0f} sequences/s ({n} batches; first 50 "
+        f"batches after {first:.1f} s)"
+    )
     if args.no_reference:
         return
     hf = _hf_tokenizer(tokenizer, hf_path)
     reference = _reference_batches(
-        corpus, hf, sequence_length=args.sequence_length,
-        batch_size=args.batch_size, seed=args.seed)
-    ref, n = _time(lambda: next(reference), seconds=args.seconds,
-                   max_batches=args.batches, batch_size=args.batch_size)
-    print(f"reference (per-instance pairing + DataCollatorForLanguageModeling"
-          f"): {ref:,.0f} sequences/s ({n} batches)")
-    print(f"speedup: {ours / ref:.1f}x"
-          + (" (the reference masks tokens, not whole words)"
-             if args.whole_word else ""))
+        corpus,
+        hf,
+        sequence_length=args.sequence_length,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    ref, n = _time(
+        lambda: next(reference),
+        seconds=args.seconds,
+        max_batches=args.batches,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"reference (per-instance pairing + DataCollatorForLanguageModeling"
+        f"): {ref:,.0f} sequences/s ({n} batches)"
+    )
+    print(
+        f"speedup: {ours / ref:.1f}x"
+        + (
+            " (the reference masks tokens, not whole words)"
+            if args.whole_word
+            else ""
+        )
+    )
+
+
+def bench_train(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import dataclasses
+    import json
+
+    from kerasbert.cli import split_values
+    from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+    from kerasbert.training import throughput as tp
+
+    known = {n for names in TRAIN_FLAGS.values() for n in names}
+    parts = split_values(
+        {k: v for k, v in vars(args).items() if k in known}, TRAIN_CONFIGS
+    )
+    model_cfg = ModelConfig.from_size(
+        args.size, vocabulary_size=args.vocabulary_size, **parts["model"]
+    ).validate()
+    data_cfg = DataConfig(**parts["data"]).validate()
+    train_cfg = TrainConfig(**parts["train"]).validate()
+    for name in ("steps", "warmup"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}: must be >= 1")
+
+    import keras
+
+    info = tp.cpu_info()
+    print(tp.describe_cpu(info), file=sys.stderr)
+    model, policy, why, jit = tp.compiled_pretrainer(
+        model_cfg, train_cfg, args.warmup + args.steps
+    )
+    x, y = tp.synthetic_batch(
+        train_cfg.batch_size,
+        data_cfg.sequence_length,
+        data_cfg.max_predictions,
+        model_cfg.vocabulary_size,
+        train_cfg.seed,
+    )
+    timer = tp.StepTimer(model, x, y)
+    timer.run(args.warmup)
+    times = timer.run(args.steps)
+    peak = tp.peak_rss_mb()  # before the roof's own buffers
+    compute = keras.mixed_precision.global_policy().compute_dtype
+    roof = tp.matmul_roof(compute, seconds=args.roof_seconds)
+    flops = tp.train_flops_per_token(
+        **dataclasses.asdict(model_cfg),
+        sequence_length=data_cfg.sequence_length,
+        max_predictions=data_cfg.max_predictions,
+    )
+    tokens = train_cfg.batch_size * data_cfg.sequence_length
+    result = {
+        "size": args.size,
+        "sequence_length": data_cfg.sequence_length,
+        "batch_size": train_cfg.batch_size,
+        "max_predictions": data_cfg.max_predictions,
+        "vocabulary_size": model_cfg.vocabulary_size,
+        "parameters": int(model.count_params()),
+        "precision": policy,
+        "precision_why": why,
+        "jit_compile": jit,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        **tp.summarise(times, tokens, flops, roof["flops"]),
+        "tokens_per_cpu_s": round(
+            tokens / statistics.median(timer.cpu_times), 1
+        ),
+        "step_s_min": round(min(times), 5),
+        "step_s_max": round(max(times), 5),
+        "train_mflop_per_token": round(flops / 1e6, 3),
+        "matmul_roof_tflops": round(roof["flops"] / 1e12, 4),
+        "matmul_roof_shape": roof["shape"],
+        "matmul_roof_dtype": compute,
+        "peak_rss_mb": round(peak, 1),
+        "cpu": {**info, "load_average_1m": round(os.getloadavg()[0], 2)},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"{result['tokens_per_s']:,.0f} tokens/s, MFU "
+        f"{result['mfu']:.0%} of a {result['matmul_roof_tflops'] * 1e3:.0f}"
+        f" GFLOP/s {compute} matmul roof, peak RSS "
+        f"{result['peak_rss_mb']:.0f} MiB",
+        file=sys.stderr,
+    )
+    if args.output:
+        from kerasbert.files import write_json_atomic
+
+        write_json_atomic(args.output, result)
+    print(json.dumps(result))
+    return result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m kerasbert.bench", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(
+        prog="python -m kerasbert.bench", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    data = sub.add_parser("data", help="input pipeline sequences/s vs a "
-                          "per-instance reference")
+    data = sub.add_parser(
+        "data", help="input pipeline sequences/s vs a per-instance reference"
+    )
     data.add_argument("--corpus", help="corpus path (default: bundled)")
-    data.add_argument("--tokenizer", help="tokenizer dir/vocab.txt/.model "
-                      "(default: train one, cached)")
+    data.add_argument(
+        "--tokenizer",
+        help="tokenizer dir/vocab.txt/.model (default: train one, cached)",
+    )
     data.add_argument("--vocab-size", type=int, default=8000)
     data.add_argument("--sequence-length", type=int, default=128)
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--max-predictions", type=int, default=20)
     data.add_argument("--whole-word", action="store_true")
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--seconds", type=float, default=10.0,
-                      help="time limit per pipeline")
-    data.add_argument("--batches", type=int, default=10**9,
-                      help="batch limit per pipeline")
+    data.add_argument(
+        "--seconds", type=float, default=10.0, help="time limit per pipeline"
+    )
+    data.add_argument(
+        "--batches", type=int, default=10**9, help="batch limit per pipeline"
+    )
     data.add_argument("--no-reference", action="store_true")
     data.set_defaults(run=bench_data)
+
+    from kerasbert.cli import add_config_flags
+    from kerasbert.config import SIZES
+
+    train = sub.add_parser(
+        "train", help="tokens/s, peak memory and MFU of the training step"
+    )
+    train.add_argument(
+        "--size",
+        default="mini",
+        choices=list(SIZES),
+        help="model size (default: mini)",
+    )
+    train.add_argument(
+        "--vocabulary-size",
+        type=int,
+        default=30522,
+        help="token ids (default: 30522, BERT's)",
+    )
+    train.add_argument(
+        "--steps", type=int, default=20, help="timed steps (default: 20)"
+    )
+    train.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps first, tracing included",
+    )
+    train.add_argument(
+        "--roof-seconds",
+        type=float,
+        default=1.0,
+        help="time per matmul shape of the roof",
+    )
+    train.add_argument("--output", help="also write the JSON here")
+    for part, cls in TRAIN_CONFIGS.items():
+        add_config_flags(
+            train,
+            cls,
+            names=TRAIN_FLAGS[part],
+            title=f"{part} ({cls.__name__})",
+        )
+    train.set_defaults(run=bench_train)
     args = parser.parse_args(argv)
-    return args.run(args)
+    args.run(args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ class TrainConfig(_Config):
     batch_size: int = option(32, "global batch size (all replicas)", min=1)
     max_steps: int | None = option(
         None, "total training steps (wins over --epochs)", min=1)
-    epochs: int = option(15, "epochs when --max-steps is not set", min=1)
+    epochs: int = option(6, "epochs when --max-steps is not set", min=1)
     steps_per_epoch: int | None = option(
         None, "steps between evaluations (default: one pass over the "
         "sentence pairs)", min=1)

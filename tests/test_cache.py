@@ -267,3 +267,26 @@ def test_cli_prints_counts(tmp_path):
     assert "documents: 4\nsentences: 9\n" in result.stdout
     assert f"cache: {tmp_path / 'envcache'}" in result.stdout
     assert os.path.exists(tmp_path / "tok" / "vocab.txt")
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_parallel_split_matches_sequential(tmp_path, monkeypatch, clean):
+    """Forked splitting workers write the same sentence file, in order."""
+    config = DataConfig(clean=clean)
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    monkeypatch.setattr(cache, "split_workers", lambda dc: 1)
+    assert cache.write_sentences(config, str(one), progress=False)[1] > 2
+    monkeypatch.setattr(cache, "split_workers", lambda dc: 2)
+    monkeypatch.setattr(cache, "_TASK_CHARS", 20_000)  # several tasks
+    cache.write_sentences(config, str(two), progress=False)
+    assert one.read_text(encoding="utf-8") == two.read_text(encoding="utf-8")
+
+
+def test_split_workers_by_size(tmp_path, monkeypatch):
+    small = tmp_path / "small.txt"
+    small.write_text("One. Two.\n\nThree. Four.\n", encoding="utf-8")
+    assert cache.split_workers(DataConfig(corpus=str(small))) == 1
+    monkeypatch.setattr(cache, "_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(cache.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    expected = 3 if sys.platform == "linux" else 1
+    assert cache.split_workers(DataConfig(corpus=str(small))) == expected

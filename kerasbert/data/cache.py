@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,11 @@ import numpy as np
 from kerasbert.errors import UsageError
 from kerasbert.files import pid_alive
 from kerasbert.text import readers
-from kerasbert.text.sentences import iter_sentences, resolve_language
+from kerasbert.text.sentences import (
+    iter_sentences,
+    load_splitter,
+    resolve_language,
+)
 from kerasbert.text.tokenizer import Tokenizer, train_wordpiece
 
 # 2: Korean one-paragraph documents were split into characters before.
@@ -271,21 +276,98 @@ def _check_documents(data_config, num_documents):
             "--one-doc-per-line)")
 
 
+# Cleaning and sentence splitting are pure Python (punkt, kss): a corpus
+# of at least _PARALLEL_BYTES is split by one process per core. Each task
+# is about _TASK_CHARS of text, big next to its pickling round trip.
+_PARALLEL_BYTES = 8 << 20
+_TASK_CHARS = 1 << 20
+
+
+def _split_task(task):
+    documents, language, clean = task
+    return list(iter_sentences(documents, language, clean))
+
+
+def _document_batches(documents, chars):
+    batch, size = [], 0
+    for doc in documents:
+        batch.append(doc)
+        size += sum(map(len, doc))
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _split_in_pool(documents, language, clean, workers):
+    """`iter_sentences` on `workers` processes, in corpus order.
+
+    At most two tasks per worker are in flight, so memory stays flat
+    whatever the corpus size. Workers are forked: they start at once with
+    the splitters already imported, and run only Python (never TensorFlow,
+    whose threads a fork does not copy).
+    """
+    import collections
+    import multiprocessing
+
+    load_splitter(language)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending = collections.deque()
+        for batch in _document_batches(documents, _TASK_CHARS):
+            pending.append(pool.apply_async(
+                _split_task, ((batch, language, clean),)))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def _corpus_bytes(data_config):
+    """Size of the corpus files; None for a hub dataset (unknown)."""
+    if data_config.corpus_format == "hf" and data_config.corpus and \
+            not os.path.exists(data_config.corpus):
+        return None
+    return sum(os.path.getsize(p)
+               for p in readers.corpus_files(data_config.corpus))
+
+
+def split_workers(data_config) -> int:
+    """Processes that will split sentences: 1, or every core for a corpus
+    big enough to repay starting them."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    size = _corpus_bytes(data_config)
+    if cores < 2 or (size is not None and size < _PARALLEL_BYTES):
+        return 1
+    if sys.platform != "linux":  # fork is Linux's default, unsafe on macOS
+        return 1
+    return cores
+
+
 def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
     """Corpus -> one sentence a line, a blank line after each document.
 
-    Returns (resolved language, number of documents).
+    Streams: documents are read, split (see `split_workers`) and written
+    in order, a few megabytes at a time. Returns (resolved language,
+    number of documents).
     """
     dc = data_config
     documents = readers.iter_documents(
         dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
         dc.hf_config, dc.hf_split)
     language, documents = resolve_language(documents, dc.language)
+    workers = split_workers(dc)
+    if workers > 1:
+        split = _split_in_pool(documents, language, dc.clean, workers)
+    else:
+        split = iter_sentences(documents, language, dc.clean)
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for sentences in _progress(
-                iter_sentences(documents, language, dc.clean),
-                progress, desc="sentences", unit=" docs"):
+                split, progress, desc="sentences", unit=" docs"):
             f.write("\n".join(sentences))
             f.write("\n\n")
             count += 1

@@ -44,9 +44,13 @@ def clean_text(text: str, clean: bool = False) -> str:
         text = _EMAIL.sub(" ", text)
         text = _EMOJI.sub(" ", text)
         text = _REPEAT.sub(r"\1\1", text)
-    text = "".join(
-        " " if c.isspace() else c for c in text
-        if c.isspace() or unicodedata.category(c)[0] != "C")
+    if not text.isprintable():
+        # Slow path, per character. `isprintable` (C speed) is True only
+        # when no character is a control/format (C*) or a space other than
+        # " " -- the usual line of prose, which skips this loop.
+        text = "".join(
+            " " if c.isspace() else c for c in text
+            if c.isspace() or unicodedata.category(c)[0] != "C")
     return _SPACES.sub(" ", text).strip()
 
 
@@ -117,6 +121,15 @@ def _get_punkt():
                     "NLTK punkt_tab English data not found; splitting "
                     "sentences with a rule-based splitter", stacklevel=3)
     return _punkt or None
+
+
+def load_splitter(language: str) -> None:
+    """Loads the splitter of `language` now, e.g. before forking workers,
+    so that they share it instead of each importing it again."""
+    if language == "ko":
+        import kss  # noqa: F401
+    else:
+        _get_punkt()
 
 
 _KO_BOUNDARY = re.compile(r"(?<=[\uac00-\ud7a3][.!?])\s+")

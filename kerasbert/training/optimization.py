@@ -38,6 +38,16 @@ def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
     return optimizer
 
 
+def optimizer_from_config(train_cfg: TrainConfig, total_steps: int):
+    """`make_optimizer` with a run's `TrainConfig` fields."""
+    return make_optimizer(
+        train_cfg.optimizer, train_cfg.learning_rate, total_steps,
+        warmup_ratio=train_cfg.warmup_ratio,
+        weight_decay=train_cfg.weight_decay, clipnorm=train_cfg.clipnorm,
+        epsilon=train_cfg.adam_epsilon,
+        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps)
+
+
 def unigram_log_prior(counts, pseudo_count=0.1):
     """Log unigram frequencies from token `counts`: a starting MLM bias.
 
