@@ -118,13 +118,8 @@ class Trainer:
         keras.utils.set_random_seed(self.cfg.seed)
         with strategy.scope():
             model = build_pretrainer(**dataclasses.asdict(self.model_cfg))
-            optimizer = optimization.make_optimizer(
-                self.cfg.optimizer, self.cfg.learning_rate,
-                self.plan.total_steps, warmup_ratio=self.cfg.warmup_ratio,
-                weight_decay=self.cfg.weight_decay,
-                clipnorm=self.cfg.clipnorm, epsilon=self.cfg.adam_epsilon,
-                gradient_accumulation_steps=(
-                    self.cfg.gradient_accumulation_steps))
+            optimizer = optimization.optimizer_from_config(
+                self.cfg, self.plan.total_steps)
             model.compile(optimizer=optimizer, jit_compile=jit)
             # Build weights and optimizer slots now: a resume loads into them.
             x, _ = next(iter(self.train_dataset(0).take(1)))
