@@ -182,7 +182,7 @@ class Trainer:
         start = meta["step"] if meta else 0
         if meta:
             self.log(f"resuming from step {start} (backup in "
-                     f"{backup_dir})")
+                     f"{self.backup.restore_dir})")
             self.checkpoints.set_record(meta["best"])
         elif resume:
             self.log("no backup found; starting from step 0")
