@@ -1,4 +1,4 @@
-"""Unit tests for kerasbert.model: backbone, pretrainer, classifier."""
+"""Unit tests for kerasbert.modeling: backbone, pretrainer, classifier."""
 
 import dataclasses
 import os

@@ -1,4 +1,4 @@
-"""Tests for kerasbert.data: the tf.data pretraining pipeline."""
+"""Tests for kerasbert.data.pretraining: the tf.data pretraining pipeline."""
 
 import itertools
 

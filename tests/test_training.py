@@ -1,4 +1,5 @@
-"""Unit tests of the training pieces: plan, schedule, optimizer, policy."""
+"""Unit tests of kerasbert.training: plan, backups, checkpoints, schedule,
+optimizer, policy."""
 
 import json
 import os
