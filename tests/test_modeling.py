@@ -343,7 +343,7 @@ _MIRRORED = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     sys.path.insert(0, sys.argv[1])
-    from test_model import TINY, fake_batch
+    from test_modeling import TINY, fake_batch
     from kerasbert.modeling import build_pretrainer
 
     x, y = fake_batch(batch=4)
