@@ -113,6 +113,20 @@ def _check_field(f, value) -> None:
                              f"{value}")
 
 
+def precision_option():
+    """The --precision field, the same for pretraining and fine-tuning."""
+    return option(
+        "auto", "auto: bfloat16 where the CPU/GPU computes it natively, "
+        "float16 on older GPUs, else float32",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+
+
+def jit_compile_option():
+    """The --jit-compile field, the same for pretraining and fine-tuning."""
+    return option("auto", "XLA (auto: on with a GPU)",
+                  choices=("auto", "on", "off"))
+
+
 class _Config:
     """JSON round trip and field validation shared by the configs."""
 
@@ -275,12 +289,8 @@ class TrainConfig(_Config):
         1, "batches per optimizer update", min=1)
     clipnorm: float = option(
         1.0, "global gradient-norm clipping (0 turns it off)", min=0)
-    precision: str = option(
-        "auto", "auto: bfloat16 where the CPU/GPU computes it natively, "
-        "float16 on older GPUs, else float32",
-        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
-    jit_compile: str = option("auto", "XLA (auto: on with a GPU)",
-                              choices=("auto", "on", "off"))
+    precision: str = precision_option()
+    jit_compile: str = jit_compile_option()
     strategy: str = option(
         "auto", "distribution (multi_worker reads TF_CONFIG)",
         choices=("auto", "one_device", "mirrored", "multi_worker"))
@@ -379,12 +389,8 @@ class FinetuneConfig(_Config):
                          "best epoch", choices=FINETUNE_METRICS)
     vocab_size: int = option(
         8000, "--from-scratch: WordPiece vocabulary size", min=10)
-    precision: str = option(
-        "auto", "auto: bfloat16 where the CPU/GPU computes it natively, "
-        "float16 on older GPUs, else float32",
-        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
-    jit_compile: str = option("auto", "XLA (auto: on with a GPU)",
-                              choices=("auto", "on", "off"))
+    precision: str = precision_option()
+    jit_compile: str = jit_compile_option()
     seed: int = option(0, "seed for the split, batch order and weights")
     overwrite: bool = option(
         False, "delete an existing --output-dir first")

@@ -83,11 +83,16 @@ def read_data(cfg: FinetuneConfig) -> Data:
         columns=cfg.columns,
         hf_config=cfg.hf_config,
     )
-    train = cls_data.sample(
-        cls_data.read_examples(cfg.train, flag="--train", **read),
-        cfg.max_examples,
-        cfg.seed,
-    )
+
+    def read_sample(path, flag):
+        """A file's examples, seeded-sampled to --max-examples."""
+        return cls_data.sample(
+            cls_data.read_examples(path, flag=flag, **read),
+            cfg.max_examples,
+            cfg.seed,
+        )
+
+    train = read_sample(cfg.train, "--train")
     labels = cls_data.label_names(train.labels, "--train")
     if len(labels) < 2:
         raise UsageError(
@@ -96,11 +101,7 @@ def read_data(cfg: FinetuneConfig) -> Data:
         )
     train_ids = cls_data.label_ids(train, labels, "--train")
     if cfg.validation:
-        validation = cls_data.sample(
-            cls_data.read_examples(cfg.validation, flag="--validation", **read),
-            cfg.max_examples,
-            cfg.seed,
-        )
+        validation = read_sample(cfg.validation, "--validation")
         validation_ids = cls_data.label_ids(validation, labels, "--validation")
     else:
         keep, held = cls_data.stratified_split(
@@ -116,11 +117,7 @@ def read_data(cfg: FinetuneConfig) -> Data:
         train, train_ids = train.subset(keep), train_ids[keep]
     test = test_ids = None
     if cfg.test:
-        test = cls_data.sample(
-            cls_data.read_examples(cfg.test, flag="--test", **read),
-            cfg.max_examples,
-            cfg.seed,
-        )
+        test = read_sample(cfg.test, "--test")
         test_ids = cls_data.label_ids(test, labels, "--test")
     return Data(
         labels, train, train_ids, validation, validation_ids, test, test_ids
