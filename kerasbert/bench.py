@@ -339,7 +339,17 @@ def bench_train(args):
     )
     timer = tp.StepTimer(model, x, y)
     timer.run(args.warmup)
-    times = timer.run(args.steps)
+    real = None
+    if args.real_data:
+        real = tp.StepTimer(model, dataset=_real_batches(
+            args, data_cfg, train_cfg, model_cfg.vocabulary_size))
+        real.run(args.warmup)
+    times, real_times = [], []
+    # Synthetic and real batches take turns, so load changes hit both.
+    for turn in range(0, args.steps, 5):
+        times += timer.run(min(5, args.steps - turn))
+        if real:
+            real_times += real.run(min(5, args.steps - turn))
     peak = tp.peak_rss_mb()  # before the roof's own buffers
     compute = keras.mixed_precision.global_policy().compute_dtype
     roof = tp.matmul_roof(compute, seconds=args.roof_seconds)
@@ -372,6 +382,7 @@ def bench_train(args):
         "matmul_roof_shape": roof["shape"],
         "matmul_roof_dtype": compute,
         "peak_rss_mb": round(peak, 1),
+        **(_real_summary(times, real_times, tokens) if real else {}),
         "cpu": {**info, "load_average_1m": round(os.getloadavg()[0], 2)},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -388,6 +399,34 @@ def bench_train(args):
         write_json_atomic(args.output, result)
     print(json.dumps(result))
     return result
+
+
+def _real_batches(args, data_cfg, train_cfg, vocabulary_size):
+    """`fit`'s input pipeline on a real corpus (default: the bundled one,
+    with its cached tokenizer), at the benchmark's shapes."""
+    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.pretraining import pretraining_dataset
+
+    config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer)
+    tokenizer, corpus = prepare_corpus(config, progress=False)
+    if tokenizer.vocabulary_size > vocabulary_size:
+        raise UsageError(
+            f"--tokenizer: {tokenizer.vocabulary_size} tokens, more than "
+            f"--vocabulary-size {vocabulary_size}")
+    return pretraining_dataset(
+        corpus, tokenizer, sequence_length=data_cfg.sequence_length,
+        batch_size=train_cfg.batch_size,
+        max_predictions=data_cfg.max_predictions, seed=train_cfg.seed)
+
+
+def _real_summary(synthetic, real, tokens):
+    step = statistics.median(real)
+    return {
+        "real_data_median_step_s": round(step, 5),
+        "real_data_tokens_per_s": round(tokens / step, 1),
+        "real_vs_synthetic_step": round(step / statistics.median(synthetic),
+                                        4),
+    }
 
 
 def main(argv=None):
@@ -450,6 +489,19 @@ def main(argv=None):
         type=float,
         default=1.0,
         help="time per matmul shape of the roof",
+    )
+    train.add_argument(
+        "--real-data",
+        action="store_true",
+        help="also time the step on batches from fit's input pipeline "
+        "(pairing, masking, prefetch) in turns with the synthetic batch",
+    )
+    train.add_argument(
+        "--corpus", help="corpus for --real-data (default: the bundled one)"
+    )
+    train.add_argument(
+        "--tokenizer", help="tokenizer for --real-data (default: trained "
+        "on the corpus, cached)"
     )
     train.add_argument("--output", help="also write the JSON here")
     for part, cls in TRAIN_CONFIGS.items():

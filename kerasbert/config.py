@@ -304,7 +304,11 @@ class TrainConfig(_Config):
         "command to resume")
     backup_every: int = option(50, "steps between resume backups", min=1)
     eval_batches: int = option(
-        20, "held-out batches per evaluation (0: none)", min=0)
+        20, "held-out batches evaluated at each epoch's end (0: none)",
+        min=0)
+    final_eval_batches: int | None = option(
+        None, "held-out batches of the final evaluation, the one in "
+        "summary.json (default: --eval-batches)", min=1)
     log_every: int = option(10, "steps per metrics.csv row", min=1)
     overwrite: bool = option(
         False, "delete an existing run in --output-dir first")

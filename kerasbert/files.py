@@ -100,6 +100,17 @@ def write_json_atomic(path: str, value) -> None:
                       + "\n")
 
 
+def copy_atomic(src: str, dst: str) -> None:
+    """`dst` becomes a copy of `src`: a hard link where the file system
+    allows one (no bytes copied; replacing `src` later leaves `dst` as it
+    was), else a byte copy."""
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -75,3 +75,27 @@ def test_bad_flag_is_one_line(capsys):
         run_cli(bench.main, ["train", "--steps", "0"])
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("error: --steps")
+
+
+def test_train_real_data_takes_turns_with_synthetic(capsys, monkeypatch,
+                                                     tmp_path):
+    monkeypatch.setenv("KERASBERT_CACHE", str(tmp_path / "cache"))
+    corpus = str(
+        __import__("pathlib").Path(__file__).parent
+        / "fixtures"
+        / "wikitext_sample.raw"
+    )
+    bench.main(
+        ["train", "--size", "tiny", "--vocabulary-size", "8000",
+         "--sequence-length", "32", "--max-predictions", "5",
+         "--batch-size", "4", "--steps", "6", "--warmup", "1",
+         "--roof-seconds", "0.05", "--precision", "float32",
+         "--real-data", "--corpus", corpus]
+    )
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["real_data_tokens_per_s"] == pytest.approx(
+        4 * 32 / out["real_data_median_step_s"], rel=1e-3
+    )
+    assert out["real_vs_synthetic_step"] == pytest.approx(
+        out["real_data_median_step_s"] / out["median_step_s"], rel=1e-3
+    )

@@ -63,6 +63,20 @@ def test_batches_have_the_contract_shapes_and_layout(bundled):
         np.testing.assert_array_equal(seg[r], expected)
 
 
+def test_datasets_run_without_tf_data_autotuning(bundled):
+    # Releasing an autotuned iterator waited up to a minute (tfdata.py).
+    from kerasbert.data.classification import training_dataset
+
+    tokenizer, corpus = bundled
+    ds = pretraining_dataset(corpus, tokenizer, batch_size=16)
+    assert ds.options().autotune.enabled is False
+    encoded = [([5, 6, 7], [0, 0, 0]), ([8, 9], [0, 0])]
+    ds = training_dataset(encoded, np.array([0, 1]), batch_size=2,
+                          max_length=8, bucketing=False, seed=0,
+                          first_epoch=0, epochs=1)
+    assert ds.options().autotune.enabled is False
+
+
 def test_seed_reproduces_and_epochs_differ(bundled):
     tokenizer, corpus = bundled
     per_epoch = count_pairs(corpus, seed=3) // 32

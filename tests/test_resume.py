@@ -22,13 +22,16 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-ARGS = ["--max-steps", "12", "--steps-per-epoch", "4", "--backup-every", "3",
-        "--log-every", "2", "--sequence-length", "32", "--batch-size", "8",
+ARGS = ["--max-steps", "12", "--steps-per-epoch", "4", "--backup-every", "2",
+        "--log-every", "3", "--sequence-length", "32", "--batch-size", "8",
         "--vocab-size", "1000", "--max-predictions", "5", "--eval-batches",
-        "2", "--holdout-fraction", "0.2", "--quiet"]
+        "2", "--final-eval-batches", "4", "--holdout-fraction", "0.2",
+        "--quiet"]
 TIMINGS = {"tokens_per_second", "seconds", "train_seconds"}
 # Where each interrupted session dies, in order; the backup it resumes
-# from is the newest one the previous session completed.
+# from is the newest one the previous session completed (the first kill's
+# is the epoch-end backup of step 4; rows close every 3 steps, so a window
+# spans each epoch boundary).
 FAULTS = ["train_step:5", "after_backup:1", "evaluation:1", "checkpoint:1",
           "export:1"]
 

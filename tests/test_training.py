@@ -234,11 +234,48 @@ def test_checkpoints_never_saved_with_a_non_finite_loss(tmp_path):
     saver.save(float("inf"))
     assert not os.listdir(tmp_path)
     saver.save(2.5)
+    kept = [np.array(w) for w in model.get_weights()]
+    model.set_weights([w + 1 for w in kept])
     saver.save(3.0)  # worse: latest only
     assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras",
                                             "latest.keras"]
     assert json.loads((tmp_path / "best.json").read_text()) == {
         "loss": 2.5, "step": 0}
+    # best.keras (a link to the latest of its time) kept its weights when
+    # latest.keras was replaced.
+    load = lambda name: keras.saving.load_model(  # noqa: E731
+        str(tmp_path / name), safe_mode=True).get_weights()
+    for a, b in zip(load("best.keras"), kept):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(load("latest.keras"), kept):
+        np.testing.assert_array_equal(a, b + 1)
+
+
+def test_heldout_evaluation_matches_keras_evaluate():
+    import tensorflow as tf
+
+    from kerasbert.training import evaluation
+
+    model, x, y = _tiny_pretrainer()
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(3):
+        bx = dict(x, token_ids=rng.integers(0, 31, (2, 9)).astype("int32"))
+        by = dict(y, mask_ids=rng.integers(0, 31, (2, 2)).astype("int32"),
+                  mask_weights=rng.integers(0, 2, (2, 2)).astype("float32"))
+        batches.append((bx, by))
+    ds = tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda *a: np.stack(a), *batches))
+    held = evaluation.HeldoutSet(ds, 10)
+    assert len(held) == 3
+    ours = held.evaluate(model)
+    keras_ = model.evaluate(ds, verbose=0, return_dict=True)
+    assert sorted(ours) == sorted(keras_)
+    for k in ours:
+        assert ours[k] == pytest.approx(keras_[k], rel=1e-5, abs=1e-6), k
+    first = held.evaluate(model, batches=1)
+    one = model.evaluate(ds.take(1), verbose=0, return_dict=True)
+    assert first["mlm_loss"] == pytest.approx(one["mlm_loss"], rel=1e-5)
 
 
 def test_resume_accepts_only_bookkeeping_changes():

@@ -462,9 +462,13 @@ def training_dataset(
         {k: spec for k in ("token_ids", "segment_ids", "padding_mask")},
         tf.TensorSpec((None,), tf.int32),
     )
-    return tf.data.Dataset.from_generator(
-        batches, output_signature=signature
-    ).prefetch(2)
+    from kerasbert.data.tfdata import without_autotune
+
+    return without_autotune(
+        tf.data.Dataset.from_generator(
+            batches, output_signature=signature
+        ).prefetch(2)
+    )
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -32,6 +32,7 @@ from kerasbert.data.pairing import (  # noqa: F401  count_pairs: API
     epoch_pairs,
     usable_documents,
 )
+from kerasbert.data.tfdata import without_autotune
 from kerasbert.errors import UsageError
 
 # Sequences per generator yield: big enough that the Python generator's
@@ -177,6 +178,7 @@ def pretraining_dataset(corpus, tokenizer, *, sequence_length: int = 128,
         return x, y
 
     # Mask whole blocks (per-op overhead dominates at 32 rows), then split
-    # into batches.
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # into batches. Two blocks in flight and four batches ready keep a
+    # step fed (parallelism fixed: see tfdata.py).
+    ds = ds.map(finish, num_parallel_calls=2).unbatch().prefetch(4)
+    return without_autotune(ds)

@@ -17,6 +17,7 @@ from kerasbert.modeling.pretrainer import (
     BertPretrainer,
     build_pretrainer,
     pretraining_losses,
+    pretraining_sums,
 )
 from kerasbert.modeling.schedules import WarmupLinearDecay
 
@@ -24,4 +25,5 @@ __all__ = [
     "BertBackbone", "BertClassifier", "BertEmbedding", "BertPretrainer",
     "EncoderBlock", "MaskedLMHead", "NSPHead", "Pooler", "WarmupLinearDecay",
     "build_pretrainer", "default_initializer_range", "pretraining_losses",
+    "pretraining_sums",
 ]

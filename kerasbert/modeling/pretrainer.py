@@ -81,6 +81,25 @@ def pretraining_losses(y, y_pred):
     }
 
 
+def pretraining_sums(y, y_pred):
+    """Additive per-batch totals from which `pretraining_losses`' metrics
+    over many batches follow (see `kerasbert.training.evaluation`): MLM
+    cross-entropy and hits weighted by `mask_weights`, their weight sum,
+    NSP cross-entropy and hits, the example count, and the batch's `loss`
+    (Keras averages per-batch losses). float32 scalars."""
+    mlm_ce, nsp_ce, mlm_hit, nsp_hit = _per_prediction(y, y_pred)
+    weights = ops.cast(y["mask_weights"], "float32")
+    return {
+        "loss": pretraining_losses(y, y_pred)["loss"],
+        "mlm_loss": ops.sum(mlm_ce * weights),
+        "mlm_accuracy": ops.sum(mlm_hit * weights),
+        "mask_weight": ops.sum(weights),
+        "nsp_loss": ops.sum(nsp_ce),
+        "nsp_accuracy": ops.sum(nsp_hit),
+        "examples": ops.cast(ops.shape(nsp_hit)[0], "float32"),
+    }
+
+
 @keras.saving.register_keras_serializable(package="kerasbert")
 class BertPretrainer(keras.Model):
     """Backbone + masked-LM head (tied decoder) + next-sentence head.

@@ -2,9 +2,11 @@
 checkpoints.
 
 Their order in `fit` matters and is fixed by the trainer: DivergenceGuard
-first (the others skip saving once it fired), then MetricsLogger,
-CheckpointSaver and StepBackup last, so an epoch-end backup is written after
-that epoch's held-out row and checkpoint: a resume from it never skips them.
+first (the others skip saving once it fired), then the held-out evaluation
+(`evaluation.EpochEvaluation`, which adds `val_*` to the epoch's logs), then
+MetricsLogger, CheckpointSaver and StepBackup last, so an epoch-end backup
+is written after that epoch's held-out row and checkpoint: a resume from it
+never skips them.
 """
 
 import csv
@@ -22,6 +24,7 @@ from kerasbert.errors import UsageError
 from kerasbert.files import (
     atomic_dir,
     atomic_path,
+    copy_atomic,
     fault_point,
     sha256_file,
     write_json_atomic,
@@ -111,8 +114,10 @@ class StepBackup(keras.callbacks.Callback):
                 found.append((int(name[5:]), os.path.join(folder, name)))
         return sorted(found, reverse=True)
 
-    def save(self, step: int) -> bool:
-        """Writes `step-N/`; refuses (returns False) if weights are NaN."""
+    def save(self, step: int, epoch_end: bool = False) -> bool:
+        """Writes `step-N/`; refuses (returns False) if weights are NaN.
+        `epoch_end`: the next step begins an epoch, whose metric sums start
+        from zero (Keras resets them), so a resume must not restore ours."""
         if not self.enabled or not weights_finite(self.model):
             return False
         with atomic_dir(os.path.join(self.dir, f"step-{step}")) as tmp:
@@ -123,6 +128,7 @@ class StepBackup(keras.callbacks.Callback):
                               for v in _hidden_state(self.model)])
             meta = {
                 "step": step,
+                "epoch_end": epoch_end,
                 "metrics_rows": (len(self.metrics.rows)
                                  if self.metrics else 0),
                 "best": (self.checkpoints.record()
@@ -146,7 +152,7 @@ class StepBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         step = global_step(self.model)
         if step % self.every == 0:
-            self.save(step)
+            self.save(step, epoch_end=True)
 
     # Reading.
 
@@ -185,8 +191,9 @@ class StepBackup(keras.callbacks.Callback):
                 v.assign(value)
             # `fit` resets the metrics as an epoch begins: put the saved sums
             # back after that, in on_epoch_begin.
-            self._pending_state = values[len(hidden) - len(
-                model.metrics_variables):]
+            if not meta.get("epoch_end"):
+                self._pending_state = values[len(hidden) - len(
+                    model.metrics_variables):]
             assert int(meta["step"]) == step == global_step(model)
             return meta
         if self.backups(self.restore_dir):
@@ -223,9 +230,6 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
             for backup in self.backups:
                 backup.enabled = False
-
-    def on_test_batch_end(self, batch, logs=None):
-        fault_point("evaluation")
 
 
 METRIC_COLUMNS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy",
@@ -362,6 +366,7 @@ class CheckpointSaver(keras.callbacks.Callback):
         save_model_atomic(self.model, self.latest, fault="checkpoint")
         if loss < self.best:
             self.best, self.best_step = float(loss), global_step(self.model)
-            save_model_atomic(self.model, self.best_path)
+            # The model just written: link it rather than serialise again.
+            copy_atomic(self.latest, self.best_path)
             write_json_atomic(os.path.splitext(self.best_path)[0] + ".json",
                               self.record())

@@ -53,8 +53,12 @@ def make_strategy(name: str):
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
     if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(
-            "/gpu:0" if gpus else "/cpu:0")
+        # TF's default strategy (first GPU, else the CPU), not
+        # OneDeviceStrategy: that one makes Keras re-wrap the dataset in a
+        # device iterator whose tf.data autotuning cannot be turned off,
+        # and releasing it at the end of each `fit` call stalled 20-40 s
+        # (see data/tfdata.py).
+        return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if "TF_CONFIG" not in os.environ:

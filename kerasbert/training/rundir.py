@@ -30,8 +30,8 @@ from kerasbert.files import (
 # Fields that may change between a run and its resume without making the
 # backup meaningless (bookkeeping, not what is learned).
 RESUME_FREE = frozenset({"output_dir", "overwrite", "backup_every",
-                         "log_every", "eval_batches", "jit_compile",
-                         "cache_dir"})
+                         "log_every", "eval_batches", "final_eval_batches",
+                         "jit_compile", "cache_dir"})
 
 
 class RunDir:

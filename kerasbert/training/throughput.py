@@ -183,7 +183,8 @@ def compiled_pretrainer(model_cfg, train_cfg, total_steps):
 
 
 class StepTimer:
-    """Times Keras' `train_function` on one repeated batch.
+    """Times Keras' `train_function` on one repeated batch (or on the
+    batches of `dataset`, e.g. the real input pipeline).
 
     `model` must be compiled. `run(steps)` returns the seconds of each
     step; every step ends with reading the loss back (as `fit`'s progress
@@ -193,11 +194,12 @@ class StepTimer:
     measures the load as much as the step; CPU time much less so.
     """
 
-    def __init__(self, model, x, y):
+    def __init__(self, model, x=None, y=None, dataset=None):
         import tensorflow as tf
 
-        ds = tf.data.Dataset.from_tensors((x, y)).repeat()
-        self.iterator = iter(ds)
+        if dataset is None:  # one batch, repeated: input costs nothing
+            dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
+        self.iterator = iter(dataset)
         self.model = model
         model.make_train_function()
 

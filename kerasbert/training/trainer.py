@@ -18,7 +18,13 @@ import tensorflow as tf
 
 from kerasbert.errors import TrainingDiverged
 from kerasbert.files import fault_point, write_json_atomic
-from kerasbert.training import callbacks, hardware, optimization, plan
+from kerasbert.training import (
+    callbacks,
+    evaluation,
+    hardware,
+    optimization,
+    plan,
+)
 
 
 def perplexity(mlm_loss):
@@ -71,27 +77,24 @@ class Trainer:
             repeat=True, start_batch=start_batch, num_workers=num_workers,
             worker_index=worker_index, **self._dataset_kwargs())
 
-    def heldout_dataset(self):
-        """(dataset, batches): a fixed held-out set, the same pairs and
-        masks every time, or (None, 0) when the plan has none.
+    @property
+    def final_eval_batches(self):
+        return self.cfg.final_eval_batches or self.cfg.eval_batches
 
-        Materialised once (`cache`) and counted, so evaluations cost no
-        pairing work and Keras knows how many batches to expect.
-        """
+    def heldout_set(self):
+        """The fixed held-out batches (the same pairs and masks every
+        time), enough for the epoch-end and the final evaluations; None
+        when the plan has none."""
         from kerasbert.data.pretraining import pretraining_dataset
         if self.plan.heldout_corpus is None:
-            return None, 0
+            return None
         ds = pretraining_dataset(
             self.plan.heldout_corpus, self.tokenizer,
             batch_size=self.cfg.batch_size, seed=self.cfg.seed + 1,
             document_ids=self.plan.heldout_ids, repeat=False,
             **self._dataset_kwargs())
-        ds = ds.take(self.cfg.eval_batches).cache()
-        batches = sum(1 for _ in ds)
-        # Repeated, with validation_steps = one cycle: Keras keeps one
-        # evaluation iterator across epochs, so a finite set would run dry
-        # in the second epoch; each evaluation still sees the same batches.
-        return ds.repeat(), batches
+        return evaluation.HeldoutSet(
+            ds, max(self.cfg.eval_batches, self.final_eval_batches))
 
     def train_token_counts(self):
         """Per-token-id counts over the training documents.
@@ -159,7 +162,7 @@ class Trainer:
                  f"{plan.total_steps} steps of {cfg.batch_size} x "
                  f"{self.data_cfg.sequence_length} tokens, "
                  f"{plan.steps_per_epoch} steps per epoch")
-        self.heldout, self.heldout_batches = self.heldout_dataset()
+        self.heldout = self.heldout_set()
 
         run = self.dir
         backup_dir = run.backup  # a scratch folder on non-chief workers
@@ -174,8 +177,13 @@ class Trainer:
             checkpoints=self.checkpoints, log=self.log)
         self.guard = callbacks.DivergenceGuard(backups=[self.backup])
         self.metrics.guard = self.checkpoints.guard = self.guard
-        for callback in (self.backup, self.metrics, self.checkpoints,
-                         self.guard):
+        self.epoch_callbacks = [self.guard]
+        if self.heldout is not None:
+            self.epoch_callbacks.append(evaluation.EpochEvaluation(
+                self.heldout, self.cfg.eval_batches, guard=self.guard))
+        # The order matters: see the callbacks module docstring.
+        self.epoch_callbacks += [self.metrics, self.checkpoints, self.backup]
+        for callback in self.epoch_callbacks:
             callback.set_model(self.model)
 
         meta = self.backup.restore() if resume else None
@@ -212,9 +220,8 @@ class Trainer:
         return "(none: it diverged before the first save)"
 
     def _fit(self, start):
-        # The order matters: see the callbacks module docstring.
         callback_list = [
-            self.guard, self.metrics, self.checkpoints, self.backup,
+            *self.epoch_callbacks,
             keras.callbacks.TensorBoard(
                 self.dir.logs, update_freq=self.cfg.log_every),
             *self.extra_callbacks,
@@ -225,8 +232,6 @@ class Trainer:
                 self.train_dataset(callbacks.global_step(self.model)),
                 initial_epoch=initial_epoch, epochs=epochs,
                 steps_per_epoch=steps,
-                validation_data=self.heldout,
-                validation_steps=self.heldout_batches or None,
                 callbacks=callback_list, shuffle=False,
                 verbose=self.verbose)
             if self.guard.diverged_at is not None:
@@ -255,8 +260,7 @@ class Trainer:
             return model.get_metrics_result()
 
         callback_list = keras.callbacks.CallbackList(
-            [self.guard, self.metrics, self.checkpoints, self.backup],
-            model=model)
+            self.epoch_callbacks, model=model)
         for first, end, steps in plan.plan_fit_calls(
                 self.plan.total_steps, self.plan.steps_per_epoch, start):
             callback_list.set_params({"steps": steps, "epochs": end})
@@ -273,28 +277,17 @@ class Trainer:
                     self.log(f"step {callbacks.global_step(model)}/"
                              f"{self.plan.total_steps} loss "
                              f"{logs['loss']:.4f}")
-                epoch_logs = dict(logs)
-                epoch_logs.update({f"val_{k}": v
-                                   for k, v in self.evaluate().items()})
-                callback_list.on_epoch_end(epoch, epoch_logs)
+                callback_list.on_epoch_end(epoch, dict(logs))
 
     # ------------------------------------------------------------------
     # The end of a run: evaluate, save, plot, export, summarise.
 
-    def evaluate(self):
-        if self.heldout is None:
-            return {}
-        if self.multi_worker:
-            from kerasbert.modeling import pretraining_losses
-            sums, n = {}, 0
-            for x, y in self.heldout.take(self.heldout_batches):
-                out = pretraining_losses(y, self.model(x, training=False))
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-            return {k: v / max(n, 1) for k, v in sums.items()}
-        return self.model.evaluate(self.heldout, steps=self.heldout_batches,
-                                   verbose=0, return_dict=True)
+    def _row_at(self, step, split) -> dict:
+        """The metrics of metrics.csv's `split` row at `step` ({}: none)."""
+        for row in reversed(self.metrics.rows):
+            if row["split"] == split and int(row["step"]) == step:
+                return {k: float(row[k]) for k in callbacks.METRIC_COLUMNS}
+        return {}
 
     def _finish(self, start, seconds):
         """Final evaluation, checkpoint, backup, model, export, plot and
@@ -302,20 +295,26 @@ class Trainer:
         backup at the last step is taken before the model and export, so a
         kill anywhere here reruns this function alone."""
         total = self.plan.total_steps
-        rows = self.metrics.rows
-        last = rows[-1] if rows else {}
-        if last.get("split") == "heldout" and int(last["step"]) == total:
-            # The last epoch ended at the last step and was just evaluated.
-            heldout = {k: float(last[k]) for k in callbacks.METRIC_COLUMNS}
-        else:
-            heldout = self.evaluate()
-            if heldout and self.chief:
-                self.metrics.log_row(total, "heldout", heldout)
+        # The last step ends an epoch (see plan_fit_calls), so its held-out
+        # row is there; a larger final evaluation adds a "final" row.
+        epoch_eval = self._row_at(total, "heldout")
+        final_eval = epoch_eval
+        if self.heldout is not None and \
+                self.final_eval_batches != self.cfg.eval_batches:
+            final_eval = self._row_at(total, "final")
+            if not final_eval:
+                final_eval = self.heldout.evaluate(
+                    self.model, self.final_eval_batches)
+                if self.chief:
+                    self.metrics.log_row(total, "final", final_eval)
+                    # As written (6 digits), as a resumed finish reads it.
+                    final_eval = self._row_at(total, "final")
         if not self.chief:
             return {}
         train_rows = [r for r in self.metrics.rows if r["split"] == "train"]
         final_train = train_rows[-1] if train_rows else {}
-        self.checkpoints.save(heldout.get(
+        # Best-checkpoint losses compare like with like: epoch-end ones.
+        self.checkpoints.save(epoch_eval.get(
             "loss", _num(final_train.get("loss"))))
         self.backup.save(total)
 
@@ -343,11 +342,14 @@ class Trainer:
             "train_mlm_accuracy": _num(final_train.get("mlm_accuracy")),
             "train_nsp_accuracy": _num(final_train.get("nsp_accuracy")),
             "train_mlm_loss": _num(final_train.get("mlm_loss")),
-            "heldout_mlm_accuracy": heldout.get("mlm_accuracy"),
-            "heldout_nsp_accuracy": heldout.get("nsp_accuracy"),
-            "heldout_mlm_loss": heldout.get("mlm_loss"),
+            "heldout_batches": (min(len(self.heldout),
+                                    self.final_eval_batches)
+                                if self.heldout else 0),
+            "heldout_mlm_accuracy": final_eval.get("mlm_accuracy"),
+            "heldout_nsp_accuracy": final_eval.get("nsp_accuracy"),
+            "heldout_mlm_loss": final_eval.get("mlm_loss"),
             "heldout_mlm_perplexity": (
-                perplexity(heldout["mlm_loss"]) if heldout else None),
+                perplexity(final_eval["mlm_loss"]) if final_eval else None),
             "best_checkpoint_step": self.checkpoints.best_step,
         }
         summary = {k: (float(v) if isinstance(v, np.floating) else v)

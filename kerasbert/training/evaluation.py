@@ -1,0 +1,91 @@
+"""Held-out evaluation: a fixed set of batches, forward passes only.
+
+The held-out batches are drawn once (pairs and masks fixed by the seed),
+kept in memory and evaluated by one compiled forward pass per batch whose
+additive totals (`modeling.pretraining_sums`) are summed on the host. The
+numbers are those of `model.evaluate` on the same batches (MLM metrics
+weighted by `mask_weights` over all batches, `loss` the mean per-batch
+loss).
+
+Why not `fit(validation_data=...)`: its metrics share the model's
+trackers, so a backup taken at an epoch's end held held-out sums in place
+of training state; it rebuilds its iterator at every evaluation (each
+release of one stalled under tf.data autotuning, see data/tfdata.py); and
+it cannot run a larger final evaluation than the epoch-end ones.
+"""
+
+import keras
+import tensorflow as tf
+
+from kerasbert.files import fault_point
+
+
+def metrics_from_sums(sums: dict, batches: int) -> dict:
+    """`pretraining_losses`' metrics over batches whose totals are `sums`."""
+    weight, examples = sums["mask_weight"], max(sums["examples"], 1.0)
+    return {
+        "loss": sums["loss"] / max(batches, 1),
+        "mlm_loss": sums["mlm_loss"] / (weight + 1e-5),
+        "nsp_loss": sums["nsp_loss"] / examples,
+        "mlm_accuracy": sums["mlm_accuracy"] / weight if weight else 0.0,
+        "nsp_accuracy": sums["nsp_accuracy"] / examples,
+    }
+
+
+class HeldoutSet:
+    """The first `max_batches` batches of `dataset`, kept in memory.
+
+    `evaluate(model, batches=n)` evaluates the first n of them (all by
+    default), so an epoch's quick evaluation and the final one share
+    their first batches.
+    """
+
+    def __init__(self, dataset, max_batches: int):
+        self.batches = [
+            tf.nest.map_structure(tf.constant, batch)
+            for batch in dataset.take(max_batches).as_numpy_iterator()]
+        self._models = {}  # id(model) -> its compiled forward pass
+
+    def __len__(self):
+        return len(self.batches)
+
+    def _step(self, model):
+        from kerasbert.modeling import pretraining_sums
+        key = id(model)
+        if key not in self._models:
+            self._models[key] = tf.function(
+                lambda x, y: pretraining_sums(y, model(x, training=False)))
+        return self._models[key]
+
+    def evaluate(self, model, batches: int | None = None) -> dict:
+        chosen = self.batches[:batches]
+        if not chosen:
+            return {}
+        step = self._step(model)
+        sums = {}
+        for x, y in chosen:
+            for k, v in step(x, y).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            fault_point("evaluation")
+        return metrics_from_sums(sums, len(chosen))
+
+
+class EpochEvaluation(keras.callbacks.Callback):
+    """Adds the held-out metrics as `val_*` to each epoch's logs.
+
+    Put it before every callback that reads them (metrics, checkpoints,
+    TensorBoard, the progress bar): they all receive the same logs dict.
+    """
+
+    def __init__(self, heldout: HeldoutSet, batches: int, guard=None):
+        super().__init__()
+        self.heldout = heldout
+        self.batches = batches
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (self.guard is not None
+                            and self.guard.diverged_at is not None):
+            return
+        logs.update({f"val_{k}": v for k, v in
+                     self.heldout.evaluate(self.model, self.batches).items()})
