@@ -99,3 +99,4 @@ def test_train_real_data_takes_turns_with_synthetic(capsys, monkeypatch,
     assert out["real_vs_synthetic_step"] == pytest.approx(
         out["real_data_median_step_s"] / out["median_step_s"], rel=1e-3
     )
+    assert out["real_vs_cached_real_step"] > 0

@@ -152,7 +152,7 @@ class Trainer:
         strategy = hardware.make_strategy(cfg.strategy)
         self.chief = hardware.is_chief(strategy)
         self.log(f"precision: {policy} ({why}); jit_compile: {jit}; "
-                 f"strategy: {type(strategy).__name__} "
+                 f"strategy: {type(strategy).__name__.lstrip('_')} "
                  f"({strategy.num_replicas_in_sync} replica(s))")
         for note in plan.notes:
             self.log(f"note: {note}")
