@@ -121,6 +121,24 @@ def precision_option():
         choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
 
 
+def warmup_ratio_option():
+    """The --warmup-ratio field, the same for pretraining and fine-tuning."""
+    return option(0.1, "share of steps of linear warm-up (then linear "
+                  "decay)", min=0, max=1)
+
+
+def weight_decay_option():
+    """The --weight-decay field, the same for pretraining and fine-tuning."""
+    return option(0.01, "decoupled weight decay (not on LayerNorm and bias)",
+                  min=0)
+
+
+def clipnorm_option():
+    """The --clipnorm field, the same for pretraining and fine-tuning."""
+    return option(1.0, "global gradient-norm clipping (0 turns it off)",
+                  min=0)
+
+
 def jit_compile_option():
     """The --jit-compile field, the same for pretraining and fine-tuning."""
     return option("auto", "XLA (auto: on with a GPU)",
@@ -273,11 +291,8 @@ class TrainConfig(_Config):
         None, "steps between evaluations (default: one pass over the "
         "sentence pairs)", min=1)
     learning_rate: float = option(5e-4, "peak learning rate", above=0)
-    warmup_ratio: float = option(
-        0.1, "share of steps of linear warm-up (then linear decay)",
-        min=0, max=1)
-    weight_decay: float = option(
-        0.01, "decoupled weight decay (not on LayerNorm and bias)", min=0)
+    warmup_ratio: float = warmup_ratio_option()
+    weight_decay: float = weight_decay_option()
     adam_epsilon: float = option(
         1e-6, "epsilon of AdamW/LAMB (Google BERT 1e-6, HF 1e-8)", above=0)
     optimizer: str = option("adamw", "optimizer", choices=("adamw", "lamb"))
@@ -287,8 +302,7 @@ class TrainConfig(_Config):
         choices=("unigram", "zeros"))
     gradient_accumulation_steps: int = option(
         1, "batches per optimizer update", min=1)
-    clipnorm: float = option(
-        1.0, "global gradient-norm clipping (0 turns it off)", min=0)
+    clipnorm: float = clipnorm_option()
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
     strategy: str = option(
@@ -379,14 +393,10 @@ class FinetuneConfig(_Config):
     batch_size: int = option(32, "examples per batch", min=1)
     epochs: int = option(3, "passes over the training set", min=1)
     learning_rate: float = option(2e-5, "peak learning rate", above=0)
-    warmup_ratio: float = option(
-        0.1, "share of steps of linear warm-up (then linear decay)",
-        min=0, max=1)
-    weight_decay: float = option(
-        0.01, "decoupled weight decay (not on LayerNorm and bias)", min=0)
+    warmup_ratio: float = warmup_ratio_option()
+    weight_decay: float = weight_decay_option()
     adam_epsilon: float = option(1e-6, "AdamW epsilon", above=0)
-    clipnorm: float = option(
-        1.0, "global gradient-norm clipping (0 turns it off)", min=0)
+    clipnorm: float = clipnorm_option()
     dropout: float = option(
         0.1, "dropout on the pooled [CLS] vector", min=0, below=1)
     metric: str = option("accuracy", "validation metric that picks the "

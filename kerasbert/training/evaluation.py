@@ -44,24 +44,23 @@ class HeldoutSet:
         self.batches = [
             tf.nest.map_structure(tf.constant, batch)
             for batch in dataset.take(max_batches).as_numpy_iterator()]
-        self._models = {}  # id(model) -> its compiled forward pass
+        self._model = self._step = None  # the last model and its pass
 
     def __len__(self):
         return len(self.batches)
 
-    def _step(self, model):
+    def _compiled(self, model):
         from kerasbert.modeling import pretraining_sums
-        key = id(model)
-        if key not in self._models:
-            self._models[key] = tf.function(
+        if self._model is not model:
+            self._model, self._step = model, tf.function(
                 lambda x, y: pretraining_sums(y, model(x, training=False)))
-        return self._models[key]
+        return self._step
 
     def evaluate(self, model, batches: int | None = None) -> dict:
         chosen = self.batches[:batches]
         if not chosen:
             return {}
-        step = self._step(model)
+        step = self._compiled(model)
         sums = {}
         for x, y in chosen:
             for k, v in step(x, y).items():
