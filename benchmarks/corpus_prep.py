@@ -28,6 +28,7 @@ import time
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's kerasbert, installed or not
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 VOCAB = os.path.join(SHARED, "bert_vocab", "bert-base-uncased-vocab.txt")
 
@@ -68,6 +69,13 @@ def build_corpus(path, megabytes, docs):
 
 def prepare_once(corpus, cache_dir, tokenizer):
     """Runs in a fresh process: prepare_corpus, timed, peak RSS."""
+    import platform
+
+    # Importing TensorFlow (the fast tokenizer's) runs `uname -p` once; a
+    # fork of this process grown by then would be the biggest "child" in
+    # RUSAGE_CHILDREN, which should show the splitting workers. Asking
+    # now, while the process is small, caches the answer.
+    platform.processor()
     from kerasbert.config import DataConfig
     from kerasbert.data.cache import prepare_corpus
 

@@ -49,6 +49,22 @@ def as_lists(c):
             for d in range(c.num_documents)]
 
 
+def test_token_writer_matches_from_documents(tmp_path):
+    """The cache writer drops empty sentences and documents as
+    from_documents does, across several `add` calls."""
+    writer = cache._TokenWriter(str(tmp_path / "tokens"))
+    for docs in (DOCS[:2], DOCS[2:]):
+        sentences = [s for d in docs for s in d]
+        writer.add(np.array([i for s in sentences for i in s], np.int32),
+                   [len(s) for s in sentences], [len(d) for d in docs])
+    writer.finish({})
+    written = load_token_cache(str(tmp_path / "tokens"))
+    expected = TokenCorpus.from_documents(DOCS)
+    assert as_lists(written) == as_lists(expected)
+    assert written.sentence_offsets.tolist() == \
+        expected.sentence_offsets.tolist()
+
+
 def test_select_documents():
     c = TokenCorpus.from_documents(DOCS)
     kept = [[s for s in d if s] for d in DOCS if any(d)]
@@ -136,17 +152,17 @@ def test_given_tokenizer_and_korean(tmp_path):
 def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch):
     config = make_config(tmp_path)
     calls = []
-    real = Tokenizer.encode_batch
+    real = Tokenizer.encode_flat
 
-    def crash_second_batch(self, texts):
+    def crash_second_batch(self, texts, fast=False):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # like Ctrl-C during tokenization
-        return real(self, texts)
+        return real(self, texts, fast)
 
-    monkeypatch.setattr(Tokenizer, "encode_batch", crash_second_batch)
-    monkeypatch.setattr(cache, "tokenize_sentences", _small_batches(
-        cache.tokenize_sentences))
+    monkeypatch.setattr(Tokenizer, "encode_flat", crash_second_batch)
+    monkeypatch.setattr(cache, "tokenize_documents", _small_batches(
+        cache.tokenize_documents))
     with pytest.raises(KeyboardInterrupt):
         prepare_corpus(config, progress=False)
     # The tokenizer finished before the crash; no tokens-* or tmp-* remain.
@@ -158,7 +174,7 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch):
 
 def _small_batches(fn):
     def wrapper(*args, **kwargs):
-        return fn(*args, **{**kwargs, "batch_docs": 1})
+        return fn(*args, **{**kwargs, "batch_chars": 1})
     return wrapper
 
 
@@ -280,6 +296,33 @@ def test_parallel_split_matches_sequential(tmp_path, monkeypatch, clean):
     monkeypatch.setattr(cache, "_TASK_CHARS", 20_000)  # several tasks
     cache.write_sentences(config, str(two), progress=False)
     assert one.read_text(encoding="utf-8") == two.read_text(encoding="utf-8")
+
+
+def test_stream_with_workers_and_fast_route_matches_sequential(
+        tmp_path, monkeypatch):
+    """A given tokenizer: splitting workers feed the tokenizer directly;
+    with the pool and tensorflow-text's route the cache holds the same
+    ids as one process on HF tokenizers, and the pool is gone after."""
+    import multiprocessing
+
+    pytest.importorskip("tensorflow_text")
+    tokenizer_dir = str(tmp_path / "tok")
+    prepare_corpus(DataConfig(vocab_size=2000, cache_dir=str(
+        tmp_path / "c0")), tokenizer_dir, progress=False)
+    results = []
+    for workers, fast in ((1, False), (2, True)):
+        monkeypatch.setattr(cache, "split_workers", lambda dc, n=workers: n)
+        monkeypatch.setattr(cache, "_tokenize_fast", lambda dc, f=fast: f)
+        monkeypatch.setattr(cache, "_TASK_CHARS", 50_000)  # several tasks
+        config = DataConfig(clean=True, tokenizer=tokenizer_dir,
+                            cache_dir=str(tmp_path / f"c{workers}"))
+        _, c = prepare_corpus(config, progress=False)
+        results.append(c)
+        assert not multiprocessing.active_children()
+    one, two = results
+    assert one.num_documents > 2
+    for name in ("tokens", "sentence_offsets", "document_offsets"):
+        assert np.array_equal(getattr(one, name), getattr(two, name))
 
 
 def test_split_workers_by_size(tmp_path, monkeypatch):

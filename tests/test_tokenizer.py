@@ -46,6 +46,37 @@ def test_encode_adds_no_specials_but_keeps_literal_mask(english):
     assert english.encode("é") == english.encode("e")
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_encode_flat_fast_route_matches_encode_batch(english, lowercase):
+    """tensorflow-text takes printable ASCII without a special-token
+    literal; HF takes the rest; the ids are encode_batch's either way."""
+    pytest.importorskip("tensorflow_text")
+    tokenizer = Tokenizer(english._backend, "wordpiece", lowercase=lowercase)
+    if not lowercase:  # a cased normaliser around the same vocabulary
+        from kerasbert.text.tokenizer import _wordpiece_pipeline
+
+        tokenizer = Tokenizer(
+            _wordpiece_pipeline(english._backend.get_vocab(), False, False),
+            "wordpiece", lowercase=False, strip_accents=False)
+    rng = np.random.default_rng(0)
+    printable = [chr(c) for c in range(32, 127)]
+    alphabet = printable + list("aeiou     ") + ["[MASK]", "[UNK]", "é",
+                                                  "\t", "\x00", "—", "″", "ﬁ"]
+    texts = fixture_lines("wikitext_sample.raw")[:200]
+    texts += printable + [f"ab{c}cd Ef" for c in printable]
+    # HF's 100-character word limit against tensorflow-text's 100 bytes.
+    texts += ["the" + "e" * n for n in (95, 96, 97, 98)] + ["", " "]
+    texts += ["".join(rng.choice(alphabet, rng.integers(0, 40)))
+              for _ in range(2000)]
+    ids, lengths = tokenizer.encode_flat(texts, fast=True)
+    want = tokenizer.encode_batch(texts)
+    assert ids.dtype == np.int32 and lengths.tolist() == list(map(len, want))
+    assert ids.tolist() == [i for w in want for i in w]
+    assert tokenizer._fast_wordpiece() is not None  # the route was taken
+    slow, slow_lengths = tokenizer.encode_flat(texts)
+    assert (slow == ids).all() and (slow_lengths == lengths).all()
+
+
 def test_save_loads_in_transformers_with_same_ids(english, tmp_path):
     transformers = pytest.importorskip("transformers")
     english.save(str(tmp_path))

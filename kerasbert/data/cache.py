@@ -22,7 +22,9 @@ process is gone (same host only).
 The cache holds the whole corpus as one shard: tokens stream to disk while
 tokenizing and are then written out as three .npy files, so
 `load_token_cache` returns one memory-mapped `TokenCorpus` whatever the
-corpus size.
+corpus size. A vocabulary to train needs the sentences twice, so they go
+to a file first; with a given tokenizer the split sentences stream
+straight into it (the main process tokenizes while workers split).
 """
 
 import hashlib
@@ -137,20 +139,25 @@ class _TokenWriter:
         self._files["sentence_offsets"].write(zero)
         self._files["document_offsets"].write(zero)
 
-    def add(self, sentences: list[list[int]]) -> None:
-        lengths = np.array([len(s) for s in sentences if len(s)], np.int64)
-        if not len(lengths):
-            return
-        ids = np.fromiter((i for s in sentences for i in s), np.int32,
-                          int(lengths.sum()))
-        self._files["tokens"].write(ids.tobytes())
+    def add(self, ids, lengths, doc_sizes) -> None:
+        """Appends documents: `ids` holds all their tokens, `lengths` the
+        tokens of each sentence, `doc_sizes` the sentences of each
+        document. Sentences without tokens, then documents without
+        sentences, are dropped."""
+        lengths = np.asarray(lengths, np.int64)
+        doc_of = np.repeat(np.arange(len(doc_sizes)), doc_sizes)
+        keep = lengths > 0
+        lengths = lengths[keep]
+        sizes = np.bincount(doc_of[keep], minlength=len(doc_sizes))
+        sizes = sizes[sizes > 0]
+        self._files["tokens"].write(np.asarray(ids, np.int32).tobytes())
         offsets = self.num_tokens + np.cumsum(lengths)
         self._files["sentence_offsets"].write(offsets.tobytes())
-        self.num_tokens += len(ids)
+        offsets = self.num_sentences + np.cumsum(sizes, dtype=np.int64)
+        self._files["document_offsets"].write(offsets.tobytes())
+        self.num_tokens += int(lengths.sum())
         self.num_sentences += len(lengths)
-        self.num_documents += 1
-        self._files["document_offsets"].write(
-            np.array([self.num_sentences], np.int64).tobytes())
+        self.num_documents += len(sizes)
 
     def close(self):
         for f in self._files.values():
@@ -278,8 +285,14 @@ def _check_documents(data_config, num_documents):
 
 # Cleaning and sentence splitting are pure Python (punkt, kss): a corpus
 # of at least _PARALLEL_BYTES is split by one process per core. Each task
-# is about _TASK_CHARS of text, big next to its pickling round trip.
+# or tokenizer batch is about _TASK_CHARS of text, big next to its
+# pickling round trip or call overhead. Tokenizing on tensorflow-text
+# (`Tokenizer.encode_flat`'s fast route) takes a tenth of HF tokenizers'
+# CPU time but imports TensorFlow (3-4 s, ~600 MB), which pays off from
+# about 10 MB of text: _FAST_TOKENIZE_BYTES, or whenever TensorFlow is
+# imported already (as in `fit`).
 _PARALLEL_BYTES = 8 << 20
+_FAST_TOKENIZE_BYTES = 32 << 20
 _TASK_CHARS = 1 << 20
 
 
@@ -332,6 +345,17 @@ def _corpus_bytes(data_config):
                for p in readers.corpus_files(data_config.corpus))
 
 
+def _at_least(data_config, limit) -> bool:
+    """At least `limit` bytes, or of unknown size (a hub dataset)."""
+    size = _corpus_bytes(data_config)
+    return size is None or size >= limit
+
+
+def _tokenize_fast(data_config) -> bool:
+    return "tensorflow" in sys.modules or _at_least(
+        data_config, _FAST_TOKENIZE_BYTES)
+
+
 def split_workers(data_config) -> int:
     """Processes that will split sentences: 1, or every core for a corpus
     big enough to repay starting them."""
@@ -339,21 +363,17 @@ def split_workers(data_config) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    size = _corpus_bytes(data_config)
-    if cores < 2 or (size is not None and size < _PARALLEL_BYTES):
+    if cores < 2 or not _at_least(data_config, _PARALLEL_BYTES):
         return 1
     if sys.platform != "linux":  # fork is Linux's default, unsafe on macOS
         return 1
     return cores
 
 
-def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
-    """Corpus -> one sentence a line, a blank line after each document.
-
-    Streams: documents are read, split (see `split_workers`) and written
-    in order, a few megabytes at a time. Returns (resolved language,
-    number of documents).
-    """
+def split_documents(data_config):
+    """(resolved language, an iterator over the corpus's documents as
+    lists of cleaned sentences), read and split as it is consumed, in
+    order, a few megabytes at a time (see `split_workers`)."""
     dc = data_config
     documents = readers.iter_documents(
         dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
@@ -361,9 +381,16 @@ def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
     language, documents = resolve_language(documents, dc.language)
     workers = split_workers(dc)
     if workers > 1:
-        split = _split_in_pool(documents, language, dc.clean, workers)
-    else:
-        split = iter_sentences(documents, language, dc.clean)
+        return language, _split_in_pool(documents, language, dc.clean,
+                                        workers)
+    return language, iter_sentences(documents, language, dc.clean)
+
+
+def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
+    """Corpus -> one sentence a line, a blank line after each document
+    (what the vocabulary trainer reads). Returns (resolved language,
+    number of documents)."""
+    language, split = split_documents(data_config)
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for sentences in _progress(
@@ -371,7 +398,7 @@ def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
             f.write("\n".join(sentences))
             f.write("\n\n")
             count += 1
-    _check_documents(dc, count)
+    _check_documents(data_config, count)
     return language, count
 
 
@@ -396,30 +423,34 @@ def _sentence_lines(path):
                 yield line.rstrip("\n")
 
 
-def tokenize_sentences(sentences_path, tokenizer, out_dir, meta,
-                       num_documents=None, progress=True, batch_docs=256):
-    """Sentence file -> token cache files in `out_dir` (not yet in place)."""
+def tokenize_documents(documents, tokenizer, out_dir, meta, fast=False,
+                       progress=True, total=None, batch_chars=_TASK_CHARS):
+    """Documents (lists of sentences) -> token cache files in `out_dir`
+    (not yet in place); returns the number of documents written. `fast`:
+    see `Tokenizer.encode_flat`."""
     writer = _TokenWriter(out_dir)
     try:
-        batch = []
+        batch, chars = [], 0
 
         def flush():
-            flat = [s for doc in batch for s in doc]
-            ids = iter(tokenizer.encode_batch(flat))
-            for doc in batch:
-                writer.add([next(ids) for _ in doc])
+            ids, lengths = tokenizer.encode_flat(
+                [s for doc in batch for s in doc], fast=fast)
+            writer.add(ids, lengths, [len(doc) for doc in batch])
             batch.clear()
 
-        for doc in _progress(_read_sentence_documents(sentences_path),
-                             progress, desc="tokens", unit=" docs",
-                             total=num_documents):
+        for doc in _progress(documents, progress, desc="tokens",
+                             unit=" docs", total=total):
             batch.append(doc)
-            if len(batch) >= batch_docs:
+            chars += sum(map(len, doc))
+            if chars >= batch_chars:
                 flush()
+                chars = 0
         if batch:
             flush()
     finally:
         writer.close()
+        if hasattr(documents, "close"):
+            documents.close()  # a splitting pool stops now, not at GC
     writer.finish(meta)
     return writer.num_documents
 
@@ -491,13 +522,16 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
             except UsageError:
                 shutil.rmtree(out, ignore_errors=True)  # damaged: rebuild
         if sentences_path is None:
-            sentences_path = os.path.join(workspace(), "sentences.txt")
-            _, num_documents = write_sentences(dc, sentences_path, progress)
-        built = os.path.join(work, "tokens")
-        count = tokenize_sentences(
-            sentences_path, tokenizer, built,
+            # No vocabulary was trained: split and tokenize in one stream,
+            # the main process tokenizing while the workers split.
+            _, documents = split_documents(dc)
+        else:
+            documents = _read_sentence_documents(sentences_path)
+        built = os.path.join(workspace(), "tokens")
+        count = tokenize_documents(
+            documents, tokenizer, built,
             {"corpus": _corpus_name(dc), "tokenizer": tokenizer.source},
-            num_documents, progress)
+            _tokenize_fast(dc), progress, num_documents)
         _check_documents(dc, count)
         _move_into_place(built, out)
         return tokenizer, load_token_cache(out)

@@ -48,6 +48,7 @@ import json
 import os
 
 from kerasbert.errors import UsageError
+from kerasbert.text.tokenizer import MAX_WORD_CHARS
 
 # HF BertNormalizer's clean_text: characters it removes (Cc, Cf, Co, Cs and
 # U+FFFD; RE2 has no class for unassigned code points, HF's Cn) once tab,
@@ -66,7 +67,6 @@ _CJK = (
     r"\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}\x{2B920}-\x{2CEAF}"
     r"\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}]"
 )
-_MAX_WORD_CHARS = 100  # HF WordPiece max_input_chars_per_word
 # What Python's str.strip() removes.
 _PY_SPACE = (
     r"[\t-\r\x{1C}-\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}"
@@ -103,7 +103,7 @@ def _wordpiece(tokenizer):
     # Longer words than this are swapped for a word that is surely [UNK]
     # (one longer than max_bytes_per_word), so the 100-character rule of
     # HF decides, not tensorflow-text's byte limit.
-    max_bytes = 4 * _MAX_WORD_CHARS
+    max_bytes = 4 * MAX_WORD_CHARS
     wordpiece = tf_text.FastWordpieceTokenizer(
         vocab,
         suffix_indicator="##",
@@ -129,7 +129,7 @@ def _wordpiece(tokenizer):
         )
         long = (
             tf.strings.length(words.flat_values, unit="UTF8_CHAR")
-            > _MAX_WORD_CHARS
+            > MAX_WORD_CHARS
         )
         flat_words = tf.where(long, too_long_word, words.flat_values)
         # [n, (words), (wordpieces)] -> [n, (wordpieces)]
