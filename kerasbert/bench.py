@@ -43,14 +43,15 @@ TRAIN_FLAGS = {
 }
 
 
-def _load(args, tokenizer_dir):
-    """(Tokenizer, TokenCorpus, path for the reference's BertTokenizerFast)."""
-    from kerasbert.config import DataConfig
+def _load(args, tokenizer_dir=None):
+    """prepare_corpus on --corpus and --tokenizer (without one, a
+    vocabulary of --vocab-size is trained, and cached): (Tokenizer,
+    TokenCorpus, path for the reference's BertTokenizerFast)."""
     from kerasbert.data.cache import prepare_corpus
 
-    config = DataConfig(
-        corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size
-    )
+    config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer)
+    if hasattr(args, "vocab_size"):  # bench data's flag; train has none
+        config.vocab_size = args.vocab_size
     tokenizer, corpus = prepare_corpus(
         config, tokenizer_dir=tokenizer_dir, progress=False
     )
@@ -412,11 +413,9 @@ def bench_train(args):
 def _real_batches(args, data_cfg, train_cfg, vocabulary_size):
     """`fit`'s input pipeline on a real corpus (default: the bundled one,
     with its cached tokenizer), at the benchmark's shapes."""
-    from kerasbert.data.cache import prepare_corpus
     from kerasbert.data.pretraining import pretraining_dataset
 
-    config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer)
-    tokenizer, corpus = prepare_corpus(config, progress=False)
+    tokenizer, corpus, _ = _load(args)
     if tokenizer.vocabulary_size > vocabulary_size:
         raise UsageError(
             f"--tokenizer: {tokenizer.vocabulary_size} tokens, more than "

@@ -77,6 +77,22 @@ def test_encode_flat_fast_route_matches_encode_batch(english, lowercase):
     assert (slow == ids).all() and (slow_lengths == lengths).all()
 
 
+def test_encode_flat_keeps_odd_vocabularies_on_hf(tmp_path):
+    """A token with a space would match as one piece in tensorflow-text;
+    such a vocabulary never takes the fast route."""
+    pytest.importorskip("tensorflow_text")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a b",
+         "##s", "cat"]) + "\n", encoding="utf-8")
+    tokenizer = Tokenizer.load(str(vocab))
+    texts = ["the cats", "a b", "dog"]
+    ids, lengths = tokenizer.encode_flat(texts, fast=True)
+    assert ids.tolist() == [5, 8, 7, 1, 1, 1]
+    assert lengths.tolist() == [3, 2, 1]
+    assert tokenizer._fast_wordpiece() is None
+
+
 def test_save_loads_in_transformers_with_same_ids(english, tmp_path):
     transformers = pytest.importorskip("transformers")
     english.save(str(tmp_path))

@@ -162,8 +162,11 @@ class Tokenizer:
 
     def _fast_wordpiece(self):
         """tensorflow-text's FastBertTokenizer for this vocabulary, or None
-        (SentencePiece, or tensorflow-text not installed)."""
-        if self.kind != "wordpiece":
+        (SentencePiece, tensorflow-text not installed, or a vocabulary
+        token with white space or a control character: HF never emits
+        one, but FastBertTokenizer matches "a b" as a token)."""
+        if self.kind != "wordpiece" or not all(
+                t.isprintable() and " " not in t for t in self._tokens):
             return None
         if not hasattr(self, "_fast"):
             try:
