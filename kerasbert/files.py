@@ -17,8 +17,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 
 from kerasbert.errors import UsageError
 
@@ -86,6 +88,39 @@ def remove_stale_temps(folder: str) -> None:
                     dirs.remove(name)
                 else:
                     os.remove(path)
+
+
+def remove_stale_scratch(parent: str, prefix: str) -> None:
+    """Removes the `make_scratch_dir` folders of `prefix` in `parent` whose
+    process, on this host, is gone. Another host's are left alone: its
+    pids mean nothing here (a shared file system)."""
+    mine = f"{prefix}-{socket.gethostname()}-"
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    for name in names:
+        pid = name[len(mine):].split("-")[0]
+        if name.startswith(mine) and pid.isdigit() and \
+                not pid_alive(int(pid)):
+            path = os.path.join(parent, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # e.g. a run lock beside a worker's folder
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+def make_scratch_dir(parent: str, prefix: str) -> str:
+    """A new private folder `<prefix>-<host>-<pid>-<random>` in `parent`
+    for work that is moved into place when complete, after removing the
+    ones killed processes left (`remove_stale_scratch`)."""
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_scratch(parent, prefix)
+    path = os.path.join(parent, f"{prefix}-{socket.gethostname()}-"
+                                f"{os.getpid()}-{secrets.token_hex(4)}")
+    os.makedirs(path)
+    return path
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -183,7 +184,8 @@ def test_killed_run_workspace_is_removed_and_damage_rebuilt(tmp_path):
     os.makedirs(config.cache_dir)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = os.path.join(config.cache_dir, f"tmp-{dead.pid}-abcd1234")
+    stale = os.path.join(
+        config.cache_dir, f"tmp-{socket.gethostname()}-{dead.pid}-abcd1234")
     os.makedirs(os.path.join(stale, "tokens"))
     with open(os.path.join(stale, "tokens", "tokens.bin"), "wb") as f:
         f.write(b"\x01\x02")  # what a killed run leaves behind

@@ -14,10 +14,10 @@ name/config/split for an HF hub dataset), the reading/cleaning/splitting
 settings, the tokenizer's vocabulary and normaliser, and FORMAT_VERSION.
 A re-run with the same inputs reads nothing but the .npy files.
 
-Each result is built in a private `tmp-<pid>-<random>/` workspace and
-moved into place with one os.replace, so a killed run leaves at most a
-workspace, never a half cache; the next run deletes workspaces whose
-process is gone (same host only).
+Each result is built in a private `tmp-<host>-<pid>-<random>/` workspace
+and moved into place with one os.replace, so a killed run leaves at most a
+workspace, never a half cache; the next run on that host deletes
+workspaces whose process is gone.
 
 The cache holds the whole corpus as one shard: tokens stream to disk while
 tokenizing and are then written out as three .npy files, so
@@ -30,7 +30,6 @@ straight into it (the main process tokenizes while workers split).
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kerasbert.errors import UsageError
-from kerasbert.files import pid_alive
+from kerasbert.files import make_scratch_dir, remove_stale_scratch
 from kerasbert.text import readers
 from kerasbert.text.sentences import (
     iter_sentences,
@@ -229,15 +228,6 @@ def corpus_fingerprint(data_config) -> list:
 def _hash(*parts) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def _remove_stale_workspaces(cache_dir):
-    for name in os.listdir(cache_dir):
-        parts = name.split("-")
-        if len(parts) == 3 and parts[0] == "tmp" and parts[1].isdigit():
-            if not pid_alive(int(parts[1])):
-                shutil.rmtree(os.path.join(cache_dir, name),
-                              ignore_errors=True)
 
 
 class _Lines:
@@ -477,16 +467,14 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
     except OSError as e:
         raise UsageError(f"--cache-dir: cannot create {cache_dir} ({e})") \
             from None
-    _remove_stale_workspaces(cache_dir)
+    remove_stale_scratch(cache_dir, "tmp")
     work = None
     sentences_path = num_documents = None
 
     def workspace():
         nonlocal work
         if work is None:
-            work = os.path.join(
-                cache_dir, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
-            os.makedirs(work)
+            work = make_scratch_dir(cache_dir, "tmp")
         return work
 
     try:

@@ -23,7 +23,7 @@ from kerasbert.config import (
     TrainConfig,
     validate_pretraining,
 )
-from kerasbert.files import check_writable_dir
+from kerasbert.files import check_writable_dir, make_scratch_dir
 from kerasbert.training.plan import make_plan
 from kerasbert.training.rundir import (
     RunDir,
@@ -45,22 +45,31 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
     validate_pretraining(model_cfg, data_cfg, train_cfg)
     output_dir = train_cfg.output_dir or default_output_dir(size)
     chief_dir = output_dir
+    scratch = None
     if train_cfg.strategy == "multi_worker" and not chief_by_tf_config():
         # Only the chief owns the run directory; the others write scratch
         # files where they cannot race it (and read the chief's backups to
-        # resume at its step).
-        output_dir = tempfile.mkdtemp(prefix="kerasbert-worker-")
+        # resume at its step), removed when the run ends or, after a
+        # kill, when the next worker starts on this host.
+        scratch = output_dir = make_scratch_dir(tempfile.gettempdir(),
+                                                "kerasbert-worker")
     check_writable_dir(output_dir, "--output-dir")
     train_cfg = dataclasses.replace(train_cfg, output_dir=output_dir)
-    with run_lock(output_dir):
-        staging = tempfile.mkdtemp(
-            prefix=".tokenizer-staging-",
-            dir=os.path.dirname(os.path.abspath(output_dir)))
-        try:
-            return _pretrain(model_cfg, data_cfg, train_cfg, verbose, log,
-                             callbacks, staging, chief_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with run_lock(output_dir):
+            # Where a trained tokenizer waits until the run directory is
+            # written; one a killed run left is removed by the next.
+            staging = make_scratch_dir(
+                os.path.dirname(os.path.abspath(output_dir)),
+                ".tokenizer-staging")
+            try:
+                return _pretrain(model_cfg, data_cfg, train_cfg, verbose,
+                                 log, callbacks, staging, chief_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
