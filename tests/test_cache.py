@@ -327,6 +327,51 @@ def test_stream_with_workers_and_fast_route_matches_sequential(
         assert np.array_equal(getattr(one, name), getattr(two, name))
 
 
+def _stuck_task(task):
+    import time
+
+    time.sleep(30)  # a task that never finishes in time
+
+
+def test_stuck_split_task_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """Workers split without NLTK's per-regex time limit; a task running
+    past _TASK_SECONDS stops the run with one clear error instead."""
+    import multiprocessing
+    import time
+
+    monkeypatch.setattr(cache, "split_workers", lambda dc: 2)
+    monkeypatch.setattr(cache, "_split_task", _stuck_task)
+    monkeypatch.setattr(cache, "_TASK_SECONDS", 1.0)
+    config = make_config(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=r"corpus\.txt: splitting .* "
+                       r"characters into sentences took over 1 s"):
+        cache.write_sentences(config, str(tmp_path / "s.txt"),
+                              progress=False)
+    assert time.monotonic() - start < 20
+    assert not multiprocessing.active_children()
+
+
+def _report_time_limit(task):
+    from nltk import redos
+
+    return [[f"limit {redos.DEFAULT_TIMEOUT}"], ["second document"]]
+
+
+def test_workers_split_without_nltk_time_limits(tmp_path, monkeypatch):
+    """Inside the workers NLTK's regex limit is off; this process keeps
+    it (the setting is process-wide)."""
+    redos = pytest.importorskip("nltk.redos")
+    before = redos.DEFAULT_TIMEOUT
+    assert before is not None
+    monkeypatch.setattr(cache, "split_workers", lambda dc: 2)
+    monkeypatch.setattr(cache, "_split_task", _report_time_limit)
+    out = tmp_path / "s.txt"
+    cache.write_sentences(make_config(tmp_path), str(out), progress=False)
+    assert out.read_text(encoding="utf-8").startswith("limit None\n")
+    assert redos.DEFAULT_TIMEOUT == before
+
+
 def test_split_workers_by_size(tmp_path, monkeypatch):
     small = tmp_path / "small.txt"
     small.write_text("One. Two.\n\nThree. Four.\n", encoding="utf-8")

@@ -40,6 +40,7 @@ from kerasbert.errors import UsageError
 from kerasbert.files import make_scratch_dir, remove_stale_scratch
 from kerasbert.text import readers
 from kerasbert.text.sentences import (
+    drop_regex_time_limits,
     iter_sentences,
     load_splitter,
     resolve_language,
@@ -284,6 +285,9 @@ def _check_documents(data_config, num_documents):
 _PARALLEL_BYTES = 8 << 20
 _FAST_TOKENIZE_BYTES = 32 << 20
 _TASK_CHARS = 1 << 20
+# A task takes ~0.2 s; this much means a pathological text (or a stalled
+# machine), reported instead of waited on.
+_TASK_SECONDS = 600.0
 
 
 def _split_task(task):
@@ -303,27 +307,40 @@ def _document_batches(documents, chars):
         yield batch
 
 
-def _split_in_pool(documents, language, clean, workers):
+def _split_in_pool(documents, language, clean, workers, name):
     """`iter_sentences` on `workers` processes, in corpus order.
 
     At most two tasks per worker are in flight, so memory stays flat
     whatever the corpus size. Workers are forked: they start at once with
     the splitters already imported, and run only Python (never TensorFlow,
-    whose threads a fork does not copy).
+    whose threads a fork does not copy). They split without NLTK's
+    per-regex time limit (`drop_regex_time_limits`); a task that takes
+    _TASK_SECONDS instead stops the run with an error, not a hang.
     """
     import collections
     import multiprocessing
 
     load_splitter(language)
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=drop_regex_time_limits) as pool:
         pending = collections.deque()
+
+        def oldest():
+            try:
+                return pending.popleft().get(timeout=_TASK_SECONDS)
+            except multiprocessing.TimeoutError:
+                raise UsageError(
+                    f"{name}: splitting {_TASK_CHARS:,} characters into "
+                    f"sentences took over {_TASK_SECONDS:g} s (text that "
+                    "makes punkt's regexes backtrack?)") from None
+
         for batch in _document_batches(documents, _TASK_CHARS):
             pending.append(pool.apply_async(
                 _split_task, ((batch, language, clean),)))
             if len(pending) >= 2 * workers:
-                yield from pending.popleft().get()
+                yield from oldest()
         while pending:
-            yield from pending.popleft().get()
+            yield from oldest()
 
 
 def _corpus_bytes(data_config):
@@ -372,7 +389,7 @@ def split_documents(data_config):
     workers = split_workers(dc)
     if workers > 1:
         return language, _split_in_pool(documents, language, dc.clean,
-                                        workers)
+                                        workers, _corpus_name(dc))
     return language, iter_sentences(documents, language, dc.clean)
 
 
