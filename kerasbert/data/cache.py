@@ -437,23 +437,12 @@ def tokenize_documents(documents, tokenizer, out_dir, meta, fast=False,
     see `Tokenizer.encode_flat`."""
     writer = _TokenWriter(out_dir)
     try:
-        batch, chars = [], 0
-
-        def flush():
+        for batch in _document_batches(
+                _progress(documents, progress, desc="tokens", unit=" docs",
+                          total=total), batch_chars):
             ids, lengths = tokenizer.encode_flat(
                 [s for doc in batch for s in doc], fast=fast)
             writer.add(ids, lengths, [len(doc) for doc in batch])
-            batch.clear()
-
-        for doc in _progress(documents, progress, desc="tokens",
-                             unit=" docs", total=total):
-            batch.append(doc)
-            chars += sum(map(len, doc))
-            if chars >= batch_chars:
-                flush()
-                chars = 0
-        if batch:
-            flush()
     finally:
         writer.close()
         if hasattr(documents, "close"):

@@ -66,7 +66,11 @@ def pretraining_losses(y, y_pred):
         (mean cross-entropy), `mlm_accuracy` (weighted by `mask_weights`),
         `nsp_accuracy`.
     """
-    mlm_ce, nsp_ce, mlm_hit, nsp_hit = _per_prediction(y, y_pred)
+    return _reduce(y, *_per_prediction(y, y_pred))
+
+
+def _reduce(y, mlm_ce, nsp_ce, mlm_hit, nsp_hit):
+    """`pretraining_losses` from `_per_prediction`'s parts."""
     weights = ops.cast(y["mask_weights"], "float32")
     weight_sum = ops.sum(weights)
     mlm_loss = ops.sum(mlm_ce * weights) / (weight_sum + 1e-5)
@@ -87,10 +91,11 @@ def pretraining_sums(y, y_pred):
     cross-entropy and hits weighted by `mask_weights`, their weight sum,
     NSP cross-entropy and hits, the example count, and the batch's `loss`
     (Keras averages per-batch losses). float32 scalars."""
-    mlm_ce, nsp_ce, mlm_hit, nsp_hit = _per_prediction(y, y_pred)
+    parts = _per_prediction(y, y_pred)
+    mlm_ce, nsp_ce, mlm_hit, nsp_hit = parts
     weights = ops.cast(y["mask_weights"], "float32")
     return {
-        "loss": pretraining_losses(y, y_pred)["loss"],
+        "loss": _reduce(y, *parts)["loss"],
         "mlm_loss": ops.sum(mlm_ce * weights),
         "mlm_accuracy": ops.sum(mlm_hit * weights),
         "mask_weight": ops.sum(weights),

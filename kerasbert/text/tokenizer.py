@@ -165,22 +165,21 @@ class Tokenizer:
         (SentencePiece, tensorflow-text not installed, or a vocabulary
         token with white space or a control character: HF never emits
         one, but FastBertTokenizer matches "a b" as a token)."""
-        if self.kind != "wordpiece" or not all(
-                t.isprintable() and " " not in t for t in self._tokens):
-            return None
         if not hasattr(self, "_fast"):
+            self._fast = None
+            if self.kind != "wordpiece" or not all(
+                    t.isprintable() and " " not in t for t in self._tokens):
+                return None
             try:
                 import tensorflow as tf
                 import tensorflow_text as tf_text
             except ImportError:
-                self._fast = None
-            else:
-                self._fast = tf_text.FastBertTokenizer(
-                    vocab=self._tokens, suffix_indicator="##",
-                    max_bytes_per_word=MAX_WORD_CHARS,
-                    token_out_type=tf.int32,
-                    unknown_token="[UNK]",
-                    lower_case_nfd_strip_accents=bool(self.lowercase))
+                return None
+            self._fast = tf_text.FastBertTokenizer(
+                vocab=self._tokens, suffix_indicator="##",
+                max_bytes_per_word=MAX_WORD_CHARS, token_out_type=tf.int32,
+                unknown_token="[UNK]",
+                lower_case_nfd_strip_accents=bool(self.lowercase))
         return self._fast
 
     def _encode_spm(self, text):
