@@ -2,7 +2,8 @@
 
 A field `batch_size` is the flag `--batch-size`; its help text and choices
 come from the field's metadata in `kerasbert.config`; booleans get
-`--x/--no-x`. Flags default to "not given" (argparse.SUPPRESS), so a
+`--x/--no-x`; a field's `aliases` metadata adds other spellings. Flags
+default to "not given" (argparse.SUPPRESS), so a
 `--config FILE.json` value survives unless the flag is given too.
 """
 
@@ -22,15 +23,16 @@ def add_config_flags(parser, cls, names=None, title=None) -> None:
                 not f.metadata.get("flag", True):
             continue
         kind = field_type(f)
+        spellings = (flag_name(f.name), *f.metadata.get("aliases", ()))
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS,
                       help=f"{f.metadata['help']} (default: "
                            f"{getattr(defaults, f.name)})")
         if kind is bool:
-            group.add_argument(flag_name(f.name),
+            group.add_argument(*spellings,
                                action=argparse.BooleanOptionalAction,
                                **kwargs)
         else:
-            group.add_argument(flag_name(f.name), type=kind,
+            group.add_argument(*spellings, type=kind,
                                choices=f.metadata.get("choices"),
                                metavar=kind.__name__.upper()
                                if "choices" not in f.metadata else None,

@@ -139,6 +139,19 @@ def clipnorm_option():
                   min=0)
 
 
+def nsp_option():
+    """The --nsp field, the same for pretraining and adaptation."""
+    return option(
+        True, "train next-sentence prediction beside the masked LM (--no-"
+        "nsp: masked LM only, and every B is the text that follows A)")
+
+
+def columns_option():
+    """The --columns field, the same for corpora and fine-tuning data."""
+    return option(None, "comma-separated column names of header-less "
+                  "TSV/CSV files")
+
+
 def jit_compile_option():
     """The --jit-compile field, the same for pretraining and fine-tuning."""
     return option("auto", "XLA (auto: on with a GPU)",
@@ -218,7 +231,11 @@ class ModelConfig(_Config):
                 f"--num-heads {self.num_heads}")
 
 
-CORPUS_FORMATS = ("auto", "text", "wikitext", "wikiextractor", "jsonl", "hf")
+# Labelled-data formats (kerasbert.data.classification) that `fit` reads
+# too, labels ignored: continued pretraining on a task's own texts.
+EXAMPLE_FORMATS = ("tsv", "csv", "semicolon", "folder")
+CORPUS_FORMATS = ("auto", "text", "wikitext", "wikiextractor", "jsonl", "hf",
+                  *EXAMPLE_FORMATS)
 LANGUAGES = ("auto", "en", "ko")
 
 
@@ -233,7 +250,10 @@ class DataConfig(_Config):
                                 choices=CORPUS_FORMATS)
     one_doc_per_line: bool = option(
         False, "plain text: each line is a document")
-    text_field: str = option("text", "jsonl/hf: the field holding the text")
+    text_field: str = option(
+        "text", "jsonl/hf/tsv/csv: the field or column holding the text",
+        aliases=("--text-column",))
+    columns: str | None = columns_option()
     hf_config: str | None = option(None, "hf: dataset configuration name")
     hf_split: str = option("train", "hf: split to read")
     language: str = option(
@@ -309,6 +329,10 @@ class TrainConfig(_Config):
         "auto", "distribution (multi_worker reads TF_CONFIG)",
         choices=("auto", "one_device", "mirrored", "multi_worker"))
     seed: int = option(0, "seed for weights, pairs, masks and dropout")
+    nsp: bool = nsp_option()
+    heads_only: bool = option(
+        False, "train the MLM and NSP heads only, the encoder frozen: a "
+        "warm-up for heads that --init-from's checkpoint lacks")
     init_from: str | None = option(
         None, "start from the weights of this model directory (a run, or "
         "kerasbert.convert's output); its architecture and tokenizer are "
@@ -340,7 +364,7 @@ def validate_pretraining(model: ModelConfig, data: DataConfig,
             f"--max-sequence-length {model.max_sequence_length}")
 
 
-DATA_FORMATS = ("auto", "tsv", "csv", "jsonl", "semicolon", "folder", "hf")
+DATA_FORMATS = ("auto", *EXAMPLE_FORMATS, "jsonl", "hf")
 FINETUNE_METRICS = ("accuracy", "macro_f1", "mcc")
 
 
@@ -372,8 +396,7 @@ class FinetuneConfig(_Config):
         None, "column of the second text of sentence-pair tasks")
     label_column: str = option("label", "column (or JSON field) of the "
                                         "label")
-    columns: str | None = option(
-        None, "comma-separated column names of header-less TSV/CSV files")
+    columns: str | None = columns_option()
     hf_config: str | None = option(None, "hf: dataset configuration name")
     holdout_fraction: float = option(
         0.1, "share of --train held out (stratified) without --validation",
@@ -416,3 +439,26 @@ class FinetuneConfig(_Config):
         for name in ("train", "output_dir"):
             if getattr(self, name) is None:
                 raise UsageError(f"{flag_name(name)}: is required")
+
+
+@dataclass
+class AdaptConfig(_Config):
+    """Task-adaptive pretraining before fine-tuning (`kerasbert.adapt`):
+    masked LM (+ NSP) on the texts of --train, labels unused."""
+
+    adapt_steps: int = option(
+        300, "pretraining steps on the --train texts before fine-tuning",
+        min=1)
+    head_steps: int = option(
+        100, "steps first that train only the MLM/NSP heads --model lacks, "
+        "its encoder frozen (0: none; skipped when it has both heads)",
+        min=0)
+    adapt_learning_rate: float = option(
+        5e-5, "peak learning rate of the adaptation", above=0)
+    head_learning_rate: float = option(
+        1e-3, "peak learning rate of the head warm-up", above=0)
+    adapt_batch_size: int = option(32, "sequences per adaptation step",
+                                   min=1)
+    adapt_sequence_length: int = option(
+        128, "tokens per adaptation sequence (A and B together)", min=8)
+    nsp: bool = nsp_option()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kerasbert.config import EXAMPLE_FORMATS
 from kerasbert.errors import UsageError
 from kerasbert.files import make_scratch_dir, remove_stale_scratch
 from kerasbert.text import readers
@@ -377,20 +378,67 @@ def split_workers(data_config) -> int:
     return cores
 
 
+def example_documents(data_config):
+    """The texts of a labelled data file (`EXAMPLE_FORMATS`, read as
+    fine-tuning reads them, labels ignored), one document each."""
+    from kerasbert.data.classification import read_examples
+
+    dc = data_config
+    if dc.corpus is None:
+        raise UsageError(f"--corpus-format {dc.corpus_format}: needs "
+                         "--corpus")
+    examples = read_examples(
+        dc.corpus, flag="--corpus", data_format=dc.corpus_format,
+        text_column=dc.text_field, label_column=None, columns=dc.columns)
+    for text in examples.texts:
+        paragraphs = [p for p in text.splitlines() if p.strip()]
+        if paragraphs:
+            yield paragraphs
+
+
+def halve_lone_sentences(documents):
+    """The next-sentence rule for short texts (tweets, one-line reviews):
+    a document of one sentence becomes its two halves, cut at the middle
+    word, so that "B follows A" still means B continues A's own text and
+    a random B is half of another text. Documents of 2+ sentences (and
+    one-word texts) pass as they are."""
+    try:
+        for sentences in documents:
+            if len(sentences) == 1:
+                words = sentences[0].split()
+                if len(words) >= 2:
+                    middle = len(words) // 2
+                    sentences = [" ".join(words[:middle]),
+                                 " ".join(words[middle:])]
+            yield sentences
+    finally:
+        if hasattr(documents, "close"):
+            documents.close()  # a splitting pool stops now, not at GC
+
+
 def split_documents(data_config):
     """(resolved language, an iterator over the corpus's documents as
     lists of cleaned sentences), read and split as it is consumed, in
-    order, a few megabytes at a time (see `split_workers`)."""
+    order, a few megabytes at a time (see `split_workers`). The texts of
+    labelled data (`EXAMPLE_FORMATS`) are documents of their own, a
+    one-sentence text cut in two (`halve_lone_sentences`)."""
     dc = data_config
-    documents = readers.iter_documents(
-        dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
-        dc.hf_config, dc.hf_split)
+    if dc.corpus_format in EXAMPLE_FORMATS:
+        documents = example_documents(dc)
+    else:
+        documents = readers.iter_documents(
+            dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
+            dc.hf_config, dc.hf_split)
     language, documents = resolve_language(documents, dc.language)
     workers = split_workers(dc)
     if workers > 1:
-        return language, _split_in_pool(documents, language, dc.clean,
-                                        workers, _corpus_name(dc))
-    return language, iter_sentences(documents, language, dc.clean)
+        split = _split_in_pool(documents, language, dc.clean, workers,
+                               _corpus_name(dc))
+    else:
+        split = iter_sentences(documents, language, dc.clean)
+    if dc.corpus_format in EXAMPLE_FORMATS:
+        split = halve_lone_sentences(split)
+    return language, split
 
 
 def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
@@ -468,6 +516,8 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
     text_key = [FORMAT_VERSION, fingerprint, dc.corpus_format,
                 dc.one_doc_per_line, dc.text_field, dc.hf_config,
                 dc.hf_split, dc.language, dc.clean]
+    if dc.corpus_format in EXAMPLE_FORMATS:  # keys of older caches unchanged
+        text_key.append(dc.columns)
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:

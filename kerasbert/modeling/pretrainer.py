@@ -49,7 +49,7 @@ def _per_prediction(y, y_pred):
     return mlm_ce, nsp_ce, mlm_hit, nsp_hit
 
 
-def pretraining_losses(y, y_pred):
+def pretraining_losses(y, y_pred, nsp=True):
     """BERT pretraining loss and its parts for one batch (pure function).
 
     Args:
@@ -58,6 +58,8 @@ def pretraining_losses(y, y_pred):
             `next_sentence_label` (int `[batch]`).
         y_pred: dict with float `mlm_logits` `[batch, predictions, vocab]`
             and `nsp_logits` `[batch, 2]`.
+        nsp: False leaves `nsp_loss` out of `loss` (masked LM only); it is
+            still computed and reported.
 
     Returns:
         dict of float32 scalars: `loss` (= `mlm_loss + nsp_loss`),
@@ -66,17 +68,17 @@ def pretraining_losses(y, y_pred):
         (mean cross-entropy), `mlm_accuracy` (weighted by `mask_weights`),
         `nsp_accuracy`.
     """
-    return _reduce(y, *_per_prediction(y, y_pred))
+    return _reduce(y, *_per_prediction(y, y_pred), nsp=nsp)
 
 
-def _reduce(y, mlm_ce, nsp_ce, mlm_hit, nsp_hit):
+def _reduce(y, mlm_ce, nsp_ce, mlm_hit, nsp_hit, nsp=True):
     """`pretraining_losses` from `_per_prediction`'s parts."""
     weights = ops.cast(y["mask_weights"], "float32")
     weight_sum = ops.sum(weights)
     mlm_loss = ops.sum(mlm_ce * weights) / (weight_sum + 1e-5)
     nsp_loss = ops.mean(nsp_ce)
     return {
-        "loss": mlm_loss + nsp_loss,
+        "loss": mlm_loss + nsp_loss if nsp else mlm_loss,
         "mlm_loss": mlm_loss,
         "nsp_loss": nsp_loss,
         "mlm_accuracy": ops.divide_no_nan(ops.sum(mlm_hit * weights),
@@ -85,7 +87,7 @@ def _reduce(y, mlm_ce, nsp_ce, mlm_hit, nsp_hit):
     }
 
 
-def pretraining_sums(y, y_pred):
+def pretraining_sums(y, y_pred, nsp=True):
     """Additive per-batch totals from which `pretraining_losses`' metrics
     over many batches follow (see `kerasbert.training.evaluation`): MLM
     cross-entropy and hits weighted by `mask_weights`, their weight sum,
@@ -95,7 +97,7 @@ def pretraining_sums(y, y_pred):
     mlm_ce, nsp_ce, mlm_hit, nsp_hit = parts
     weights = ops.cast(y["mask_weights"], "float32")
     return {
-        "loss": _reduce(y, *parts)["loss"],
+        "loss": _reduce(y, *parts, nsp=nsp)["loss"],
         "mlm_loss": ops.sum(mlm_ce * weights),
         "mlm_accuracy": ops.sum(mlm_hit * weights),
         "mask_weight": ops.sum(weights),
@@ -117,6 +119,8 @@ class BertPretrainer(keras.Model):
 
     Args:
         backbone: a `BertBackbone`.
+        nsp: False trains the masked LM alone (the NSP head is still there
+            and its metrics reported, but its loss is not trained).
         **kwargs: `name`, `trainable`.
 
     Inputs: the backbone's dict plus `mask_positions` (int32
@@ -126,7 +130,7 @@ class BertPretrainer(keras.Model):
     `[batch, 2]`.
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, nsp=True, **kwargs):
         mlm_head = MaskedLMHead(
             backbone.vocabulary_size, token_embedding=backbone.token_embedding,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
@@ -151,6 +155,7 @@ class BertPretrainer(keras.Model):
         # one: `compile` wraps the optimizer for loss scaling on float16.
         self.dtype_policy = backbone.dtype_policy
         self.backbone = backbone
+        self.nsp = nsp
         self.mlm_head = mlm_head
         self.nsp_head = nsp_head
         self.mlm_loss_tracker = keras.metrics.Mean(name="mlm_loss")
@@ -170,7 +175,7 @@ class BertPretrainer(keras.Model):
             raise ValueError(
                 "BertPretrainer: sample_weight is not supported; weight "
                 "masked positions with y['mask_weights']")
-        loss = pretraining_losses(y, y_pred)["loss"]
+        loss = pretraining_losses(y, y_pred, nsp=self.nsp)["loss"]
         for extra in self.losses:  # regularisers, add_loss()
             loss = loss + ops.cast(ops.sum(extra), "float32")
         return _scale_for_replicas(loss)
@@ -188,6 +193,7 @@ class BertPretrainer(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "nsp": self.nsp,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
         }
 
@@ -199,9 +205,10 @@ class BertPretrainer(keras.Model):
         return cls(**config)
 
 
-def build_pretrainer(**model_config_fields):
-    """`BertPretrainer(BertBackbone(**fields))`; fields as in `ModelConfig`.
+def build_pretrainer(nsp=True, **model_config_fields):
+    """`BertPretrainer(BertBackbone(**fields), nsp)`; fields as in
+    `ModelConfig`.
 
     Example: `build_pretrainer(**dataclasses.asdict(model_config))`.
     """
-    return BertPretrainer(BertBackbone(**model_config_fields))
+    return BertPretrainer(BertBackbone(**model_config_fields), nsp=nsp)

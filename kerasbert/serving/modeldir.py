@@ -53,7 +53,9 @@ def load_keras_model(path: str):
             f"{path}: not a .keras file (truncated or another format)"
         )
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        # compile=False: readers want weights; a saved optimizer is only
+        # restored by resumes, which read backups, not this.
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise UsageError(f"{path}: cannot be loaded ({e})") from None
 

@@ -53,7 +53,8 @@ class HeldoutSet:
         from kerasbert.modeling import pretraining_sums
         if self._model is not model:
             self._model, self._step = model, tf.function(
-                lambda x, y: pretraining_sums(y, model(x, training=False)))
+                lambda x, y: pretraining_sums(y, model(x, training=False),
+                                             nsp=model.nsp))
         return self._step
 
     def evaluate(self, model, batches: int | None = None) -> dict:

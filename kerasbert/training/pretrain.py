@@ -43,6 +43,9 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
     multi-worker loop).
     """
     validate_pretraining(model_cfg, data_cfg, train_cfg)
+    if not train_cfg.nsp:
+        # Masked LM only: a random B would just join unrelated texts.
+        data_cfg = dataclasses.replace(data_cfg, nsp_probability=0.0)
     output_dir = train_cfg.output_dir or default_output_dir(size)
     chief_dir = output_dir
     scratch = None

@@ -120,7 +120,14 @@ class Trainer:
         from kerasbert.modeling import build_pretrainer
         keras.utils.set_random_seed(self.cfg.seed)
         with strategy.scope():
-            model = build_pretrainer(**dataclasses.asdict(self.model_cfg))
+            model = build_pretrainer(nsp=self.cfg.nsp,
+                                     **dataclasses.asdict(self.model_cfg))
+            # Heads only: the optimizer then holds slots for the heads
+            # alone and the encoder's weights stay exactly as loaded.
+            model.backbone.trainable = not self.cfg.heads_only
+            if not self.cfg.nsp:  # no loss reaches them: leave them be
+                model.nsp_head.trainable = False
+                model.backbone.pooler.trainable = False
             optimizer = optimization.optimizer_from_config(
                 self.cfg, self.plan.total_steps)
             model.compile(optimizer=optimizer, jit_compile=jit)

@@ -1,0 +1,63 @@
+"""`python -m kerasbert.adapt`: pretrain a checkpoint further on a task's
+texts, then fine-tune it on the task.
+
+    python -m kerasbert.adapt --model MODEL_DIR --train train.tsv \
+        [--validation dev.tsv] [--test test.tsv] --output-dir OUT
+
+Takes every fine-tuning flag (`kerasbert.finetune`) plus the adaptation
+flags below. OUT/classifier is the fine-tuned model; OUT/heads and
+OUT/adapted are the two pretraining runs before it (see
+`kerasbert.training.adapt`). Rerunning the same command resumes.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kerasbert.cli import add_config_flags, split_values  # noqa: E402
+from kerasbert.config import AdaptConfig, FinetuneConfig  # noqa: E402
+from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="python -m kerasbert.adapt",
+        description="Task-adaptive pretraining (masked LM + NSP on the "
+        "--train texts), then fine-tuning.")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar")
+    add_config_flags(parser, AdaptConfig, title="adaptation")
+    add_config_flags(parser, FinetuneConfig, title="fine-tuning")
+    return parser
+
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
+    quiet = args.pop("quiet")
+    parts = split_values(args, {"adapt": AdaptConfig,
+                                "finetune": FinetuneConfig})
+    adapt_cfg = AdaptConfig(**parts["adapt"]).validate()
+    cfg = FinetuneConfig(**parts["finetune"]).validate()
+    from kerasbert.training.adapt import adapt
+
+    result = adapt(adapt_cfg, cfg, verbose=0 if quiet else 1,
+                   log=lambda message: print(message, file=sys.stderr))
+    summary = {"classifier": os.path.join(cfg.output_dir, "classifier")}
+    for stage in ("heads", "adapted"):
+        if stage in result:
+            summary[f"{stage}_heldout_mlm_accuracy"] = \
+                result[stage].get("heldout_mlm_accuracy")
+    fine = result["classifier"]
+    summary["best_epoch"] = fine["best_epoch"]
+    for split in ("validation", "test"):
+        if split in fine:
+            summary[split] = {k: round(fine[split][k], 4)
+                              for k in ("accuracy", "macro_f1", "mcc")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
