@@ -151,6 +151,8 @@ def main():
     parser.add_argument("--adapt-steps", type=int, default=300)
     parser.add_argument("--head-steps", type=int, default=100)
     parser.add_argument("--adapt-learning-rate", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=int,
+                        help="fine-tuning epochs (default: the task's, 3)")
     parser.add_argument("--data", default=os.path.join(SHARED, "data"))
     parser.add_argument("--work", default=os.path.join(
         tempfile.gettempdir(), "kerasbert-adapt-bench"))
@@ -163,32 +165,42 @@ def main():
         spec = TASKS[task]
         files = globals()[f"{task}_data"](args.data, args.work)
         common = [*files, *spec["finetune"], "--quiet", "--overwrite"]
+        tag, epochs = "", []
+        if args.epochs:  # flags later on the line win
+            tag, epochs = f"-e{args.epochs}", ["--epochs", str(args.epochs)]
         scores = {}
         for arm in args.arms.split(","):
-            adapted = os.path.join(args.work, f"{task}-{arm}")
-            adapt_flags = [
+            adapted = os.path.join(
+                args.work, f"{task}-{arm}-lr{args.adapt_learning_rate:g}")
+            adapt_cmd = [
+                sys.executable, "-m", "kerasbert.adapt", "--model", model,
                 "--adapt-steps", str(args.adapt_steps),
                 "--head-steps", str(args.head_steps),
                 "--adapt-learning-rate", str(args.adapt_learning_rate),
                 "--adapt-sequence-length", str(spec["sequence_length"]),
-                *(["--no-nsp"] if arm == "adapt_mlm" else [])]
+                *(["--no-nsp"] if arm == "adapt_mlm" else []), *common,
+                "--seed", str(seeds[0]), "--output-dir", adapted]
             for seed in seeds:
                 load = os.getloadavg()[0]
+                seconds = None
                 if arm == "base":
-                    out = os.path.join(args.work, f"{task}-base-{seed}")
-                    cmd = ["-m", "kerasbert.finetune", "--model", model]
-                elif seed == seeds[0]:
-                    out = os.path.join(adapted, "classifier")
-                    cmd = ["-m", "kerasbert.adapt", "--model", model,
-                           *adapt_flags]
+                    start = model
+                    out = os.path.join(args.work, f"{task}-base{tag}-{seed}")
                 else:
-                    out = os.path.join(args.work, f"{task}-{arm}-{seed}")
-                    cmd = ["-m", "kerasbert.finetune", "--model",
-                           os.path.join(adapted, "adapted")]
-                output = adapted if "kerasbert.adapt" in cmd else out
-                metrics, seconds = finetuned(out, [
-                    sys.executable, *cmd, *common, "--seed", str(seed),
-                    "--output-dir", output])
+                    # One adaptation per arm; its own classifier is the
+                    # first seed's at the task's epochs.
+                    start = os.path.join(adapted, "adapted")
+                    out = f"{adapted}{tag}-{seed}"
+                    if not tag and seed == seeds[0]:
+                        out = os.path.join(adapted, "classifier")
+                    if not os.path.exists(os.path.join(
+                            adapted, "classifier", "metrics.json")):
+                        seconds = run(adapt_cmd)
+                metrics, more = finetuned(out, [
+                    sys.executable, "-m", "kerasbert.finetune", "--model",
+                    start, *common, *epochs, "--seed", str(seed),
+                    "--output-dir", out])
+                seconds = (seconds or 0) + (more or 0) or None
                 test = metrics["test"]
                 score = 100 * test[spec["score"]]
                 scores.setdefault(arm, []).append(score)
