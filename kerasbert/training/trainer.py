@@ -34,6 +34,30 @@ def perplexity(mlm_loss):
         return float("inf")
 
 
+def apply_precision(train_cfg):
+    """Sets the global dtype policy a run computes in and picks XLA.
+
+    Returns (policy name, why, jit_compile). Runs and the benchmarks in
+    benchmarks/ call this, so both time the same choice.
+    """
+    policy, why = hardware.select_precision(train_cfg.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy, why, hardware.select_jit_compile(train_cfg.jit_compile)
+
+
+def compile_pretrainer(model_cfg, train_cfg, total_steps, jit):
+    """The pretrainer with its optimizer (schedule, clipping) compiled,
+    as a run trains it; call under the strategy's scope. The benchmarks
+    call this too, so they time this very model, never a copy."""
+    from kerasbert.modeling import build_pretrainer
+    keras.utils.set_random_seed(train_cfg.seed)
+    model = build_pretrainer(**dataclasses.asdict(model_cfg))
+    model.compile(
+        optimizer=optimization.optimizer_from_config(train_cfg, total_steps),
+        jit_compile=jit)
+    return model
+
+
 class Trainer:
     """Trains one run to the end of its `TrainingPlan` (see plan.py).
 
@@ -117,13 +141,10 @@ class Trainer:
     # Model.
 
     def build(self, strategy, jit):
-        from kerasbert.modeling import build_pretrainer
-        keras.utils.set_random_seed(self.cfg.seed)
         with strategy.scope():
-            model = build_pretrainer(**dataclasses.asdict(self.model_cfg))
-            optimizer = optimization.optimizer_from_config(
-                self.cfg, self.plan.total_steps)
-            model.compile(optimizer=optimizer, jit_compile=jit)
+            model = compile_pretrainer(self.model_cfg, self.cfg,
+                                       self.plan.total_steps, jit)
+            optimizer = model.optimizer
             # Build weights and optimizer slots now: a resume loads into them.
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
@@ -146,9 +167,7 @@ class Trainer:
 
     def run(self, resume=False):
         cfg, plan = self.cfg, self.plan
-        policy, why = hardware.select_precision(cfg.precision)
-        keras.mixed_precision.set_global_policy(policy)
-        jit = hardware.select_jit_compile(cfg.jit_compile)
+        policy, why, jit = apply_precision(cfg)
         strategy = hardware.make_strategy(cfg.strategy)
         self.chief = hardware.is_chief(strategy)
         self.log(f"precision: {policy} ({why}); jit_compile: {jit}; "
