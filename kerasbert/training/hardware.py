@@ -51,8 +51,8 @@ def make_strategy(name: str):
     check_field(TrainConfig, "strategy", name)
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device"
-    if name == "one_device":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name in ("default", "one_device"):  # one_device: its former name
         # TF's default strategy (first GPU, else the CPU), not
         # OneDeviceStrategy: that one makes Keras re-wrap the dataset in a
         # device iterator whose tf.data autotuning cannot be turned off,
