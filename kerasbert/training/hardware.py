@@ -39,7 +39,8 @@ def select_precision(precision: str) -> tuple[str, str]:
 
 
 def select_jit_compile(jit_compile: str) -> bool:
-    """XLA helps on GPUs; on CPUs graph mode was faster here (docs/benchmarks.md)."""
+    """XLA helps on GPUs; on CPUs graph mode was faster here
+    (docs/benchmarks.md)."""
     check_field(TrainConfig, "jit_compile", jit_compile)
     if jit_compile == "auto":
         return bool(tf.config.list_physical_devices("GPU"))
