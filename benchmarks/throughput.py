@@ -171,7 +171,7 @@ def compiled_pretrainer(model_cfg, train_cfg, total_steps):
     from kerasbert.training.trainer import apply_precision, compile_pretrainer
 
     policy, why, jit = apply_precision(train_cfg)
-    model = compile_pretrainer(model_cfg, train_cfg, total_steps, jit)
+    model, _ = compile_pretrainer(model_cfg, train_cfg, total_steps, jit)
     return model, policy, why, jit
 
 

@@ -100,7 +100,7 @@ def test_benchmark_trains_the_model_fit_compiles():
     model, policy, _, _ = throughput.compiled_pretrainer(
         model_cfg, train_cfg, 100
     )
-    again = trainer.compile_pretrainer(model_cfg, train_cfg, 100, False)
+    again, _ = trainer.compile_pretrainer(model_cfg, train_cfg, 100, False)
     assert policy == "float32"
     assert type(model.optimizer) is type(again.optimizer)
     assert model.optimizer.global_clipnorm == again.optimizer.global_clipnorm

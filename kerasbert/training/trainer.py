@@ -46,16 +46,17 @@ def apply_precision(train_cfg):
 
 
 def compile_pretrainer(model_cfg, train_cfg, total_steps, jit):
-    """The pretrainer with its optimizer (schedule, clipping) compiled,
-    as a run trains it; call under the strategy's scope. The benchmarks
-    call this too, so they time this very model, never a copy."""
+    """(model, optimizer): the pretrainer compiled with its optimizer
+    (schedule, clipping) as a run trains it; call under the strategy's
+    scope. The optimizer is the one given to `compile` (Keras may wrap it
+    for loss scaling). The benchmarks call this too, so they time this
+    very model, never a copy."""
     from kerasbert.modeling import build_pretrainer
     keras.utils.set_random_seed(train_cfg.seed)
     model = build_pretrainer(**dataclasses.asdict(model_cfg))
-    model.compile(
-        optimizer=optimization.optimizer_from_config(train_cfg, total_steps),
-        jit_compile=jit)
-    return model
+    optimizer = optimization.optimizer_from_config(train_cfg, total_steps)
+    model.compile(optimizer=optimizer, jit_compile=jit)
+    return model, optimizer
 
 
 class Trainer:
@@ -142,9 +143,8 @@ class Trainer:
 
     def build(self, strategy, jit):
         with strategy.scope():
-            model = compile_pretrainer(self.model_cfg, self.cfg,
-                                       self.plan.total_steps, jit)
-            optimizer = model.optimizer
+            model, optimizer = compile_pretrainer(
+                self.model_cfg, self.cfg, self.plan.total_steps, jit)
             # Build weights and optimizer slots now: a resume loads into them.
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
