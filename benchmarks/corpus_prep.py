@@ -9,7 +9,7 @@ NLTK movie_reviews -- repeated until the size is reached (the sources hold
 about 10 MB, so larger corpora repeat them: the splitter and tokenizer do
 the same work per byte, though the tokenizer's word cache hits more often
 than on fresh text). Each size is then read, cleaned, split into sentences,
-tokenized and cached by `kerasbert.data.cache.prepare_corpus` in a fresh
+tokenized and cached by `kerasbert.data.corpus.prepare_corpus` in a fresh
 process, with the bert-base-uncased vocabulary by default (`--train-vocab`
 trains an 8,000-piece WordPiece first, as `fit` does without --tokenizer).
 Prints MB/s of raw text, the peak resident memory of the main process and
@@ -77,7 +77,7 @@ def prepare_once(corpus, cache_dir, tokenizer):
     # now, while the process is small, caches the answer.
     platform.processor()
     from kerasbert.config import DataConfig
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
 
     config = DataConfig(
         corpus=corpus,
@@ -132,7 +132,7 @@ def main():
             f"error: --tokenizer: {tokenizer} not found (needs "
             "../shared, or pass --train-vocab)"
         )
-    from kerasbert.training.throughput import cpu_info, describe_cpu
+    from throughput import cpu_info, describe_cpu  # beside this file
 
     print(describe_cpu(cpu_info()))
     os.makedirs(a.workdir, exist_ok=True)

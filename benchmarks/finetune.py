@@ -1,4 +1,4 @@
-"""Fine-tuning benchmarks on ../shared/data (numbers in the README).
+"""Fine-tuning benchmarks on ../shared/data (numbers in docs/benchmarks.md).
 
     python benchmarks/finetune.py speed    [--steps 40]
     python benchmarks/finetune.py emotion  [--epochs 2] [--max-examples N]

@@ -27,7 +27,7 @@ def main():
     args = parser.parse_args()
 
     from kerasbert.config import DataConfig
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
     from kerasbert.data.pretraining import pretraining_dataset
     from kerasbert.serving.modeldir import load_model
 

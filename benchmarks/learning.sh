@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Learning benchmark, same recipe as the HF reference run (see README):
+# Learning benchmark, same recipe as the HF reference run (see docs/benchmarks.md):
 # bert-base-uncased vocab, train on WikiText-2 valid, evaluate on WikiText-2
 # test, mini size, sequence 128, batch 32, 600 steps, peak LR 5e-4 with 10%
 # warm-up and linear decay, clipping 1.0. Needs ../shared. Each epoch's end

@@ -18,7 +18,9 @@ batch: random ids, 20 predictions, vocabulary 30,522):
             Dense(2) NSP, AdamW, Keras' train_function like kerasbert;
   hf        transformers BertForPreTraining (MLM logits at every position,
             as HF computes them) + torch AdamW; bfloat16 = CPU autocast.
-kerasbert runs the step `fit` runs (`throughput.compiled_pretrainer`).
+kerasbert runs the step `fit` runs (`throughput.compiled_pretrainer`, which
+calls `kerasbert.training.trainer.compile_pretrainer`; an `@SOURCE` checkout
+must have it).
 Needs keras-hub and torch + transformers: benchmarks/requirements.txt.
 """
 
@@ -45,8 +47,9 @@ DEFAULT_CONFIGS = (
 
 
 def _kerasbert_step(a, x, y):
+    import throughput as tp  # beside this file
+
     from kerasbert.config import ModelConfig, TrainConfig
-    from kerasbert.training import throughput as tp
 
     overrides = json.loads(a.overrides or "{}")
     cfg = ModelConfig.from_size(a.size, vocabulary_size=a.vocab, **overrides)
@@ -62,9 +65,9 @@ def _kerasbert_step(a, x, y):
 def _kerashub_step(a, x, y):
     import keras
     import keras_hub
+    import throughput as tp  # beside this file
 
     from kerasbert.config import SIZES
-    from kerasbert.training import throughput as tp
 
     if a.precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -175,7 +178,7 @@ def worker(a):
     """Builds one configuration, warms it up, then serves step requests:
     a line with N on stdin -> {"wall": [...], "cpu": [...]} on stdout,
     the wall and CPU seconds of N steps."""
-    from kerasbert.training import throughput as tp
+    import throughput as tp  # beside this file
 
     x, y = tp.synthetic_batch(a.batch, a.seq, a.preds, a.vocab)
     timer = STEPS[a.impl](a, x, y)
@@ -234,7 +237,7 @@ def _start(impl, jit, precision, overrides, source, a, log):
 
 
 def drive(a):
-    from kerasbert.training import throughput as tp
+    import throughput as tp  # beside this file
 
     info = tp.cpu_info()
     print(tp.describe_cpu(info))

@@ -77,8 +77,7 @@ def main():
     a = p.parse_args()
     import peers  # beside this file: the same setups as the comparison
     import tensorflow as tf
-
-    from kerasbert.training import throughput as tp
+    import throughput as tp  # beside this file
 
     print(tp.describe_cpu(tp.cpu_info()))
     a.vocab, a.batch, a.seq, a.preds, a.jit, a.overrides = (

@@ -231,6 +231,12 @@ class ModelConfig(_Config):
                 f"--num-heads {self.num_heads}")
 
 
+# The ModelConfig fields that fix the weights' shapes: a model's weights
+# load only into a model built with the same values.
+ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
+                "intermediate_dim", "max_sequence_length", "num_segments")
+
+
 # Labelled-data formats (kerasbert.data.classification) that `fit` reads
 # too, labels ignored: continued pretraining on a task's own texts.
 EXAMPLE_FORMATS = ("tsv", "csv", "semicolon", "folder")
@@ -326,8 +332,13 @@ class TrainConfig(_Config):
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
     strategy: str = option(
-        "auto", "distribution (multi_worker reads TF_CONFIG)",
-        choices=("auto", "one_device", "mirrored", "multi_worker"))
+        "auto", "distribution: default (TF's default strategy: the first "
+        "GPU, else the CPU), mirrored (every local GPU), multi_worker "
+        "(reads TF_CONFIG); auto = mirrored with 2+ GPUs, else default. "
+        "one_device is default's former name, kept so that old run "
+        "directories resume",
+        choices=("auto", "default", "mirrored", "multi_worker",
+                 "one_device"))
     seed: int = option(0, "seed for weights, pairs, masks and dropout")
     nsp: bool = nsp_option()
     heads_only: bool = option(

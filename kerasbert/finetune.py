@@ -17,19 +17,19 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.cli import add_config_flags, split_values  # noqa: E402
-from kerasbert.config import FinetuneConfig, ModelConfig  # noqa: E402
+from kerasbert.config import (  # noqa: E402
+    ARCHITECTURE,
+    FinetuneConfig,
+    ModelConfig,
+)
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 
-# Architecture flags that make sense for --from-scratch.
-ARCHITECTURE = (
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "intermediate_dim",
-    "max_sequence_length",
-    "hidden_dropout",
-    "attention_dropout",
-)
+# The model flags --from-scratch takes: the architecture less what the data
+# fixes (the vocabulary it trains; two segments), plus the dropout rates.
+FROM_SCRATCH_FLAGS = tuple(
+    name for name in ARCHITECTURE
+    if name not in ("vocabulary_size", "num_segments")
+) + ("hidden_dropout", "attention_dropout")
 
 
 def build_parser():
@@ -43,7 +43,7 @@ def build_parser():
     add_config_flags(
         parser,
         ModelConfig,
-        names=ARCHITECTURE,
+        names=FROM_SCRATCH_FLAGS,
         title="architecture (with --from-scratch)",
     )
     return parser

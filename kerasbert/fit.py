@@ -20,6 +20,7 @@ from kerasbert.cli import (  # noqa: E402
     split_values,
 )
 from kerasbert.config import (  # noqa: E402
+    ARCHITECTURE,
     SIZES,
     DataConfig,
     ModelConfig,
@@ -71,11 +72,6 @@ def resolve_configs(argv=None):
         model = ModelConfig.from_size(size, **parts["model"])
     validate_pretraining(model, data, train)
     return size, model, data, train, quiet
-
-
-# What --init-from fixes: the weights only fit this shape.
-ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
-                "intermediate_dim", "max_sequence_length", "num_segments")
 
 
 def _init_from(directory, values, parts, data):

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
     from kerasbert.files import check_writable_dir
 
     args = vars(build_parser().parse_args(argv))

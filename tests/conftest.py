@@ -40,7 +40,7 @@ def bundled(tmp_path_factory):
     """(tokenizer, corpus): the bundled corpus with a small trained
     vocabulary, tokenized once per test session."""
     from kerasbert.config import DataConfig
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
 
     cache = tmp_path_factory.getbasetemp() / "kerasbert-cache"
     return prepare_corpus(DataConfig(vocab_size=1000, cache_dir=str(cache)),

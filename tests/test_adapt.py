@@ -14,7 +14,10 @@ import pytest
 
 from kerasbert import adapt, fit
 from kerasbert.config import DataConfig, ModelConfig
-from kerasbert.data.cache import halve_lone_sentences, split_documents
+from kerasbert.data.corpus import (
+    halve_lone_sentences,
+    read_documents_as_sentences,
+)
 from kerasbert.errors import run_cli
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
@@ -25,7 +28,7 @@ def fixture(name):
 
 
 def documents(**fields):
-    _, docs = split_documents(DataConfig(**fields))
+    _, docs = read_documents_as_sentences(DataConfig(**fields))
     return list(docs)
 
 
@@ -135,7 +138,7 @@ def make_source_model(directory, cache):
     random, with a WordPiece vocabulary of the fixture texts."""
     import keras
 
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
     from kerasbert.modeling import BertBackbone
 
     tokenizer, _ = prepare_corpus(

@@ -1,14 +1,21 @@
-"""`python -m kerasbert.bench train`: the JSON has every field, sane.
+"""`python benchmarks/bench.py train`: the JSON has every field, sane.
 
 Nothing is timed against a threshold: speed depends on the machine.
 """
 
 import json
+import os
+import sys
 
 import pytest
 
-from kerasbert import bench
-from kerasbert.training import throughput
+BENCHMARKS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"
+)
+sys.path.insert(0, BENCHMARKS)  # benchmarks/ import each other by name
+
+import bench  # noqa: E402
+import throughput  # noqa: E402
 
 
 def test_train_json_fields(capsys):
@@ -52,7 +59,53 @@ def test_train_json_fields(capsys):
         4 * 16 / out["median_step_s"], rel=1e-3
     )
     assert out["precision"] == "float32"
-    assert set(out["cpu"]["flags"]) >= {"avx2", "avx512_bf16", "amx_bf16"}
+    assert out["cpu"]["flags"] == throughput.cpu_info()["flags"]
+
+
+def test_cpu_info_reads_the_flags_the_cpu_has(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\n"
+        "flags\t\t: fpu sse2 avx2 fma avx512f\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU 9000\n"
+        "flags\t\t: fpu sse2 avx2 fma avx512f\n"
+    )
+    info = throughput.cpu_info(str(cpuinfo))
+    assert info["model"] == "Test CPU 9000"
+    assert info["flags"] == {
+        "avx2": True,
+        "fma": True,
+        "avx512f": True,
+        "avx512_bf16": False,
+        "amx_bf16": False,
+    }
+    assert "avx2=yes" in throughput.describe_cpu(info)
+    assert "amx_bf16=no" in throughput.describe_cpu(info)
+
+
+def test_benchmark_trains_the_model_fit_compiles():
+    # The benchmark's model comes from trainer.compile_pretrainer, so it
+    # has the run's optimizer (schedule, clipping) and starts from the
+    # same weights as a run with the same seed.
+    import numpy as np
+
+    from kerasbert.config import ModelConfig, TrainConfig
+    from kerasbert.training import trainer
+
+    model_cfg = ModelConfig.from_size(
+        "tiny", vocabulary_size=31, hidden_dim=8, num_heads=2,
+        intermediate_dim=16, max_sequence_length=9
+    )
+    train_cfg = TrainConfig(precision="float32", seed=3, batch_size=2)
+    model, policy, _, _ = throughput.compiled_pretrainer(
+        model_cfg, train_cfg, 100
+    )
+    again, _ = trainer.compile_pretrainer(model_cfg, train_cfg, 100, False)
+    assert policy == "float32"
+    assert type(model.optimizer) is type(again.optimizer)
+    assert model.optimizer.global_clipnorm == again.optimizer.global_clipnorm
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_flops_per_token_mini():

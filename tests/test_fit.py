@@ -362,7 +362,7 @@ def test_multi_worker_matches_one_process_across_a_kill(env, tmp_path):
               "--attention-dropout", "0", "--precision", "float32",
               "--seed", "3", *SHORT]
     single = tmp_path / "single"
-    fit([*common, "--strategy", "one_device", "--output-dir", str(single)],
+    fit([*common, "--strategy", "default", "--output-dir", str(single)],
         env)
 
     multi = tmp_path / "multi"

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from kerasbert.data.cache import TokenCorpus
+from kerasbert.data.corpus import TokenCorpus
 from kerasbert.data.pairing import (
     assemble,
     create_pairs,
     epoch_pairs,
-    split_documents,
+    split_train_heldout,
     truncate_pairs,
 )
 from kerasbert.errors import UsageError
@@ -30,22 +30,22 @@ def _is_sentence_end(corpus, positions):
 
 
 def test_split_documents():
-    train, held = split_documents(40, 0.1, seed=3)
+    train, held = split_train_heldout(40, 0.1, seed=3)
     assert len(held) == 4 and len(train) == 36
     assert sorted(np.concatenate([train, held])) == list(range(40))
-    again = split_documents(40, 0.1, seed=3)
+    again = split_train_heldout(40, 0.1, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(again, (train, held)))
-    assert not np.array_equal(split_documents(40, 0.1, seed=4)[1], held)
+    assert not np.array_equal(split_train_heldout(40, 0.1, seed=4)[1], held)
     # Both sides keep 2 documents: NSP needs a random B from another one.
-    assert len(split_documents(4, 0.01, seed=0)[1]) == 2
-    assert len(split_documents(5, 0.9, seed=0)[0]) == 2
+    assert len(split_train_heldout(4, 0.01, seed=0)[1]) == 2
+    assert len(split_train_heldout(5, 0.9, seed=0)[0]) == 2
     with pytest.raises(UsageError, match="at least 4"):
-        split_documents(3, 0.05, seed=0)
-    assert len(split_documents(2, 0.0, seed=0)[1]) == 0
+        split_train_heldout(3, 0.05, seed=0)
+    assert len(split_train_heldout(2, 0.0, seed=0)[1]) == 0
     with pytest.raises(UsageError, match="--holdout-fraction"):
-        split_documents(2, 0.5, seed=0)
+        split_train_heldout(2, 0.5, seed=0)
     with pytest.raises(UsageError, match="--holdout-fraction"):
-        split_documents(10, 1.0, seed=0)
+        split_train_heldout(10, 1.0, seed=0)
 
 
 def test_pairs_respect_lengths_sentences_and_documents(bundled):
@@ -110,7 +110,7 @@ def test_pairs_are_seeded_per_epoch(bundled):
 
 def test_document_ids_restrict_both_segments(bundled):
     _, corpus = bundled
-    train, held = split_documents(corpus.num_documents, 0.2, seed=0)
+    train, held = split_train_heldout(corpus.num_documents, 0.2, seed=0)
     pairs = create_pairs(corpus, max_num_tokens=MAX, short_seq_prob=0.1,
                          nsp_probability=0.5, rng=np.random.default_rng(0),
                          document_ids=held)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbert.data.cache import TokenCorpus
+from kerasbert.data.corpus import TokenCorpus
 from kerasbert.data.masking import DynamicMasker
 from kerasbert.data.pairing import assemble
 from kerasbert.data.pretraining import (

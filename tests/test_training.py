@@ -122,6 +122,17 @@ def test_select_precision_and_jit():
         hardware.make_strategy("ring")
 
 
+def test_default_strategy_is_tfs_default():
+    # `default` (and its former name `one_device`) is TF's default
+    # strategy, not OneDeviceStrategy (see hardware.make_strategy).
+    import tensorflow as tf
+
+    for name in ("default", "one_device"):
+        assert hardware.make_strategy(name) is tf.distribute.get_strategy()
+    if len(tf.config.list_physical_devices("GPU")) < 2:
+        assert hardware.make_strategy("auto") is tf.distribute.get_strategy()
+
+
 def test_multi_worker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UsageError, match="TF_CONFIG"):

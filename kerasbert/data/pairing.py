@@ -36,7 +36,7 @@ PAIR_FIELDS = ("a_start", "a_len", "b_start", "b_len", "label")
 MIN_DOCUMENTS_TO_HOLD_OUT = 4
 
 
-def split_documents(num_documents: int, holdout_fraction: float, seed: int):
+def split_train_heldout(num_documents: int, holdout_fraction: float, seed: int):
     """Splits document ids into shuffled train and held-out id arrays.
 
     Held-out data is split by whole documents: a held-out sentence whose

@@ -63,7 +63,7 @@ def model_config(values: dict, label: str) -> ModelConfig:
         raise UsageError(f"{label}: no {', '.join(missing)}")
     act = values.get("hidden_act", "gelu")
     # Google's TF1 code calls its tanh approximation "gelu" too; HF (and
-    # so kerasbert) read it as the exact erf GELU, see the README.
+    # so kerasbert) read it as the exact erf GELU, see docs/convert.md.
     if act != "gelu":
         raise UsageError(
             f"{label}: hidden_act {act!r} is not supported "

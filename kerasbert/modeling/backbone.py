@@ -28,7 +28,7 @@ def default_initializer_range(hidden_dim):
     uniform and every block 3x closer to the identity, and the model lingers
     on the predict-frequent-words plateau. Keeping hidden_dim * s**2 at its
     BERT-base value lifted held-out MLM accuracy of the 600-step learning
-    benchmark (README) by about 0.01; wider models keep 0.02.
+    benchmark (docs/benchmarks.md) by about 0.01; wider models keep 0.02.
     """
     return max(0.02, 0.02 * math.sqrt(768 / hidden_dim))
 

@@ -1,5 +1,5 @@
 """Learning-rate schedules (imported by `kerasbert.modeling`, so that `.keras`
-files saved with their optimizer reload after `import kerasbert.model`)."""
+files saved with their optimizer reload after `import kerasbert.modeling`)."""
 
 import keras
 

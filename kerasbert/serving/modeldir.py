@@ -8,12 +8,13 @@ A pretraining run directory is one (its model.keras is written at the end;
 `checkpoints/latest.keras` and `best.keras` stand in before that), and so
 is what `python -m kerasbert.convert` writes from a Hugging Face or Google
 checkpoint. Fine-tuning, fill-mask, export and `fit --init-from` read it
-through `load_model_dir`.
+through `load_model`, `load_tokenizer` and `read_model_config`.
 """
 
 import os
 import zipfile
 
+from kerasbert.config import ARCHITECTURE
 from kerasbert.errors import UsageError
 
 CHECKPOINTS = ("model", "best", "latest")
@@ -77,17 +78,6 @@ def load_tokenizer(directory: str):
 def backbone_of(model):
     """The BertBackbone inside a pretrainer or classifier, or `model`."""
     return getattr(model, "backbone", model)
-
-
-ARCHITECTURE = (
-    "vocabulary_size",
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "intermediate_dim",
-    "max_sequence_length",
-    "num_segments",
-)
 
 
 def init_from(model, directory: str) -> list[str]:

@@ -501,10 +501,8 @@ def _csv_rows(history, test=None):
 
 def _finish(cfg, trained, model_cfg, tokenizer, data, state, log):
     """Best epoch -> float32 model.keras, test metrics, metrics files."""
-    from kerasbert.training.metrics import (
-        classification_metrics,
-        plot_confusion,
-    )
+    from kerasbert.training.metrics import classification_metrics
+    from kerasbert.training.plots import plot_confusion
 
     out = cfg.output_dir
     best = state["best"]

@@ -39,7 +39,8 @@ def select_precision(precision: str) -> tuple[str, str]:
 
 
 def select_jit_compile(jit_compile: str) -> bool:
-    """XLA helps on GPUs; on CPUs graph mode was faster here (see README)."""
+    """XLA helps on GPUs; on CPUs graph mode was faster here
+    (docs/benchmarks.md)."""
     check_field(TrainConfig, "jit_compile", jit_compile)
     if jit_compile == "auto":
         return bool(tf.config.list_physical_devices("GPU"))
@@ -51,8 +52,8 @@ def make_strategy(name: str):
     check_field(TrainConfig, "strategy", name)
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device"
-    if name == "one_device":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name in ("default", "one_device"):  # one_device: its former name
         # TF's default strategy (first GPU, else the CPU), not
         # OneDeviceStrategy: that one makes Keras re-wrap the dataset in a
         # device iterator whose tf.data autotuning cannot be turned off,

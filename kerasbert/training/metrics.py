@@ -1,13 +1,10 @@
-"""Classification metrics in NumPy (the definitions scikit-learn uses), and
-`confusion.png`.
+"""Classification metrics in NumPy (the definitions scikit-learn uses).
 
 A class never predicted has precision 0 and one never present has recall
 0 (sklearn's `zero_division=0`); macro-F1 is the plain mean over all
 classes. MCC is the multi-class form of Gorodkin (2004), as
 `sklearn.metrics.matthews_corrcoef`: on two classes it is Matthews' phi.
 """
-
-import os
 
 import numpy as np
 
@@ -58,42 +55,3 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
         },
         "confusion": matrix.tolist(),
     }
-
-
-def plot_confusion(
-    matrix, labels: list[str], png_path: str, title: str = ""
-) -> str:
-    """A confusion matrix heat map with label names and counts."""
-    from matplotlib.figure import Figure  # no pyplot: see plots.py
-
-    from kerasbert.files import atomic_path
-
-    matrix = np.asarray(matrix)
-    size = 2.5 + 0.6 * len(labels)
-    fig = Figure(figsize=(size + 1, size))
-    ax = fig.subplots()
-    image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ticks = np.arange(len(labels))
-    ax.set_xticks(ticks, labels, rotation=45, ha="right")
-    ax.set_yticks(ticks, labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
-    dark = matrix.max() / 2 if matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            str(count),
-            ha="center",
-            va="center",
-            color="white" if count > dark else "black",
-            fontsize=8,
-        )
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return png_path

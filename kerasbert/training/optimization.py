@@ -56,7 +56,7 @@ def unigram_log_prior(counts, pseudo_count=0.1):
     through the bias before context can pay off. Starting the bias at the
     training corpus' log frequencies (as one starts a classifier's bias at
     the log class priors) gives that for free. Measured on the learning
-    benchmark (README): held-out MLM loss 7.196 -> 7.140 at 600 steps.
+    benchmark (docs/benchmarks.md): held-out MLM loss 7.196 -> 7.140 at 600 steps.
     `pseudo_count` keeps unseen tokens (and the special tokens, which are
     never targets) finite, 1.3% of the mass in all on WikiText-2 valid.
     """

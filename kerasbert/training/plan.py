@@ -16,7 +16,7 @@ import numpy as np
 from kerasbert.data.pairing import (
     MIN_DOCUMENTS_TO_HOLD_OUT,
     count_pairs,
-    split_documents,
+    split_train_heldout,
 )
 from kerasbert.errors import UsageError
 
@@ -56,7 +56,7 @@ def make_plan(corpus, data_cfg, train_cfg, heldout_corpus=None,
                 f"(needs {MIN_DOCUMENTS_TO_HOLD_OUT}); no held-out "
                 "evaluation")
         else:
-            train_ids, heldout_ids = split_documents(
+            train_ids, heldout_ids = split_train_heldout(
                 n, data_cfg.holdout_fraction, train_cfg.seed)
             heldout_corpus = corpus
     pairs = _pairs(corpus, data_cfg, train_cfg.seed, train_ids)

@@ -1,6 +1,9 @@
-"""`loss.png`: MLM and NSP loss and accuracy curves from `metrics.csv`."""
+"""The plots a run writes: `loss.png` (MLM and NSP loss and accuracy
+curves from a pretraining run's `metrics.csv`) and `confusion.png` (a
+classifier's confusion matrix)."""
 
 import csv
+import os
 
 from kerasbert.files import atomic_path
 
@@ -44,6 +47,44 @@ def plot_metrics(csv_path: str, png_path: str) -> str:
         ax.set_xlabel("step")
     axes[0][0].legend()
     fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return png_path
+
+
+def plot_confusion(
+    matrix, labels: list[str], png_path: str, title: str = ""
+) -> str:
+    """A confusion matrix heat map with label names and counts."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: see plot_metrics
+
+    matrix = np.asarray(matrix)
+    size = 2.5 + 0.6 * len(labels)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    dark = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > dark else "black",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=100)
     return png_path

@@ -77,7 +77,7 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
 
 def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
               staging, chief_dir):
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
 
     run = RunDir(train_cfg.output_dir)
     prepare_cfg = data_cfg

@@ -34,6 +34,38 @@ def perplexity(mlm_loss):
         return float("inf")
 
 
+def apply_precision(train_cfg):
+    """Sets the global dtype policy a run computes in and picks XLA.
+
+    Returns (policy name, why, jit_compile). Runs and the benchmarks in
+    benchmarks/ call this, so both time the same choice.
+    """
+    policy, why = hardware.select_precision(train_cfg.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy, why, hardware.select_jit_compile(train_cfg.jit_compile)
+
+
+def compile_pretrainer(model_cfg, train_cfg, total_steps, jit):
+    """(model, optimizer): the pretrainer compiled with its optimizer
+    (schedule, clipping) as a run trains it; call under the strategy's
+    scope. The optimizer is the one given to `compile` (Keras may wrap it
+    for loss scaling). The benchmarks call this too, so they time this
+    very model, never a copy."""
+    from kerasbert.modeling import build_pretrainer
+    keras.utils.set_random_seed(train_cfg.seed)
+    model = build_pretrainer(nsp=train_cfg.nsp,
+                             **dataclasses.asdict(model_cfg))
+    # Heads only: the optimizer then holds slots for the heads alone and
+    # the encoder's weights stay exactly as loaded.
+    model.backbone.trainable = not train_cfg.heads_only
+    if not train_cfg.nsp:  # no loss reaches them: leave them be
+        model.nsp_head.trainable = False
+        model.backbone.pooler.trainable = False
+    optimizer = optimization.optimizer_from_config(train_cfg, total_steps)
+    model.compile(optimizer=optimizer, jit_compile=jit)
+    return model, optimizer
+
+
 class Trainer:
     """Trains one run to the end of its `TrainingPlan` (see plan.py).
 
@@ -117,20 +149,9 @@ class Trainer:
     # Model.
 
     def build(self, strategy, jit):
-        from kerasbert.modeling import build_pretrainer
-        keras.utils.set_random_seed(self.cfg.seed)
         with strategy.scope():
-            model = build_pretrainer(nsp=self.cfg.nsp,
-                                     **dataclasses.asdict(self.model_cfg))
-            # Heads only: the optimizer then holds slots for the heads
-            # alone and the encoder's weights stay exactly as loaded.
-            model.backbone.trainable = not self.cfg.heads_only
-            if not self.cfg.nsp:  # no loss reaches them: leave them be
-                model.nsp_head.trainable = False
-                model.backbone.pooler.trainable = False
-            optimizer = optimization.optimizer_from_config(
-                self.cfg, self.plan.total_steps)
-            model.compile(optimizer=optimizer, jit_compile=jit)
+            model, optimizer = compile_pretrainer(
+                self.model_cfg, self.cfg, self.plan.total_steps, jit)
             # Build weights and optimizer slots now: a resume loads into them.
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
@@ -153,9 +174,7 @@ class Trainer:
 
     def run(self, resume=False):
         cfg, plan = self.cfg, self.plan
-        policy, why = hardware.select_precision(cfg.precision)
-        keras.mixed_precision.set_global_policy(policy)
-        jit = hardware.select_jit_compile(cfg.jit_compile)
+        policy, why, jit = apply_precision(cfg)
         strategy = hardware.make_strategy(cfg.strategy)
         self.chief = hardware.is_chief(strategy)
         self.log(f"precision: {policy} ({why}); jit_compile: {jit}; "

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from kerasbert.config import DataConfig
-from kerasbert.data import cache
-from kerasbert.data.cache import TokenCorpus, load_token_cache, prepare_corpus
+from kerasbert.data import corpus as corpus_prep
+from kerasbert.data.corpus import TokenCorpus, load_token_cache, prepare_corpus
 from kerasbert.errors import UsageError
 from kerasbert.text import readers, sentences
 from kerasbert.text.tokenizer import Tokenizer
@@ -53,7 +53,7 @@ def as_lists(c):
 def test_token_writer_matches_from_documents(tmp_path):
     """The cache writer drops empty sentences and documents as
     from_documents does, across several `add` calls."""
-    writer = cache._TokenWriter(str(tmp_path / "tokens"))
+    writer = corpus_prep._TokenWriter(str(tmp_path / "tokens"))
     for docs in (DOCS[:2], DOCS[2:]):
         sentences = [s for d in docs for s in d]
         writer.add(np.array([i for s in sentences for i in s], np.int32),
@@ -116,7 +116,7 @@ def test_second_run_reads_only_the_cache(tmp_path, monkeypatch):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(Tokenizer, "encode_batch", forbidden)
-    monkeypatch.setattr(cache, "train_wordpiece", forbidden)
+    monkeypatch.setattr(corpus_prep, "train_wordpiece", forbidden)
     monkeypatch.setattr(readers, "iter_documents", forbidden)
     tok2, c2 = prepare_corpus(config, progress=False)
     assert c2.path == c1.path
@@ -162,8 +162,8 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch):
         return real(self, texts, fast)
 
     monkeypatch.setattr(Tokenizer, "encode_flat", crash_second_batch)
-    monkeypatch.setattr(cache, "tokenize_documents", _small_batches(
-        cache.tokenize_documents))
+    monkeypatch.setattr(corpus_prep, "tokenize_documents", _small_batches(
+        corpus_prep.tokenize_documents))
     with pytest.raises(KeyboardInterrupt):
         prepare_corpus(config, progress=False)
     # The tokenizer finished before the crash; no tokens-* or tmp-* remain.
@@ -292,11 +292,11 @@ def test_parallel_split_matches_sequential(tmp_path, monkeypatch, clean):
     """Forked splitting workers write the same sentence file, in order."""
     config = DataConfig(clean=clean)
     one, two = tmp_path / "one.txt", tmp_path / "two.txt"
-    monkeypatch.setattr(cache, "split_workers", lambda dc: 1)
-    assert cache.write_sentences(config, str(one), progress=False)[1] > 2
-    monkeypatch.setattr(cache, "split_workers", lambda dc: 2)
-    monkeypatch.setattr(cache, "_TASK_CHARS", 20_000)  # several tasks
-    cache.write_sentences(config, str(two), progress=False)
+    monkeypatch.setattr(corpus_prep, "split_workers", lambda dc: 1)
+    assert corpus_prep.write_sentences(config, str(one), progress=False)[1] > 2
+    monkeypatch.setattr(corpus_prep, "split_workers", lambda dc: 2)
+    monkeypatch.setattr(corpus_prep, "_TASK_CHARS", 20_000)  # several tasks
+    corpus_prep.write_sentences(config, str(two), progress=False)
     assert one.read_text(encoding="utf-8") == two.read_text(encoding="utf-8")
 
 
@@ -313,9 +313,9 @@ def test_stream_with_workers_and_fast_route_matches_sequential(
         tmp_path / "c0")), tokenizer_dir, progress=False)
     results = []
     for workers, fast in ((1, False), (2, True)):
-        monkeypatch.setattr(cache, "split_workers", lambda dc, n=workers: n)
-        monkeypatch.setattr(cache, "_tokenize_fast", lambda dc, f=fast: f)
-        monkeypatch.setattr(cache, "_TASK_CHARS", 50_000)  # several tasks
+        monkeypatch.setattr(corpus_prep, "split_workers", lambda dc, n=workers: n)
+        monkeypatch.setattr(corpus_prep, "_tokenize_fast", lambda dc, f=fast: f)
+        monkeypatch.setattr(corpus_prep, "_TASK_CHARS", 50_000)  # several tasks
         config = DataConfig(clean=True, tokenizer=tokenizer_dir,
                             cache_dir=str(tmp_path / f"c{workers}"))
         _, c = prepare_corpus(config, progress=False)
@@ -339,14 +339,14 @@ def test_stuck_split_task_is_an_error_not_a_hang(tmp_path, monkeypatch):
     import multiprocessing
     import time
 
-    monkeypatch.setattr(cache, "split_workers", lambda dc: 2)
-    monkeypatch.setattr(cache, "_split_task", _stuck_task)
-    monkeypatch.setattr(cache, "_TASK_SECONDS", 1.0)
+    monkeypatch.setattr(corpus_prep, "split_workers", lambda dc: 2)
+    monkeypatch.setattr(corpus_prep, "_split_task", _stuck_task)
+    monkeypatch.setattr(corpus_prep, "_TASK_SECONDS", 1.0)
     config = make_config(tmp_path)
     start = time.monotonic()
     with pytest.raises(UsageError, match=r"corpus\.txt: splitting .* "
                        r"characters into sentences took over 1 s"):
-        cache.write_sentences(config, str(tmp_path / "s.txt"),
+        corpus_prep.write_sentences(config, str(tmp_path / "s.txt"),
                               progress=False)
     assert time.monotonic() - start < 20
     assert not multiprocessing.active_children()
@@ -364,10 +364,10 @@ def test_workers_split_without_nltk_time_limits(tmp_path, monkeypatch):
     redos = pytest.importorskip("nltk.redos")
     before = redos.DEFAULT_TIMEOUT
     assert before is not None
-    monkeypatch.setattr(cache, "split_workers", lambda dc: 2)
-    monkeypatch.setattr(cache, "_split_task", _report_time_limit)
+    monkeypatch.setattr(corpus_prep, "split_workers", lambda dc: 2)
+    monkeypatch.setattr(corpus_prep, "_split_task", _report_time_limit)
     out = tmp_path / "s.txt"
-    cache.write_sentences(make_config(tmp_path), str(out), progress=False)
+    corpus_prep.write_sentences(make_config(tmp_path), str(out), progress=False)
     assert out.read_text(encoding="utf-8").startswith("limit None\n")
     assert redos.DEFAULT_TIMEOUT == before
 
@@ -375,8 +375,8 @@ def test_workers_split_without_nltk_time_limits(tmp_path, monkeypatch):
 def test_split_workers_by_size(tmp_path, monkeypatch):
     small = tmp_path / "small.txt"
     small.write_text("One. Two.\n\nThree. Four.\n", encoding="utf-8")
-    assert cache.split_workers(DataConfig(corpus=str(small))) == 1
-    monkeypatch.setattr(cache, "_PARALLEL_BYTES", 1)
-    monkeypatch.setattr(cache.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert corpus_prep.split_workers(DataConfig(corpus=str(small))) == 1
+    monkeypatch.setattr(corpus_prep, "_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(corpus_prep.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     expected = 3 if sys.platform == "linux" else 1
-    assert cache.split_workers(DataConfig(corpus=str(small))) == expected
+    assert corpus_prep.split_workers(DataConfig(corpus=str(small))) == expected

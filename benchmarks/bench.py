@@ -1,31 +1,34 @@
-"""Benchmarks: `python -m kerasbert.bench {data,train}`.
+"""Benchmarks: `python benchmarks/bench.py {data,train}`.
 
 `train` times the training step `fit` runs (model, optimizer, loss and
 precision/XLA choice built by the same functions) on a synthetic batch and
 prints one JSON object: median tokens/s, peak memory, model FLOPs per token
 and MFU against a matmul roof measured in the same run, the CPU and its
-flags; see `kerasbert.training.throughput`.
+flags; see `throughput.py` beside this file. The model is built and
+compiled by `kerasbert.training.trainer`'s own functions.
 
 `data` times sequences/s through NSP pairing + dynamic masking + batching at
 one sequence length, on a tokenized corpus (default: the bundled sample,
 tokenized and cached by `prepare_corpus`), and then the same token ids
-through a reference pipeline written the way users copy it today: Python
-per-instance pairing building token lists (HF's former
-`TextDatasetForNextSentencePrediction`, itself Google's algorithm), then
-`transformers.DataCollatorForLanguageModeling` with a `BertTokenizerFast`
-built from the same vocabulary. It prints both figures and their ratio.
+through the reference pipeline in `reference_instances.py` (per-instance
+pairing on Python token lists, then HF's `DataCollatorForLanguageModeling`).
+It prints both figures and their ratio.
 """
 
 import os
-import platform
-import random
 import statistics
 import sys
 import tempfile
 import time
 
-from kerasbert.config import DataConfig, ModelConfig, TrainConfig
-from kerasbert.errors import ArgumentParser, UsageError, run_cli
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's kerasbert, installed or not
+
+import reference_instances  # noqa: E402 (beside this file)
+import throughput as tp  # noqa: E402
+
+from kerasbert.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 
 TRAIN_CONFIGS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # What shapes the step; the rest of a run's flags do not change its speed.
@@ -47,7 +50,7 @@ def _load(args, tokenizer_dir=None):
     """prepare_corpus on --corpus and --tokenizer (without one, a
     vocabulary of --vocab-size is trained, and cached): (Tokenizer,
     TokenCorpus, path for the reference's BertTokenizerFast)."""
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
 
     config = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer)
     if hasattr(args, "vocab_size"):  # bench data's flag; train has none
@@ -57,139 +60,6 @@ def _load(args, tokenizer_dir=None):
     )
     hf_path = args.tokenizer or tokenizer_dir
     return tokenizer, corpus, hf_path
-
-
-def _documents(corpus):
-    """The corpus as Python lists: what a per-instance pipeline starts from."""
-    tokens = corpus.tokens.tolist()
-    so = corpus.sentence_offsets.tolist()
-    do = corpus.document_offsets.tolist()
-    return [
-        [tokens[so[s] : so[s + 1]] for s in range(do[d], do[d + 1])]
-        for d in range(len(do) - 1)
-    ]
-
-
-def _reference_examples(
-    documents,
-    doc_index,
-    max_num_tokens,
-    short_seq_prob,
-    nsp_probability,
-    tokenizer,
-    rng,
-):
-    """HF `TextDatasetForNextSentencePrediction.create_examples_from_document`
-    (transformers 4.x), i.e. Google's loop on token lists."""
-    document = documents[doc_index]
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    target = max_num_tokens
-    if rng.random() < short_seq_prob:
-        target = rng.randint(2, max_num_tokens)
-    examples, chunk, length, i = [], [], 0, 0
-    while i < len(document):
-        segment = document[i]
-        chunk.append(segment)
-        length += len(segment)
-        if i == len(document) - 1 or length >= target:
-            if chunk:
-                a_end = 1
-                if len(chunk) >= 2:
-                    a_end = rng.randint(1, len(chunk) - 1)
-                tokens_a = [t for s in chunk[:a_end] for t in s]
-                tokens_b = []
-                if len(chunk) == 1 or rng.random() < nsp_probability:
-                    is_random_next = True
-                    target_b = target - len(tokens_a)
-                    for _ in range(10):
-                        r = rng.randint(0, len(documents) - 1)
-                        if r != doc_index:
-                            break
-                    random_document = documents[r]
-                    start = rng.randint(0, len(random_document) - 1)
-                    for j in range(start, len(random_document)):
-                        tokens_b.extend(random_document[j])
-                        if len(tokens_b) >= target_b:
-                            break
-                    i -= len(chunk) - a_end
-                else:
-                    is_random_next = False
-                    for j in range(a_end, len(chunk)):
-                        tokens_b.extend(chunk[j])
-                while len(tokens_a) + len(tokens_b) > max_num_tokens:
-                    longer = (
-                        tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-                    )
-                    if rng.random() < 0.5:
-                        del longer[0]
-                    else:
-                        longer.pop()
-                if tokens_a and tokens_b:
-                    # What 4.x's build_inputs_with_special_tokens and
-                    # create_token_type_ids_from_sequences returned (5.x
-                    # removed them).
-                    examples.append(
-                        {
-                            "input_ids": [
-                                cls_id,
-                                *tokens_a,
-                                sep_id,
-                                *tokens_b,
-                                sep_id,
-                            ],
-                            "token_type_ids": [0] * (len(tokens_a) + 2)
-                            + [1] * (len(tokens_b) + 1),
-                            "next_sentence_label": int(is_random_next),
-                        }
-                    )
-            chunk, length = [], 0
-        i += 1
-    return examples
-
-
-def _reference_batches(corpus, tokenizer, *, sequence_length, batch_size, seed):
-    """Endless batches from the reference pipeline (per-epoch re-pairing)."""
-    from transformers import DataCollatorForLanguageModeling
-
-    documents = _documents(corpus)
-    collator = DataCollatorForLanguageModeling(
-        tokenizer,
-        mlm_probability=0.15,
-        pad_to_multiple_of=sequence_length,
-        return_tensors="np",
-        seed=seed,
-    )
-    rng = random.Random(seed)
-    while True:
-        examples = []
-        for d in range(len(documents)):
-            examples += _reference_examples(
-                documents, d, sequence_length - 3, 0.1, 0.5, tokenizer, rng
-            )
-        rng.shuffle(examples)
-        for b in range(len(examples) // batch_size):
-            yield collator(examples[b * batch_size : (b + 1) * batch_size])
-
-
-def _hf_tokenizer(tokenizer, path):
-    """A `BertTokenizerFast` from the saved tokenizer dir (or a vocab.txt)."""
-    from transformers import BertTokenizerFast
-
-    if os.path.isdir(path):
-        hf = BertTokenizerFast.from_pretrained(path)
-    elif path.endswith(".txt"):
-        hf = BertTokenizerFast(vocab_file=path)
-    else:
-        raise UsageError(
-            f"--tokenizer: the reference needs a WordPiece vocabulary, got "
-            f"{path} (use --no-reference)"
-        )
-    if (hf.mask_token_id, hf.cls_token_id) != (
-        tokenizer.mask_id,
-        tokenizer.cls_id,
-    ):
-        raise UsageError(f"{path}: special ids differ between tokenizers")
-    return hf
 
 
 def _time(pull, *, seconds, max_batches, batch_size, chunk=1, warmup=5):
@@ -219,17 +89,6 @@ def _graph_puller(ds, chunk):
     return pull
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def bench_data(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kerasbert.data.pretraining import count_pairs, pretraining_dataset
@@ -244,7 +103,7 @@ def bench_data(args):
         f"sequences per epoch at length {args.sequence_length}"
     )
     print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} cores; batch "
+        f"machine: {tp.cpu_info()['model']}, {os.cpu_count()} cores; batch "
         f"{args.batch_size}, max predictions {args.max_predictions}, "
         f"whole_word {args.whole_word}"
     )
@@ -274,8 +133,8 @@ def bench_data(args):
     )
     if args.no_reference:
         return
-    hf = _hf_tokenizer(tokenizer, hf_path)
-    reference = _reference_batches(
+    hf = reference_instances.hf_tokenizer(tokenizer, hf_path)
+    reference = reference_instances.reference_batches(
         corpus,
         hf,
         sequence_length=args.sequence_length,
@@ -309,8 +168,6 @@ def bench_train(args):
 
     from kerasbert.cli import split_values
     from kerasbert.config import DataConfig, ModelConfig, TrainConfig
-    from kerasbert.training import throughput as tp
-
     known = {n for names in TRAIN_FLAGS.values() for n in names}
     parts = split_values(
         {k: v for k, v in vars(args).items() if k in known}, TRAIN_CONFIGS
@@ -440,7 +297,7 @@ def _real_summary(synthetic, real, held, tokens):
 
 def main(argv=None):
     parser = ArgumentParser(
-        prog="python -m kerasbert.bench", description=__doc__.split("\n")[0]
+        prog="python benchmarks/bench.py", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser(

@@ -1,4 +1,5 @@
-"""Tokenize a corpus once into .npy files on disk; load them memory-mapped.
+"""Corpus preparation: read, clean, split and tokenize a corpus once into
+.npy files on disk (the token cache); load them memory-mapped.
 
 `prepare_corpus(data_config)` runs read -> clean -> split sentences ->
 (train a WordPiece vocabulary when `tokenizer` is None) -> tokenize, and
@@ -416,7 +417,7 @@ def halve_lone_sentences(documents):
             documents.close()  # a splitting pool stops now, not at GC
 
 
-def split_documents(data_config):
+def read_documents_as_sentences(data_config):
     """(resolved language, an iterator over the corpus's documents as
     lists of cleaned sentences), read and split as it is consumed, in
     order, a few megabytes at a time (see `split_workers`). The texts of
@@ -445,7 +446,7 @@ def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
     """Corpus -> one sentence a line, a blank line after each document
     (what the vocabulary trainer reads). Returns (resolved language,
     number of documents)."""
-    language, split = split_documents(data_config)
+    language, split = read_documents_as_sentences(data_config)
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for sentences in _progress(
@@ -568,7 +569,7 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
         if sentences_path is None:
             # No vocabulary was trained: split and tokenize in one stream,
             # the main process tokenizing while the workers split.
-            _, documents = split_documents(dc)
+            _, documents = read_documents_as_sentences(dc)
         else:
             documents = _read_sentence_documents(sentences_path)
         built = os.path.join(workspace(), "tokens")

@@ -1,11 +1,13 @@
 """Speed of the training step `fit` runs: tokens/s, FLOPs, matmul roof.
 
-`python -m kerasbert.bench train` and `benchmarks/peers.py` use these. The
-step is the real one: `build_pretrainer` + `compile_pretrainer` (the
-optimizer, schedule, clipping and loss of a run) driven through Keras'
-own `train_function`, which is what `model.fit` calls once per batch. The
-batch is synthetic (the peers' setup: random ids, 20 predictions), so the
-input pipeline is not timed here (`bench data` times it).
+`benchmarks/bench.py train`, `peers.py` and `step_profile.py` use these.
+The step is the real one: the model comes from
+`kerasbert.training.trainer.compile_pretrainer` and the precision from
+`apply_precision`, the functions a run calls (the optimizer, schedule,
+clipping and loss of a run), and is driven through Keras' own
+`train_function`, which is what `model.fit` calls once per batch. The batch
+is synthetic (the peers' setup: random ids, 20 predictions), so the input
+pipeline is not timed here (`bench.py data` times it).
 
 MFU = achieved model FLOP/s / the best float matmul rate this process
 reaches on this machine (`matmul_roof`), so it says how much of what the
@@ -19,12 +21,16 @@ import time
 
 import numpy as np
 
+# The SIMD flags that decide which precision and kernels are fast.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
-def cpu_info() -> dict:
-    """Model name, core count, load and the SIMD flags that decide speed."""
+
+def cpu_info(cpuinfo="/proc/cpuinfo") -> dict:
+    """Model name, core count, load and which of `CPU_FLAGS` the CPU has
+    (read from `cpuinfo`, Linux's format)."""
     name, flags = "", set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name" and not name:
@@ -35,12 +41,11 @@ def cpu_info() -> dict:
         import platform
 
         name = platform.processor() or platform.machine()
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
     return {
         "model": name,
         "cores": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "flags": {k: k in flags for k in wanted},
+        "flags": {k: k in flags for k in CPU_FLAGS},
     }
 
 
@@ -158,27 +163,15 @@ def peak_rss_mb() -> float:
 
 
 def compiled_pretrainer(model_cfg, train_cfg, total_steps):
-    """The model `fit` trains, compiled as `fit` compiles it.
+    """The model `fit` trains, compiled by the functions `fit` calls.
 
     Sets the global dtype policy (`train_cfg.precision`, `auto` resolved
     by the CPU/GPU). Returns (model, policy name, why, jit_compile).
     """
-    import dataclasses
+    from kerasbert.training.trainer import apply_precision, compile_pretrainer
 
-    import keras
-
-    from kerasbert.modeling import build_pretrainer
-    from kerasbert.training import hardware, optimization
-
-    policy, why = hardware.select_precision(train_cfg.precision)
-    keras.mixed_precision.set_global_policy(policy)
-    jit = hardware.select_jit_compile(train_cfg.jit_compile)
-    keras.utils.set_random_seed(train_cfg.seed)
-    model = build_pretrainer(**dataclasses.asdict(model_cfg))
-    model.compile(
-        optimizer=optimization.optimizer_from_config(train_cfg, total_steps),
-        jit_compile=jit,
-    )
+    policy, why, jit = apply_precision(train_cfg)
+    model, _ = compile_pretrainer(model_cfg, train_cfg, total_steps, jit)
     return model, policy, why, jit
 
 
