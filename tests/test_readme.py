@@ -123,6 +123,9 @@ FAST = {
                      "--eval-batches 2 --quiet",
     "kerasbert.finetune": "--epochs 1 --max-examples 64 --max-length 32 "
                           "--quiet",
+    "kerasbert.adapt": "--adapt-steps 3 --adapt-sequence-length 32 "
+                       "--adapt-batch-size 8 --epochs 1 --max-examples 64 "
+                       "--max-length 32 --quiet",
 }
 
 
@@ -188,6 +191,7 @@ def test_readme_tour_runs_on_a_fresh_clone(tmp_path):
                 assert all(0.5 <= float(row[1]) <= 1 for row in rows)
     # What each step leaves behind, where the next step looks for it.
     for path in ("runs/tiny/summary.json", "runs/emotion/model.keras",
+                 "runs/emotion-adapted/classifier/model.keras",
                  "exported/emotion/saved_model.pb",
                  "hf/tiny/model.safetensors"):
         assert (clone / path).exists(), path
