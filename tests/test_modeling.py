@@ -89,6 +89,23 @@ def test_backbone_takes_model_config_fields_and_round_trips_config():
     assert clone.count_params() == backbone.count_params()
 
 
+def test_new_models_use_tanh_gelu_and_old_ones_keep_the_exact_one(tmp_path):
+    assert ModelConfig().activation == "gelu_tanh"
+    assert BertBackbone(**TINY).activation == "gelu_tanh"
+    # config.json and .keras configs from before the field: exact GELU.
+    old = ModelConfig().to_dict()
+    del old["activation"]
+    assert ModelConfig.from_dict(old).activation == "gelu"
+    config = BertBackbone(**TINY).get_config()
+    del config["activation"]
+    restored = BertBackbone.from_config(config)
+    assert restored.activation == "gelu"
+    assert all(b.activation == "gelu" for b in restored.blocks)
+    assert BertPretrainer(restored).mlm_head.activation == "gelu"
+    with pytest.raises(ValueError, match="activation 'relu'"):
+        BertBackbone(**TINY, activation="relu")
+
+
 def test_default_initializer_range_keeps_bert_base_scale():
     # hidden_dim * s**2 stays at BERT-base's 768 * 0.02**2 below 768 wide.
     assert default_initializer_range(768) == pytest.approx(0.02)

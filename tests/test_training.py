@@ -296,6 +296,22 @@ def test_resume_accepts_only_bookkeeping_changes():
                                                         "seed"]
 
 
+def test_run_saved_before_the_activation_field_was_exact_gelu():
+    from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+    from kerasbert.training.rundir import config_changes, run_config
+
+    def configs(**model):
+        return run_config(ModelConfig.from_size("tiny", **model),
+                          DataConfig(), TrainConfig())
+
+    old = configs()
+    del old["model"]["activation"]
+    assert config_changes(old, configs(activation="gelu")) == []
+    # The new default would change what the backup's weights compute.
+    assert config_changes(old, configs()) == [
+        "activation: 'gelu' -> 'gelu_tanh'"]
+
+
 def test_heldout_documents_never_enter_the_unigram_prior(bundled):
     from kerasbert.config import DataConfig, ModelConfig, TrainConfig
     from kerasbert.training.plan import make_plan

@@ -56,18 +56,29 @@ class Checkpoint:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def model_config(values: dict, label: str) -> ModelConfig:
-    """A validated `ModelConfig` from an HF or Google BERT config dict."""
+# HF `hidden_act` -> `ModelConfig.activation`: "gelu" is the exact erf
+# form there; "gelu_new" and "gelu_pytorch_tanh" the tanh approximation.
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
+
+
+def model_config(values: dict, label: str, google: bool = False
+                 ) -> ModelConfig:
+    """A validated `ModelConfig` from an HF (or, `google`, a Google BERT)
+    config dict."""
     missing = [k for k in REQUIRED if k not in values]
     if missing:
         raise UsageError(f"{label}: no {', '.join(missing)}")
     act = values.get("hidden_act", "gelu")
-    # Google's TF1 code calls its tanh approximation "gelu" too; HF (and
-    # so kerasbert) read it as the exact erf GELU, see the README.
-    if act != "gelu":
+    # Google's TF1 modeling.py calls its tanh approximation "gelu".
+    known = {"gelu": "gelu_tanh"} if google else HF_ACTIVATIONS
+    if act not in known:
         raise UsageError(
             f"{label}: hidden_act {act!r} is not supported "
-            "(kerasbert uses the exact GELU, 'gelu')"
+            f"(choose from {', '.join(known)})"
         )
     position = values.get("position_embedding_type", "absolute")
     if position != "absolute":
@@ -86,6 +97,7 @@ def model_config(values: dict, label: str) -> ModelConfig:
         if theirs in values
     }
     fields.setdefault("initializer_range", 0.02)  # HF's and Google's default
+    fields["activation"] = known[act]
     config = ModelConfig(**fields)
     try:
         return config.validate()

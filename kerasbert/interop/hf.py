@@ -205,7 +205,10 @@ def hf_config(backbone, architecture: str, pad_id: int) -> dict:
         "num_hidden_layers": backbone.num_layers,
         "num_attention_heads": backbone.num_heads,
         "intermediate_size": backbone.intermediate_dim,
-        "hidden_act": "gelu",
+        # transformers' names: "gelu" is exact, "gelu_new" the tanh form.
+        "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_new"}[
+            backbone.activation
+        ],
         "hidden_dropout_prob": backbone.hidden_dropout,
         "attention_probs_dropout_prob": backbone.attention_dropout,
         "max_position_embeddings": backbone.max_sequence_length,

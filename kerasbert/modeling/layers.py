@@ -10,6 +10,20 @@ Heads emit float32 logits whatever the dtype policy.
 import keras
 from keras import ops
 
+from kerasbert.config import ACTIVATIONS
+
+
+def gelu(x, activation):
+    """`activation` "gelu" (exact erf) or "gelu_tanh" (tanh approximation:
+    Google's BERT, keras-hub and HF's "gelu_new"; cheaper elementwise)."""
+    return ops.gelu(x, approximate=activation == "gelu_tanh")
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of "
+                         f"{', '.join(ACTIVATIONS)}")
+
 
 def _initializer(stddev):
     # A fresh object per weight: one shared unseeded initializer would draw
@@ -121,6 +135,8 @@ class EncoderBlock(keras.layers.Layer):
         attention_dropout: float. Dropout on the attention probabilities.
         layer_norm_epsilon: float. Epsilon of both LayerNorms.
         initializer_range: float. Stddev of the truncated-normal init.
+        activation: "gelu_tanh" or "gelu" (exact) after the first
+            feed-forward layer.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -135,8 +151,10 @@ class EncoderBlock(keras.layers.Layer):
 
     def __init__(self, num_heads, intermediate_dim, hidden_dropout=0.1,
                  attention_dropout=0.1, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, **kwargs):
+                 initializer_range=0.02, activation="gelu_tanh", **kwargs):
         super().__init__(**kwargs)
+        _check_activation(activation)
+        self.activation = activation
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.hidden_dropout = hidden_dropout
@@ -144,10 +162,9 @@ class EncoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
 
-    def _dense(self, units, name, activation=None):
+    def _dense(self, units, name):
         return keras.layers.Dense(
-            units, activation=activation,
-            kernel_initializer=_initializer(self.initializer_range),
+            units, kernel_initializer=_initializer(self.initializer_range),
             dtype=self.dtype_policy, name=name)
 
     def build(self, inputs_shape):
@@ -164,9 +181,7 @@ class EncoderBlock(keras.layers.Layer):
         self.attention_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
             name="attention_layer_norm")
-        # Keras' "gelu" is the exact erf form (approximate=False), as BERT.
-        self.intermediate = self._dense(
-            self.intermediate_dim, "intermediate", activation="gelu")
+        self.intermediate = self._dense(self.intermediate_dim, "intermediate")
         self.output_dense = self._dense(hidden_dim, "output_dense")
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
@@ -218,7 +233,7 @@ class EncoderBlock(keras.layers.Layer):
         attended = self.attention_output(attended)
         attended = self.attention_output_dropout(attended, training=training)
         x = self.attention_layer_norm(inputs + attended)
-        ffn = self.output_dense(self.intermediate(x))
+        ffn = self.output_dense(gelu(self.intermediate(x), self.activation))
         ffn = self.output_dropout(ffn, training=training)
         x = self.output_layer_norm(x + ffn)
         if return_attention_scores:
@@ -234,6 +249,7 @@ class EncoderBlock(keras.layers.Layer):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
+            "activation": self.activation,
         }
 
 
@@ -287,6 +303,7 @@ class MaskedLMHead(keras.layers.Layer):
             re-tie by passing it again (see `BertPretrainer`).
         layer_norm_epsilon: float. Epsilon of the transform LayerNorm.
         initializer_range: float. Stddev of the truncated-normal init.
+        activation: "gelu_tanh" or "gelu" (exact) of the transform.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -297,8 +314,11 @@ class MaskedLMHead(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size, token_embedding=None,
-                 layer_norm_epsilon=1e-12, initializer_range=0.02, **kwargs):
+                 layer_norm_epsilon=1e-12, initializer_range=0.02,
+                 activation="gelu_tanh", **kwargs):
         super().__init__(**kwargs)
+        _check_activation(activation)
+        self.activation = activation
         self.vocabulary_size = vocabulary_size
         self.token_embedding = token_embedding
         self.layer_norm_epsilon = layer_norm_epsilon
@@ -307,8 +327,7 @@ class MaskedLMHead(keras.layers.Layer):
     def build(self, inputs_shape, mask_positions_shape=None):
         hidden_dim = inputs_shape[-1]
         self.dense = keras.layers.Dense(
-            hidden_dim, activation="gelu",  # exact erf GELU, as BERT
-            kernel_initializer=_initializer(self.initializer_range),
+            hidden_dim, kernel_initializer=_initializer(self.initializer_range),
             dtype=self.dtype_policy, name="dense")
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
@@ -330,7 +349,7 @@ class MaskedLMHead(keras.layers.Layer):
     def call(self, inputs, mask_positions):
         x = ops.take_along_axis(
             inputs, ops.cast(mask_positions, "int32")[:, :, None], axis=1)
-        x = self.layer_norm(self.dense(x))
+        x = self.layer_norm(gelu(self.dense(x), self.activation))
         if self.token_embedding is not None:
             table = self.token_embedding.embeddings
         else:
@@ -345,6 +364,7 @@ class MaskedLMHead(keras.layers.Layer):
             "vocabulary_size": self.vocabulary_size,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
+            "activation": self.activation,
         }
 
 
