@@ -535,8 +535,21 @@ def test_missing_tensor_and_shape_mismatch(hf_dir, tmp_path):
         r"expected \(16, 24\)",
     ):
         convert(bad, str(tmp_path / "b"))
+    os.rename(bad, tmp_path / "bad")
+    # A third of the fused QKV kernel is checked on its own too.
+    key = "bert.encoder.layer.0.attention.self.key.weight"
+
+    def narrow_key(t):
+        t[key] = t[key][:-1]
+
+    bad_key = edited_copy(hf_dir, tmp_path, narrow_key)
+    with pytest.raises(
+        UsageError, match=rf"{key} has shape \(15, 16\), expected \(16, 16\)"
+    ):
+        convert(bad_key, str(tmp_path / "c"))
     assert not os.path.exists(tmp_path / "a")
     assert not os.path.exists(tmp_path / "b")
+    assert not os.path.exists(tmp_path / "c")
 
 
 def bad_source(case, hf_dir, tmp_path):

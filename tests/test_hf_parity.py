@@ -59,9 +59,13 @@ def copy_weights(hf, ours):
 
     for i, block in enumerate(ours.backbone.blocks):
         p = f"bert.encoder.layer.{i}"
-        dense(block.query, f"{p}.attention.self.query")
-        dense(block.key, f"{p}.attention.self.key")
-        dense(block.value, f"{p}.attention.self.value")
+        # One fused kernel: HF's query, key and value side by side.
+        qkv = [f"{p}.attention.self.{part}" for part in ("query", "key",
+                                                          "value")]
+        block.qkv_kernel.assign(np.concatenate(
+            [sd[f"{n}.weight"].T for n in qkv], axis=1))
+        block.qkv_bias.assign(np.concatenate(
+            [sd[f"{n}.bias"] for n in qkv]))
         dense(block.attention_output, f"{p}.attention.output.dense")
         norm(block.attention_layer_norm, f"{p}.attention.output.LayerNorm")
         dense(block.intermediate, f"{p}.intermediate.dense")

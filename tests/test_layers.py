@@ -100,8 +100,9 @@ def test_dtypes_under_mixed_policies(policy, dtype_policy):
 def test_each_weight_gets_its_own_initial_values():
     block = EncoderBlock(HEADS, INTERMEDIATE)
     block(hidden())
-    kernels = [ops.convert_to_numpy(d.kernel) for d in
-               (block.query, block.key, block.value, block.attention_output)]
+    q, k, v = np.split(ops.convert_to_numpy(block.qkv_kernel), 3, axis=1)
+    kernels = [q, k, v, ops.convert_to_numpy(block.attention_output.kernel),
+               ops.convert_to_numpy(block.intermediate.kernel)[:, :HIDDEN]]
     for i in range(len(kernels)):
         for j in range(i):
             assert not np.allclose(kernels[i], kernels[j])

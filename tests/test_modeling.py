@@ -322,6 +322,22 @@ def test_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_keras_file_from_before_the_fused_qkv_loads_unchanged():
+    # Saved with three q/k/v Dense layers and no `activation` (exact GELU);
+    # see tests/fixtures/README.md.
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "fixtures", "pretrainer_v0.keras")
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.backbone.activation == "gelu"
+    saved = np.load(path.replace(".keras", "_outputs.npz"))
+    x = {k: saved[k] for k in ("token_ids", "segment_ids", "padding_mask",
+                               "mask_positions")}
+    got = numpy_outputs(loaded(x, training=False))
+    for key in ("mlm_logits", "nsp_logits"):
+        np.testing.assert_allclose(got[key], saved[key], rtol=1e-5,
+                                   atol=1e-5, err_msg=key)
+
+
 def test_classifier_on_sentence_pairs(tmp_path):
     backbone = BertBackbone(**TINY, hidden_dropout=0.0, attention_dropout=0.0)
     model = BertClassifier(backbone, num_classes=3, dropout=0.0)

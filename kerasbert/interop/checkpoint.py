@@ -119,7 +119,9 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
         ckpt.notes.append(
             f"no {fresh} head in the checkpoint: it starts from random weights"
         )
-    for name, variable, transposed in weight_table(model):
+    parts = {}  # fused variables: their HF tensors, assigned together
+    for row in weight_table(model):
+        name = row.name
         if (name.startswith(MLM_PREFIX) and not ckpt.has_mlm) or (
             name.startswith(NSP_PREFIX) and not ckpt.has_nsp
         ):
@@ -128,16 +130,23 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
         if array is None:
             raise UsageError(f"{ckpt.label}: missing tensor {name}")
         array = np.asarray(array)
-        if transposed:
+        if row.transposed:
             array = array.T
-        expected = tuple(variable.shape)
+        expected = row.expected_shape()
         if array.shape != expected:
-            want = expected[::-1] if transposed else expected
+            want = expected[::-1] if row.transposed else expected
             raise UsageError(
                 f"{ckpt.label}: tensor {name} has shape "
                 f"{tuple(np.shape(ckpt.get(name)))}, expected {want}"
             )
-        variable.assign(array.astype("float32"))
+        if row.part is None:
+            row.variable.assign(array.astype("float32"))
+            continue
+        got = parts.setdefault(id(row.variable), {})
+        got[row.part[0]] = array
+        if len(got) == row.part[1]:
+            whole = np.concatenate([got[i] for i in sorted(got)], axis=-1)
+            row.variable.assign(whole.astype("float32"))
     return model
 
 

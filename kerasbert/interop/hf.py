@@ -249,13 +249,15 @@ def write_hf_folder(model, tokenizer, out: str) -> str:
             file=sys.stderr,
         )
     tensors = {}
-    for name, variable, transposed in weight_table(
-        model if heads else backbone
-    ):
-        array = keras.ops.convert_to_numpy(variable).astype("float32")
+    for row in weight_table(model if heads else backbone):
+        array = keras.ops.convert_to_numpy(row.variable).astype("float32")
+        array = row.read(array)
+        name = row.name
         if not heads:  # BertModel's own keys have no "bert." prefix
             name = name.removeprefix("bert.")
-        tensors[name] = np.ascontiguousarray(array.T if transposed else array)
+        tensors[name] = np.ascontiguousarray(
+            array.T if row.transposed else array
+        )
     save_file(
         tensors,
         os.path.join(out, "model.safetensors"),

@@ -1,13 +1,15 @@
 """BERT building blocks as Keras 3 layers.
 
 Backend-agnostic (`keras.ops` only). Parameters follow the Hugging Face
-`BertForPreTraining` layout -- separate query/key/value projections with
-bias, post-LayerNorm blocks, an MLM decoder tied to the token embeddings --
-so parameter counts match and checkpoints map one weight to one weight.
+`BertForPreTraining` layout -- query/key/value projections with bias (here
+one fused [hidden, 3 * hidden] kernel, HF's three side by side),
+post-LayerNorm blocks, an MLM decoder tied to the token embeddings -- so
+parameter counts match and checkpoints map weight to weight.
 Heads emit float32 logits whatever the dtype policy.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from kerasbert.config import ACTIVATIONS
@@ -120,8 +122,11 @@ class EncoderBlock(keras.layers.Layer):
     """Post-LayerNorm transformer encoder block (BERT).
 
     self-attention -> dropout -> residual -> LayerNorm -> GELU feed-forward
-    -> dropout -> residual -> LayerNorm. Query, key, value and output
-    projections are separate `Dense` layers with bias (the HF layout).
+    -> dropout -> residual -> LayerNorm. Query, key and value come from
+    one matmul: `qkv_kernel` `[hidden, 3 * hidden]` holds HF's query, key
+    and value kernels side by side (in that order), `qkv_bias` their
+    biases. `.keras` files saved before the fusion (separate `query`,
+    `key`, `value` Dense layers) still load: see `load_own_variables`.
 
     With `attention_dropout == 0` and no attention probabilities requested,
     attention runs through the fused `keras.ops.dot_product_attention`;
@@ -174,9 +179,13 @@ class EncoderBlock(keras.layers.Layer):
                 f"hidden width {hidden_dim} is not divisible by num_heads "
                 f"{self.num_heads}")
         self.head_dim = hidden_dim // self.num_heads
-        self.query = self._dense(hidden_dim, "query")
-        self.key = self._dense(hidden_dim, "key")
-        self.value = self._dense(hidden_dim, "value")
+        # One [hidden, 3 * hidden] matmul instead of three [hidden, hidden]
+        # ones: fewer, larger kernels, and one bias add.
+        self.qkv_kernel = self.add_weight(
+            name="qkv_kernel", shape=(hidden_dim, 3 * hidden_dim),
+            initializer=_initializer(self.initializer_range))
+        self.qkv_bias = self.add_weight(
+            name="qkv_bias", shape=(3 * hidden_dim,), initializer="zeros")
         self.attention_output = self._dense(hidden_dim, "attention_output")
         self.attention_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
@@ -195,21 +204,37 @@ class EncoderBlock(keras.layers.Layer):
         self.output_dropout = keras.layers.Dropout(
             self.hidden_dropout, dtype=self.dtype_policy,
             name="output_dropout")
-        for layer in (self.query, self.key, self.value, self.attention_output,
-                      self.attention_layer_norm, self.output_layer_norm):
+        for layer in (self.attention_output, self.attention_layer_norm,
+                      self.output_layer_norm):
             layer.build(inputs_shape)
         self.intermediate.build(inputs_shape)
         self.output_dense.build((*inputs_shape[:-1], self.intermediate_dim))
         self.built = True
 
-    def _attention(self, x, padding_mask, training, return_scores):
-        def split_heads(t):  # [b, s, hidden] -> [b, s, heads, head_dim]
-            return ops.reshape(
-                t, ops.shape(t)[:-1] + (self.num_heads, self.head_dim))
+    def load_own_variables(self, store):
+        """Reads `qkv_kernel`/`qkv_bias`, or -- from a file saved before
+        the fusion, which has none -- concatenates the `query`, `key` and
+        `value` Dense weights stored beside them."""
+        if len(store.keys()) == 2:
+            return super().load_own_variables(store)
+        h5 = getattr(store, "h5_file", None)
+        path = getattr(store, "_h5_entry_path", None)
+        parts = ("query", "key", "value")
+        if (len(store.keys()) or h5 is None or path is None or not all(
+                f"{path}/{p}/vars" in h5 for p in parts)):
+            return super().load_own_variables(store)  # Keras' own error
+        kernels, biases = zip(*[(h5[f"{path}/{p}/vars/0"][()],
+                                 h5[f"{path}/{p}/vars/1"][()])
+                                for p in parts])
+        self.qkv_kernel.assign(np.concatenate(kernels, axis=-1))
+        self.qkv_bias.assign(np.concatenate(biases, axis=-1))
 
-        q = split_heads(self.query(x))
-        k = split_heads(self.key(x))
-        v = split_heads(self.value(x))
+    def _attention(self, x, padding_mask, training, return_scores):
+        qkv = ops.matmul(x, self.qkv_kernel) + self.qkv_bias
+        # [b, s, 3 * hidden] -> [b, s, 3, heads, head_dim]: q, k, v.
+        qkv = ops.reshape(
+            qkv, ops.shape(x)[:-1] + (3, self.num_heads, self.head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None
         if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
             mask = ops.cast(padding_mask, "bool")[:, None, None, :]
