@@ -92,9 +92,10 @@ class BertEmbedding(keras.layers.Layer):
 
     def call(self, token_ids, segment_ids=None, training=None):
         x = self.token_embedding(token_ids)
-        seq_len = ops.shape(token_ids)[1]
+        # A tensor, not the variable: JAX's slice refuses a Keras variable.
         positions = ops.slice(
-            self.position_embeddings, (0, 0), (seq_len, self.hidden_dim))
+            ops.convert_to_tensor(self.position_embeddings), (0, 0),
+            (ops.shape(token_ids)[1], self.hidden_dim))
         x = x + ops.cast(positions, x.dtype)[None]
         if segment_ids is not None:
             segments = ops.take(self.segment_embeddings, segment_ids, axis=0)
@@ -103,6 +104,11 @@ class BertEmbedding(keras.layers.Layer):
         x = x + ops.cast(segments, x.dtype)
         x = self.layer_norm(x)
         return self.dropout_layer(x, training=training)
+
+    def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):
+        # Spares tracing `call` on symbolic shapes, which JAX cannot do
+        # for the position slice (its length vs max_sequence_length).
+        return (*token_ids_shape, self.hidden_dim)
 
     def get_config(self):
         return {
