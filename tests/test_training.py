@@ -102,8 +102,10 @@ def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
     uniform = mlm_loss()
     model.mlm_head.output_bias.assign(prior)
     entropy = -(freqs[freqs > 0] * np.log(freqs[freqs > 0])).sum()
-    assert uniform == pytest.approx(np.log(vocab), abs=0.2)
-    assert mlm_loss() == pytest.approx(entropy, abs=0.2)
+    # Random logits at init (std ~0.5 at this width) add about half their
+    # variance to both: 3.89-4.25 over 8 seeds here, for ln 50 = 3.91.
+    assert uniform == pytest.approx(np.log(vocab), abs=0.4)
+    assert mlm_loss() == pytest.approx(entropy, abs=0.4)
     assert mlm_loss() < uniform - 0.5
 
 
