@@ -45,6 +45,10 @@ SIZES = {
 }
 
 
+# The GELU forms a model may use (`ModelConfig.activation`, `BertBackbone`).
+ACTIVATIONS = ("gelu_tanh", "gelu")
+
+
 def option(default, help, **rules):
     """A dataclass field whose metadata carries its help text and rules."""
     return field(default=default, metadata={"help": help, **rules})
@@ -215,6 +219,18 @@ class ModelConfig(_Config):
     initializer_range: float | None = option(
         None, "std of the truncated-normal initialisers (default 0.02, "
         "0.02*sqrt(768/hidden-dim) when narrower than 768)", above=0)
+    activation: str = option(
+        "gelu_tanh", "GELU of the feed-forward and MLM-transform layers: "
+        "gelu_tanh (tanh approximation, Google's BERT) or gelu (exact erf, "
+        "Hugging Face's 'gelu')", choices=ACTIVATIONS)
+
+    # What a config.json written before a field existed meant by leaving it
+    # out: models before `activation` were trained with the exact GELU.
+    LEGACY = {"activation": "gelu"}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config"):
+        return super().from_dict({**cls.LEGACY, **values}, source)
 
     @classmethod
     def from_size(cls, size: str, **overrides) -> "ModelConfig":

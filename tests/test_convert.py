@@ -52,7 +52,34 @@ def tiny_hf_model():
         for name, p in model.named_parameters():
             if "LayerNorm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
+            # GELU inputs and outputs of order 1, where the exact and the
+            # tanh GELU differ by more than TOL (at init scale they do not).
+            if name.endswith(
+                (
+                    "intermediate.dense.weight",
+                    "output.dense.weight",
+                    "transform.dense.weight",
+                )
+            ):
+                p.mul_(40)
     return model
+
+
+def tanh_twin(model, hidden_act="gelu_new"):
+    """`model`'s weights under a tanh-approximated GELU."""
+    config = transformers.BertConfig.from_dict(
+        {**model.config.to_dict(), "hidden_act": hidden_act}
+    )
+    twin = transformers.BertForPreTraining(config).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def assert_no_parity(ours, theirs, padding_mask):
+    """Outputs apart by more than TOL: a parity check that can fail."""
+    real = padding_mask.astype(bool)
+    gap = np.abs(ours["sequence_output"][real] - theirs["sequence_output"][real])
+    assert gap.max() > 2 * TOL, gap.max()
 
 
 def batch():
@@ -139,9 +166,40 @@ def test_hf_to_kerasbert_parity(hf_dir, converted, converted_model):
         "tokenizer",
     ]
     assert read_model_config(converted).hidden_dim == H
+    assert read_model_config(converted).activation == "gelu"  # exact
     assert_parity(
         our_outputs(model, x), hf_outputs(hf_dir[1], x), x["padding_mask"]
     )
+    assert_no_parity(
+        our_outputs(model, x),
+        hf_outputs(tanh_twin(hf_dir[1]), x),
+        x["padding_mask"],
+    )
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu_new", "gelu_pytorch_tanh"])
+def test_tanh_gelu_hf_parity_and_round_trip(hf_dir, tmp_path, hidden_act):
+    src, dst, back = (str(tmp_path / n) for n in ("hf", "model", "back"))
+    twin = tanh_twin(hf_dir[1], hidden_act)
+    twin.save_pretrained(src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        with open(os.path.join(hf_dir[0], name), "rb") as f:
+            data = f.read()
+        with open(os.path.join(src, name), "wb") as f:
+            f.write(data)
+    convert(src, dst)
+    assert read_model_config(dst).activation == "gelu_tanh"
+    x = batch()
+    model = load_model(dst)
+    assert_parity(our_outputs(model, x), hf_outputs(twin, x), x["padding_mask"])
+    assert_no_parity(
+        our_outputs(model, x), hf_outputs(hf_dir[1], x), x["padding_mask"]
+    )
+    convert(dst, back)  # and out again: transformers' tanh name
+    with open(os.path.join(back, "config.json")) as f:
+        assert json.load(f)["hidden_act"] == "gelu_new"
+    again = transformers.BertForPreTraining.from_pretrained(back).eval()
+    assert_parity(our_outputs(model, x), hf_outputs(again, x), x["padding_mask"])
 
 
 def test_precision_sets_policy_not_weights(hf_dir, converted_model, tmp_path):
@@ -405,10 +463,14 @@ def test_google_checkpoint_parity(hf_dir, converted_model, tmp_path):
     src, dst = str(tmp_path / "google"), str(tmp_path / "model")
     google_checkpoint(hf_dir[1], src)
     assert convert(src, dst) == "kerasbert BertPretrainer"
+    # google-research/bert's "gelu" is the tanh approximation.
+    assert read_model_config(dst).activation == "gelu_tanh"
     x = batch()
     model = load_model(dst)
     assert_parity(
-        our_outputs(model, x), hf_outputs(hf_dir[1], x), x["padding_mask"]
+        our_outputs(model, x),
+        hf_outputs(tanh_twin(hf_dir[1]), x),
+        x["padding_mask"],
     )
     # The same model through HF's files gives the very same weights.
     for a, b in zip(
@@ -473,8 +535,21 @@ def test_missing_tensor_and_shape_mismatch(hf_dir, tmp_path):
         r"expected \(16, 24\)",
     ):
         convert(bad, str(tmp_path / "b"))
+    os.rename(bad, tmp_path / "bad")
+    # A third of the fused QKV kernel is checked on its own too.
+    key = "bert.encoder.layer.0.attention.self.key.weight"
+
+    def narrow_key(t):
+        t[key] = t[key][:-1]
+
+    bad_key = edited_copy(hf_dir, tmp_path, narrow_key)
+    with pytest.raises(
+        UsageError, match=rf"{key} has shape \(15, 16\), expected \(16, 16\)"
+    ):
+        convert(bad_key, str(tmp_path / "c"))
     assert not os.path.exists(tmp_path / "a")
     assert not os.path.exists(tmp_path / "b")
+    assert not os.path.exists(tmp_path / "c")
 
 
 def bad_source(case, hf_dir, tmp_path):

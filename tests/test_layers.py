@@ -11,6 +11,7 @@ from kerasbert.modeling.layers import (
     MaskedLMHead,
     NSPHead,
     Pooler,
+    gelu,
 )
 
 VOCAB, HIDDEN, HEADS, INTERMEDIATE, SEQ, BATCH, PREDS = 31, 8, 2, 12, 9, 3, 4
@@ -99,8 +100,9 @@ def test_dtypes_under_mixed_policies(policy, dtype_policy):
 def test_each_weight_gets_its_own_initial_values():
     block = EncoderBlock(HEADS, INTERMEDIATE)
     block(hidden())
-    kernels = [ops.convert_to_numpy(d.kernel) for d in
-               (block.query, block.key, block.value, block.attention_output)]
+    q, k, v = np.split(ops.convert_to_numpy(block.qkv_kernel), 3, axis=1)
+    kernels = [q, k, v, ops.convert_to_numpy(block.attention_output.kernel),
+               ops.convert_to_numpy(block.intermediate.kernel)[:, :HIDDEN]]
     for i in range(len(kernels)):
         for j in range(i):
             assert not np.allclose(kernels[i], kernels[j])
@@ -201,7 +203,7 @@ def test_mlm_head_gathers_then_decodes_with_the_tied_table():
     head.output_bias.assign(bias)
     gathered = np.take_along_axis(x, positions[:, :, None], axis=1)
     transformed = ops.convert_to_numpy(
-        head.layer_norm(head.dense(gathered)))
+        head.layer_norm(gelu(head.dense(gathered), head.activation)))
     np.testing.assert_allclose(
         ops.convert_to_numpy(head(x, positions)),
         transformed @ table.T + bias, rtol=1e-4, atol=1e-4)
@@ -218,3 +220,17 @@ def test_mlm_head_gradient_reaches_the_embedding_table():
         loss = ops.sum(head(hidden(), mask_positions()) ** 2)
     grad = tape.gradient(loss, embedding.embeddings.value)
     assert grad is not None and float(ops.max(ops.abs(grad))) > 0
+
+
+def test_gelu_forms():
+    import math
+
+    x = np.linspace(-5, 5, 101).astype("float32")
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    tanh = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) *
+                                  (x + 0.044715 * x ** 3)))
+    np.testing.assert_allclose(ops.convert_to_numpy(gelu(x, "gelu")), exact,
+                               atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(gelu(x, "gelu_tanh")),
+                               tanh, atol=1e-6)
+    assert np.abs(exact - tanh).max() > 1e-4  # the two really differ

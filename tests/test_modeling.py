@@ -89,6 +89,23 @@ def test_backbone_takes_model_config_fields_and_round_trips_config():
     assert clone.count_params() == backbone.count_params()
 
 
+def test_new_models_use_tanh_gelu_and_old_ones_keep_the_exact_one(tmp_path):
+    assert ModelConfig().activation == "gelu_tanh"
+    assert BertBackbone(**TINY).activation == "gelu_tanh"
+    # config.json and .keras configs from before the field: exact GELU.
+    old = ModelConfig().to_dict()
+    del old["activation"]
+    assert ModelConfig.from_dict(old).activation == "gelu"
+    config = BertBackbone(**TINY).get_config()
+    del config["activation"]
+    restored = BertBackbone.from_config(config)
+    assert restored.activation == "gelu"
+    assert all(b.activation == "gelu" for b in restored.blocks)
+    assert BertPretrainer(restored).mlm_head.activation == "gelu"
+    with pytest.raises(ValueError, match="activation 'relu'"):
+        BertBackbone(**TINY, activation="relu")
+
+
 def test_default_initializer_range_keeps_bert_base_scale():
     # hidden_dim * s**2 stays at BERT-base's 768 * 0.02**2 below 768 wide.
     assert default_initializer_range(768) == pytest.approx(0.02)
@@ -303,6 +320,22 @@ def test_keras_file_round_trip(tmp_path):
     want, got = numpy_outputs(model(x)), numpy_outputs(loaded(x))
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_keras_file_from_before_the_fused_qkv_loads_unchanged():
+    # Saved with three q/k/v Dense layers and no `activation` (exact GELU);
+    # see tests/fixtures/README.md.
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "fixtures", "pretrainer_v0.keras")
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.backbone.activation == "gelu"
+    saved = np.load(path.replace(".keras", "_outputs.npz"))
+    x = {k: saved[k] for k in ("token_ids", "segment_ids", "padding_mask",
+                               "mask_positions")}
+    got = numpy_outputs(loaded(x, training=False))
+    for key in ("mlm_logits", "nsp_logits"):
+        np.testing.assert_allclose(got[key], saved[key], rtol=1e-5,
+                                   atol=1e-5, err_msg=key)
 
 
 def test_classifier_on_sentence_pairs(tmp_path):

@@ -102,8 +102,10 @@ def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
     uniform = mlm_loss()
     model.mlm_head.output_bias.assign(prior)
     entropy = -(freqs[freqs > 0] * np.log(freqs[freqs > 0])).sum()
-    assert uniform == pytest.approx(np.log(vocab), abs=0.2)
-    assert mlm_loss() == pytest.approx(entropy, abs=0.2)
+    # Random logits at init (std ~0.5 at this width) add about half their
+    # variance to both: 3.89-4.25 over 8 seeds here, for ln 50 = 3.91.
+    assert uniform == pytest.approx(np.log(vocab), abs=0.4)
+    assert mlm_loss() == pytest.approx(entropy, abs=0.4)
     assert mlm_loss() < uniform - 0.5
 
 
@@ -305,6 +307,22 @@ def test_resume_accepts_only_bookkeeping_changes():
     changed = config_changes(saved, configs(learning_rate=1e-3, seed=2))
     assert sorted(c.split(":")[0] for c in changed) == ["learning_rate",
                                                         "seed"]
+
+
+def test_run_saved_before_the_activation_field_was_exact_gelu():
+    from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+    from kerasbert.training.rundir import config_changes, run_config
+
+    def configs(**model):
+        return run_config(ModelConfig.from_size("tiny", **model),
+                          DataConfig(), TrainConfig())
+
+    old = configs()
+    del old["model"]["activation"]
+    assert config_changes(old, configs(activation="gelu")) == []
+    # The new default would change what the backup's weights compute.
+    assert config_changes(old, configs()) == [
+        "activation: 'gelu' -> 'gelu_tanh'"]
 
 
 def test_heldout_documents_never_enter_the_unigram_prior(bundled):

@@ -56,18 +56,29 @@ class Checkpoint:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def model_config(values: dict, label: str) -> ModelConfig:
-    """A validated `ModelConfig` from an HF or Google BERT config dict."""
+# HF `hidden_act` -> `ModelConfig.activation`: "gelu" is the exact erf
+# form there; "gelu_new" and "gelu_pytorch_tanh" the tanh approximation.
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
+
+
+def model_config(values: dict, label: str, google: bool = False
+                 ) -> ModelConfig:
+    """A validated `ModelConfig` from an HF (or, `google`, a Google BERT)
+    config dict."""
     missing = [k for k in REQUIRED if k not in values]
     if missing:
         raise UsageError(f"{label}: no {', '.join(missing)}")
     act = values.get("hidden_act", "gelu")
-    # Google's TF1 code calls its tanh approximation "gelu" too; HF (and
-    # so kerasbert) read it as the exact erf GELU, see docs/convert.md.
-    if act != "gelu":
+    # Google's TF1 modeling.py calls its tanh approximation "gelu".
+    known = {"gelu": "gelu_tanh"} if google else HF_ACTIVATIONS
+    if act not in known:
         raise UsageError(
             f"{label}: hidden_act {act!r} is not supported "
-            "(kerasbert uses the exact GELU, 'gelu')"
+            f"(choose from {', '.join(known)})"
         )
     position = values.get("position_embedding_type", "absolute")
     if position != "absolute":
@@ -86,6 +97,7 @@ def model_config(values: dict, label: str) -> ModelConfig:
         if theirs in values
     }
     fields.setdefault("initializer_range", 0.02)  # HF's and Google's default
+    fields["activation"] = known[act]
     config = ModelConfig(**fields)
     try:
         return config.validate()
@@ -107,7 +119,9 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
         ckpt.notes.append(
             f"no {fresh} head in the checkpoint: it starts from random weights"
         )
-    for name, variable, transposed in weight_table(model):
+    parts = {}  # fused variables: their HF tensors, assigned together
+    for row in weight_table(model):
+        name = row.name
         if (name.startswith(MLM_PREFIX) and not ckpt.has_mlm) or (
             name.startswith(NSP_PREFIX) and not ckpt.has_nsp
         ):
@@ -116,16 +130,23 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
         if array is None:
             raise UsageError(f"{ckpt.label}: missing tensor {name}")
         array = np.asarray(array)
-        if transposed:
+        if row.transposed:
             array = array.T
-        expected = tuple(variable.shape)
+        expected = row.expected_shape()
         if array.shape != expected:
-            want = expected[::-1] if transposed else expected
+            want = expected[::-1] if row.transposed else expected
             raise UsageError(
                 f"{ckpt.label}: tensor {name} has shape "
                 f"{tuple(np.shape(ckpt.get(name)))}, expected {want}"
             )
-        variable.assign(array.astype("float32"))
+        if row.part is None:
+            row.variable.assign(array.astype("float32"))
+            continue
+        got = parts.setdefault(id(row.variable), {})
+        got[row.part[0]] = array
+        if len(got) == row.part[1]:
+            whole = np.concatenate([got[i] for i in sorted(got)], axis=-1)
+            row.variable.assign(whole.astype("float32"))
     return model
 
 

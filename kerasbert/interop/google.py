@@ -4,6 +4,7 @@ A folder with `bert_config.json`, `vocab.txt` and a TF1 checkpoint
 (`bert_model.ckpt.index` + `.data-*`), read with `tf.train.load_checkpoint`
 and mapped through the HF names of `names.google_name`. Optimizer slots
 (`adam_m`, `adam_v`) and `global_step` in training checkpoints are ignored.
+Its "gelu" is modeling.py's tanh approximation: `gelu_tanh` here.
 """
 
 import glob
@@ -38,7 +39,7 @@ def read_google_folder(path: str) -> Checkpoint:
     import tensorflow as tf
 
     label = os.path.join(path, "bert_config.json")
-    config = model_config(read_json_object(label, label), label)
+    config = model_config(read_json_object(label, label), label, google=True)
     prefix = _checkpoint_prefix(path)
     try:
         reader = tf.train.load_checkpoint(prefix)

@@ -205,7 +205,10 @@ def hf_config(backbone, architecture: str, pad_id: int) -> dict:
         "num_hidden_layers": backbone.num_layers,
         "num_attention_heads": backbone.num_heads,
         "intermediate_size": backbone.intermediate_dim,
-        "hidden_act": "gelu",
+        # transformers' names: "gelu" is exact, "gelu_new" the tanh form.
+        "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_new"}[
+            backbone.activation
+        ],
         "hidden_dropout_prob": backbone.hidden_dropout,
         "attention_probs_dropout_prob": backbone.attention_dropout,
         "max_position_embeddings": backbone.max_sequence_length,
@@ -246,13 +249,15 @@ def write_hf_folder(model, tokenizer, out: str) -> str:
             file=sys.stderr,
         )
     tensors = {}
-    for name, variable, transposed in weight_table(
-        model if heads else backbone
-    ):
-        array = keras.ops.convert_to_numpy(variable).astype("float32")
+    for row in weight_table(model if heads else backbone):
+        array = keras.ops.convert_to_numpy(row.variable).astype("float32")
+        array = row.read(array)
+        name = row.name
         if not heads:  # BertModel's own keys have no "bert." prefix
             name = name.removeprefix("bert.")
-        tensors[name] = np.ascontiguousarray(array.T if transposed else array)
+        tensors[name] = np.ascontiguousarray(
+            array.T if row.transposed else array
+        )
     save_file(
         tensors,
         os.path.join(out, "model.safetensors"),

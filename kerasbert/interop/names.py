@@ -1,10 +1,11 @@
 """The one weight-name table: Hugging Face BERT names <-> kerasbert weights.
 
-`weight_table(model)` lists, for every weight of a `BertBackbone` or
-`BertPretrainer`, its name in a Hugging Face `BertForPreTraining` state dict
-and whether the array is transposed on the way: torch's `nn.Linear` keeps
-`[out, in]`, Keras' `Dense` `[in, out]`. Reading and writing HF checkpoints
-both walk this table. Google's TF1 names are derived from the HF names
+`weight_table(model)` lists, for every tensor of a Hugging Face
+`BertForPreTraining` state dict, the kerasbert weight that holds it, whether
+the array is transposed on the way (torch's `nn.Linear` keeps `[out, in]`,
+Keras' `Dense` `[in, out]`) and which part of the weight it is: HF's
+query, key and value are thirds (last axis) of one fused `qkv_kernel` /
+`qkv_bias`. Reading and writing HF checkpoints both walk this table. Google's TF1 names are derived from the HF names
 (`google_name`), the way HF's `load_tf_weights_in_bert` maps them.
 
 Names not in the table, but found in real checkpoints:
@@ -14,6 +15,9 @@ Names not in the table, but found in real checkpoints:
 """
 
 import re
+from typing import NamedTuple
+
+import numpy as np
 
 MLM_PREFIX = "cls.predictions."
 NSP_PREFIX = "cls.seq_relationship."
@@ -24,37 +28,58 @@ TIED = {
 BUFFERS = ("bert.embeddings.position_ids",)
 
 
-def weight_table(model) -> list[tuple[str, object, bool]]:
-    """[(HF name, Keras variable, transposed)] for every weight of `model`
-    (a BertBackbone, or a BertPretrainer with its heads)."""
+class Row(NamedTuple):
+    name: str  # in HF's state dict
+    variable: object  # the Keras variable holding it
+    transposed: bool  # HF's array is the transpose of ours
+    part: tuple[int, int] | None = None  # (i, n): i-th of n last-axis parts
+
+    def expected_shape(self) -> tuple:
+        """Our shape of this tensor (before transposing back to HF's)."""
+        shape = tuple(self.variable.shape)
+        if self.part:
+            shape = (*shape[:-1], shape[-1] // self.part[1])
+        return shape
+
+    def read(self, array):
+        """This tensor, in our layout, out of the whole variable `array`."""
+        if self.part:
+            i, n = self.part
+            array = np.split(array, n, axis=-1)[i]
+        return array
+
+
+def weight_table(model) -> list[Row]:
+    """A `Row` for every HF tensor of `model` (a BertBackbone, or a
+    BertPretrainer with its heads)."""
     backbone = getattr(model, "backbone", model)
     rows = []
 
     def dense(name, layer):
-        rows.append((f"{name}.weight", layer.kernel, True))
-        rows.append((f"{name}.bias", layer.bias, False))
+        rows.append(Row(f"{name}.weight", layer.kernel, True))
+        rows.append(Row(f"{name}.bias", layer.bias, False))
 
     def norm(name, layer):
-        rows.append((f"{name}.weight", layer.gamma, False))
-        rows.append((f"{name}.bias", layer.beta, False))
+        rows.append(Row(f"{name}.weight", layer.gamma, False))
+        rows.append(Row(f"{name}.bias", layer.beta, False))
 
     emb = backbone.embedding
     rows.append(
-        (
+        Row(
             "bert.embeddings.word_embeddings.weight",
             emb.token_embedding.embeddings,
             False,
         )
     )
     rows.append(
-        (
+        Row(
             "bert.embeddings.position_embeddings.weight",
             emb.position_embeddings,
             False,
         )
     )
     rows.append(
-        (
+        Row(
             "bert.embeddings.token_type_embeddings.weight",
             emb.segment_embeddings,
             False,
@@ -63,9 +88,10 @@ def weight_table(model) -> list[tuple[str, object, bool]]:
     norm("bert.embeddings.LayerNorm", emb.layer_norm)
     for i, block in enumerate(backbone.blocks):
         p = f"bert.encoder.layer.{i}"
-        dense(f"{p}.attention.self.query", block.query)
-        dense(f"{p}.attention.self.key", block.key)
-        dense(f"{p}.attention.self.value", block.value)
+        for j, part in enumerate(("query", "key", "value")):
+            name = f"{p}.attention.self.{part}"
+            rows.append(Row(f"{name}.weight", block.qkv_kernel, True, (j, 3)))
+            rows.append(Row(f"{name}.bias", block.qkv_bias, False, (j, 3)))
         dense(f"{p}.attention.output.dense", block.attention_output)
         norm(f"{p}.attention.output.LayerNorm", block.attention_layer_norm)
         dense(f"{p}.intermediate.dense", block.intermediate)
@@ -76,7 +102,7 @@ def weight_table(model) -> list[tuple[str, object, bool]]:
         dense(f"{MLM_PREFIX}transform.dense", model.mlm_head.dense)
         norm(f"{MLM_PREFIX}transform.LayerNorm", model.mlm_head.layer_norm)
         # The decoder kernel is the word-embedding table (tied).
-        rows.append((f"{MLM_PREFIX}bias", model.mlm_head.output_bias, False))
+        rows.append(Row(f"{MLM_PREFIX}bias", model.mlm_head.output_bias, False))
         dense(NSP_PREFIX.rstrip("."), model.nsp_head.dense)
     return rows
 

@@ -1,7 +1,8 @@
 """The BERT model: Keras layers, backbone, pretrainer, classifier.
 
-Imports nothing of kerasbert but itself, so it can be used (and saved and
-loaded with `keras.saving.load_model(path, safe_mode=True)`) on its own.
+Imports nothing of kerasbert but itself and `config` (no TensorFlow: any
+Keras backend), so it can be used (and saved and loaded with
+`keras.saving.load_model(path, safe_mode=True)`) on its own.
 """
 
 from kerasbert.modeling.backbone import BertBackbone, default_initializer_range

@@ -51,6 +51,9 @@ class BertBackbone(keras.Model):
         layer_norm_epsilon: float. Epsilon of every LayerNorm.
         initializer_range: float. Stddev of the truncated-normal init;
             None: `default_initializer_range(hidden_dim)`.
+        activation: "gelu_tanh" (tanh-approximated GELU, as Google's BERT)
+            or "gelu" (exact erf, as HF's "gelu"), in every feed-forward
+            layer and in the MLM head's transform.
         return_hidden_states: bool. Add output `hidden_states`: a list of
             `num_layers + 1` tensors `[batch, seq, hidden]` (embedding
             output, then each block), as HF `output_hidden_states`.
@@ -72,7 +75,8 @@ class BertBackbone(keras.Model):
                  intermediate_dim, max_sequence_length=512, num_segments=2,
                  hidden_dropout=0.1, attention_dropout=0.1,
                  layer_norm_epsilon=1e-12, initializer_range=None,
-                 return_hidden_states=False, return_attention_scores=False,
+                 activation="gelu_tanh", return_hidden_states=False,
+                 return_attention_scores=False,
                  dtype=None, **kwargs):
         # Functional models drop a `dtype` kwarg, so resolve the policy here,
         # hand it to every layer and set it on the model after `__init__`.
@@ -93,8 +97,8 @@ class BertBackbone(keras.Model):
                 num_heads, intermediate_dim, hidden_dropout=hidden_dropout,
                 attention_dropout=attention_dropout,
                 layer_norm_epsilon=layer_norm_epsilon,
-                initializer_range=initializer_range, dtype=dtype,
-                name=f"encoder_block_{i}")
+                initializer_range=initializer_range, activation=activation,
+                dtype=dtype, name=f"encoder_block_{i}")
             for i in range(num_layers)
         ]
         pooler = Pooler(initializer_range=initializer_range, dtype=dtype,
@@ -136,6 +140,7 @@ class BertBackbone(keras.Model):
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
+        self.activation = activation
         self.return_hidden_states = return_hidden_states
         self.return_attention_scores = return_attention_scores
 
@@ -155,6 +160,7 @@ class BertBackbone(keras.Model):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
+            "activation": self.activation,
             "return_hidden_states": self.return_hidden_states,
             "return_attention_scores": self.return_attention_scores,
         }
@@ -162,6 +168,8 @@ class BertBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # Saved before the field existed: those models used the exact GELU.
+        config.setdefault("activation", "gelu")
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)

@@ -1,14 +1,30 @@
 """BERT building blocks as Keras 3 layers.
 
 Backend-agnostic (`keras.ops` only). Parameters follow the Hugging Face
-`BertForPreTraining` layout -- separate query/key/value projections with
-bias, post-LayerNorm blocks, an MLM decoder tied to the token embeddings --
-so parameter counts match and checkpoints map one weight to one weight.
+`BertForPreTraining` layout -- query/key/value projections with bias (here
+one fused [hidden, 3 * hidden] kernel, HF's three side by side),
+post-LayerNorm blocks, an MLM decoder tied to the token embeddings -- so
+parameter counts match and checkpoints map weight to weight.
 Heads emit float32 logits whatever the dtype policy.
 """
 
 import keras
+import numpy as np
 from keras import ops
+
+from kerasbert.config import ACTIVATIONS
+
+
+def gelu(x, activation):
+    """`activation` "gelu" (exact erf) or "gelu_tanh" (tanh approximation:
+    Google's BERT, keras-hub and HF's "gelu_new"; cheaper elementwise)."""
+    return ops.gelu(x, approximate=activation == "gelu_tanh")
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of "
+                         f"{', '.join(ACTIVATIONS)}")
 
 
 def _initializer(stddev):
@@ -76,9 +92,10 @@ class BertEmbedding(keras.layers.Layer):
 
     def call(self, token_ids, segment_ids=None, training=None):
         x = self.token_embedding(token_ids)
-        seq_len = ops.shape(token_ids)[1]
+        # A tensor, not the variable: JAX's slice refuses a Keras variable.
         positions = ops.slice(
-            self.position_embeddings, (0, 0), (seq_len, self.hidden_dim))
+            ops.convert_to_tensor(self.position_embeddings), (0, 0),
+            (ops.shape(token_ids)[1], self.hidden_dim))
         x = x + ops.cast(positions, x.dtype)[None]
         if segment_ids is not None:
             segments = ops.take(self.segment_embeddings, segment_ids, axis=0)
@@ -87,6 +104,11 @@ class BertEmbedding(keras.layers.Layer):
         x = x + ops.cast(segments, x.dtype)
         x = self.layer_norm(x)
         return self.dropout_layer(x, training=training)
+
+    def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):
+        # Spares tracing `call` on symbolic shapes, which JAX cannot do
+        # for the position slice (its length vs max_sequence_length).
+        return (*token_ids_shape, self.hidden_dim)
 
     def get_config(self):
         return {
@@ -106,8 +128,11 @@ class EncoderBlock(keras.layers.Layer):
     """Post-LayerNorm transformer encoder block (BERT).
 
     self-attention -> dropout -> residual -> LayerNorm -> GELU feed-forward
-    -> dropout -> residual -> LayerNorm. Query, key, value and output
-    projections are separate `Dense` layers with bias (the HF layout).
+    -> dropout -> residual -> LayerNorm. Query, key and value come from
+    one matmul: `qkv_kernel` `[hidden, 3 * hidden]` holds HF's query, key
+    and value kernels side by side (in that order), `qkv_bias` their
+    biases. `.keras` files saved before the fusion (separate `query`,
+    `key`, `value` Dense layers) still load: see `load_own_variables`.
 
     With `attention_dropout == 0` and no attention probabilities requested,
     attention runs through the fused `keras.ops.dot_product_attention`;
@@ -121,6 +146,8 @@ class EncoderBlock(keras.layers.Layer):
         attention_dropout: float. Dropout on the attention probabilities.
         layer_norm_epsilon: float. Epsilon of both LayerNorms.
         initializer_range: float. Stddev of the truncated-normal init.
+        activation: "gelu_tanh" or "gelu" (exact) after the first
+            feed-forward layer.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -135,8 +162,10 @@ class EncoderBlock(keras.layers.Layer):
 
     def __init__(self, num_heads, intermediate_dim, hidden_dropout=0.1,
                  attention_dropout=0.1, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, **kwargs):
+                 initializer_range=0.02, activation="gelu_tanh", **kwargs):
         super().__init__(**kwargs)
+        _check_activation(activation)
+        self.activation = activation
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.hidden_dropout = hidden_dropout
@@ -144,10 +173,9 @@ class EncoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
 
-    def _dense(self, units, name, activation=None):
+    def _dense(self, units, name):
         return keras.layers.Dense(
-            units, activation=activation,
-            kernel_initializer=_initializer(self.initializer_range),
+            units, kernel_initializer=_initializer(self.initializer_range),
             dtype=self.dtype_policy, name=name)
 
     def build(self, inputs_shape):
@@ -157,16 +185,18 @@ class EncoderBlock(keras.layers.Layer):
                 f"hidden width {hidden_dim} is not divisible by num_heads "
                 f"{self.num_heads}")
         self.head_dim = hidden_dim // self.num_heads
-        self.query = self._dense(hidden_dim, "query")
-        self.key = self._dense(hidden_dim, "key")
-        self.value = self._dense(hidden_dim, "value")
+        # One [hidden, 3 * hidden] matmul instead of three [hidden, hidden]
+        # ones: fewer, larger kernels, and one bias add.
+        self.qkv_kernel = self.add_weight(
+            name="qkv_kernel", shape=(hidden_dim, 3 * hidden_dim),
+            initializer=_initializer(self.initializer_range))
+        self.qkv_bias = self.add_weight(
+            name="qkv_bias", shape=(3 * hidden_dim,), initializer="zeros")
         self.attention_output = self._dense(hidden_dim, "attention_output")
         self.attention_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
             name="attention_layer_norm")
-        # Keras' "gelu" is the exact erf form (approximate=False), as BERT.
-        self.intermediate = self._dense(
-            self.intermediate_dim, "intermediate", activation="gelu")
+        self.intermediate = self._dense(self.intermediate_dim, "intermediate")
         self.output_dense = self._dense(hidden_dim, "output_dense")
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
@@ -180,21 +210,37 @@ class EncoderBlock(keras.layers.Layer):
         self.output_dropout = keras.layers.Dropout(
             self.hidden_dropout, dtype=self.dtype_policy,
             name="output_dropout")
-        for layer in (self.query, self.key, self.value, self.attention_output,
-                      self.attention_layer_norm, self.output_layer_norm):
+        for layer in (self.attention_output, self.attention_layer_norm,
+                      self.output_layer_norm):
             layer.build(inputs_shape)
         self.intermediate.build(inputs_shape)
         self.output_dense.build((*inputs_shape[:-1], self.intermediate_dim))
         self.built = True
 
-    def _attention(self, x, padding_mask, training, return_scores):
-        def split_heads(t):  # [b, s, hidden] -> [b, s, heads, head_dim]
-            return ops.reshape(
-                t, ops.shape(t)[:-1] + (self.num_heads, self.head_dim))
+    def load_own_variables(self, store):
+        """Reads `qkv_kernel`/`qkv_bias`, or -- from a file saved before
+        the fusion, which has none -- concatenates the `query`, `key` and
+        `value` Dense weights stored beside them."""
+        if len(store.keys()) == 2:
+            return super().load_own_variables(store)
+        h5 = getattr(store, "h5_file", None)
+        path = getattr(store, "_h5_entry_path", None)
+        parts = ("query", "key", "value")
+        if (len(store.keys()) or h5 is None or path is None or not all(
+                f"{path}/{p}/vars" in h5 for p in parts)):
+            return super().load_own_variables(store)  # Keras' own error
+        kernels, biases = zip(*[(h5[f"{path}/{p}/vars/0"][()],
+                                 h5[f"{path}/{p}/vars/1"][()])
+                                for p in parts])
+        self.qkv_kernel.assign(np.concatenate(kernels, axis=-1))
+        self.qkv_bias.assign(np.concatenate(biases, axis=-1))
 
-        q = split_heads(self.query(x))
-        k = split_heads(self.key(x))
-        v = split_heads(self.value(x))
+    def _attention(self, x, padding_mask, training, return_scores):
+        qkv = ops.matmul(x, self.qkv_kernel) + self.qkv_bias
+        # [b, s, 3 * hidden] -> [b, s, 3, heads, head_dim]: q, k, v.
+        qkv = ops.reshape(
+            qkv, ops.shape(x)[:-1] + (3, self.num_heads, self.head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None
         if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
             mask = ops.cast(padding_mask, "bool")[:, None, None, :]
@@ -218,7 +264,7 @@ class EncoderBlock(keras.layers.Layer):
         attended = self.attention_output(attended)
         attended = self.attention_output_dropout(attended, training=training)
         x = self.attention_layer_norm(inputs + attended)
-        ffn = self.output_dense(self.intermediate(x))
+        ffn = self.output_dense(gelu(self.intermediate(x), self.activation))
         ffn = self.output_dropout(ffn, training=training)
         x = self.output_layer_norm(x + ffn)
         if return_attention_scores:
@@ -234,6 +280,7 @@ class EncoderBlock(keras.layers.Layer):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
+            "activation": self.activation,
         }
 
 
@@ -287,6 +334,7 @@ class MaskedLMHead(keras.layers.Layer):
             re-tie by passing it again (see `BertPretrainer`).
         layer_norm_epsilon: float. Epsilon of the transform LayerNorm.
         initializer_range: float. Stddev of the truncated-normal init.
+        activation: "gelu_tanh" or "gelu" (exact) of the transform.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -297,8 +345,11 @@ class MaskedLMHead(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size, token_embedding=None,
-                 layer_norm_epsilon=1e-12, initializer_range=0.02, **kwargs):
+                 layer_norm_epsilon=1e-12, initializer_range=0.02,
+                 activation="gelu_tanh", **kwargs):
         super().__init__(**kwargs)
+        _check_activation(activation)
+        self.activation = activation
         self.vocabulary_size = vocabulary_size
         self.token_embedding = token_embedding
         self.layer_norm_epsilon = layer_norm_epsilon
@@ -307,8 +358,7 @@ class MaskedLMHead(keras.layers.Layer):
     def build(self, inputs_shape, mask_positions_shape=None):
         hidden_dim = inputs_shape[-1]
         self.dense = keras.layers.Dense(
-            hidden_dim, activation="gelu",  # exact erf GELU, as BERT
-            kernel_initializer=_initializer(self.initializer_range),
+            hidden_dim, kernel_initializer=_initializer(self.initializer_range),
             dtype=self.dtype_policy, name="dense")
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
@@ -330,7 +380,7 @@ class MaskedLMHead(keras.layers.Layer):
     def call(self, inputs, mask_positions):
         x = ops.take_along_axis(
             inputs, ops.cast(mask_positions, "int32")[:, :, None], axis=1)
-        x = self.layer_norm(self.dense(x))
+        x = self.layer_norm(gelu(self.dense(x), self.activation))
         if self.token_embedding is not None:
             table = self.token_embedding.embeddings
         else:
@@ -345,6 +395,7 @@ class MaskedLMHead(keras.layers.Layer):
             "vocabulary_size": self.vocabulary_size,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
+            "activation": self.activation,
         }
 
 

@@ -135,7 +135,8 @@ class BertPretrainer(keras.Model):
             backbone.vocabulary_size, token_embedding=backbone.token_embedding,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
             initializer_range=backbone.initializer_range,
-            dtype=backbone.dtype_policy, name="mlm_head")
+            activation=backbone.activation, dtype=backbone.dtype_policy,
+            name="mlm_head")
         nsp_head = NSPHead(initializer_range=backbone.initializer_range,
                            dtype=backbone.dtype_policy, name="nsp_head")
 

@@ -194,7 +194,14 @@ class StepBackup(keras.callbacks.Callback):
             if not meta.get("epoch_end"):
                 self._pending_state = values[len(hidden) - len(
                     model.metrics_variables):]
-            assert int(meta["step"]) == step == global_step(model)
+            if global_step(model) != step:
+                # Keras skips (with a warning) optimizer state of another
+                # shape, e.g. a backup from before the fused QKV kernel.
+                raise UsageError(
+                    f"{folder}: the optimizer state does not fit this model "
+                    "(a backup written by another kerasbert version?); pass "
+                    "--overwrite to start the run afresh")
+            assert int(meta["step"]) == step
             return meta
         if self.backups(self.restore_dir):
             self.log("warning: no usable backup; starting from step 0")

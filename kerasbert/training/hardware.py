@@ -1,9 +1,11 @@
-"""Hardware choices: dtype policy, XLA, distribution strategy, chief."""
+"""Hardware choices: dtype policy, XLA, distribution strategy, chief.
+
+TensorFlow is imported only where a choice needs it (`auto`, strategies):
+an explicit precision and XLA setting work under any Keras backend.
+"""
 
 import json
 import os
-
-import tensorflow as tf
 
 from kerasbert.config import TrainConfig, check_field
 from kerasbert.errors import UsageError
@@ -25,6 +27,8 @@ def select_precision(precision: str) -> tuple[str, str]:
     check_field(TrainConfig, "precision", precision)
     if precision != "auto":
         return precision, "requested"
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         major = tf.config.experimental.get_device_details(gpus[0]).get(
@@ -43,12 +47,16 @@ def select_jit_compile(jit_compile: str) -> bool:
     (docs/benchmarks.md)."""
     check_field(TrainConfig, "jit_compile", jit_compile)
     if jit_compile == "auto":
+        import tensorflow as tf
+
         return bool(tf.config.list_physical_devices("GPU"))
     return jit_compile == "on"
 
 
 def make_strategy(name: str):
     """Returns a tf.distribute strategy (multi_worker reads TF_CONFIG)."""
+    import tensorflow as tf
+
     check_field(TrainConfig, "strategy", name)
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":

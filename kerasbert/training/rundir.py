@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 
+from kerasbert.config import ModelConfig
 from kerasbert.errors import UsageError
 from kerasbert.files import (
     check_writable_dir,
@@ -108,6 +109,8 @@ def read_run_config(path: str) -> dict:
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Differences that make a backup meaningless (RESUME_FREE aside)."""
     diffs = []
+    # A run saved before a model field existed used its legacy value.
+    saved = {**saved, "model": {**ModelConfig.LEGACY, **saved.get("model", {})}}
     for part in ("model", "data", "train"):
         for key, value in current[part].items():
             if key in RESUME_FREE:
