@@ -61,12 +61,14 @@ def resolve_configs(argv=None):
     quiet = args.pop("quiet", False)
     values = read_config_file(args["config"]) if args.get("config") else {}
     args.pop("config", None)
+    given = set(args)
     values.update(args)
     size = values.pop("size", "tiny")
     parts = split_values(values, CONFIG_CLASSES)
     data, train = DataConfig(**parts["data"]), TrainConfig(**parts["train"])
     if train.init_from:
-        size, model, data = _init_from(train.init_from, values, parts, data)
+        size, model, data = _init_from(train.init_from, values, parts, data,
+                                       given)
     else:
         model = ModelConfig.from_size(size, **parts["model"])
     validate_pretraining(model, data, train)
@@ -78,7 +80,7 @@ ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
                 "intermediate_dim", "max_sequence_length", "num_segments")
 
 
-def _init_from(directory, values, parts, data):
+def _init_from(directory, values, parts, data, given=()):
     """The model config and tokenizer of --init-from's directory; flags may
     change dropout and the like, not the architecture."""
     from kerasbert.serving.modeldir import read_model_config
@@ -86,6 +88,10 @@ def _init_from(directory, values, parts, data):
     if "size" in values:
         raise UsageError("--size: not with --init-from (the model directory "
                          "fixes the architecture)")
+    if "vocab_size" in given and data.tokenizer is None:
+        raise UsageError("--vocab-size: not with --init-from (the model "
+                         f"directory's tokenizer, {directory}/tokenizer, "
+                         "fixes the vocabulary)")
     model = read_model_config(directory)
     for name in ARCHITECTURE:
         if name in parts["model"] and parts["model"][name] != getattr(

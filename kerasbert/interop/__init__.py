@@ -13,7 +13,7 @@ folder from the third. `dst` appears complete or not at all.
 import os
 
 from kerasbert.errors import UsageError
-from kerasbert.files import atomic_dir, check_writable_dir
+from kerasbert.files import atomic_dir, check_output, check_writable_dir
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -69,10 +69,7 @@ def convert(
             f"(choose from {', '.join(PRECISIONS)})"
         )
     kind = detect(src)
-    if os.path.exists(dst) and not overwrite:
-        raise UsageError(f"{dst}: exists (pass --overwrite to replace it)")
-    if os.path.abspath(dst) == os.path.abspath(src):
-        raise UsageError(f"{dst}: is the source folder")
+    check_output(dst, "DST", {"SRC": src}, overwrite)
     check_writable_dir(dst, "DST")
     if kind == "kerasbert":
         from kerasbert.interop.hf import write_hf_folder

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kerasbert.config import ModelConfig
+from kerasbert.config import ModelConfig, check_model_size
 from kerasbert.errors import UsageError
 from kerasbert.files import write_json_atomic
 from kerasbert.interop.names import MLM_PREFIX, NSP_PREFIX, weight_table
@@ -86,6 +86,7 @@ def model_config(values: dict, label: str) -> ModelConfig:
         if theirs in values
     }
     fields.setdefault("initializer_range", 0.02)  # HF's and Google's default
+    check_model_size(fields, label, copies=3)
     config = ModelConfig(**fields)
     try:
         return config.validate()
@@ -116,6 +117,10 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
         if array is None:
             raise UsageError(f"{ckpt.label}: missing tensor {name}")
         array = np.asarray(array)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise UsageError(
+                f"{ckpt.label}: tensor {name} holds NaN or infinite values"
+            )
         if transposed:
             array = array.T
         expected = tuple(variable.shape)

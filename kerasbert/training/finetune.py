@@ -14,6 +14,10 @@ behind. The directory it writes is a model directory
     metrics.csv   one row per epoch and split; confusion.png; logs/
     checkpoints/  resume state (removed once the run is complete)
 
+`--overwrite` of an existing directory builds the new run beside it, in
+`.OUT.replacing/`, and swaps it in when complete: a failure or kill leaves
+the old one as it was, and the same command resumes the replacement.
+
 Resume: after every epoch the weights with the optimizer state
 (`epoch-N.weights.h5`) and `state.json` (history, best epoch) are written;
 rerunning the same command continues after the last finished epoch. That
@@ -37,11 +41,14 @@ import numpy as np
 
 from kerasbert.config import FinetuneConfig, ModelConfig
 from kerasbert.data import classification as cls_data
-from kerasbert.errors import UsageError
+from kerasbert.errors import DiskFull, UsageError
 from kerasbert.files import (
     atomic_path,
+    check_output,
     check_writable_dir,
     fault_point,
+    replacement_dir,
+    swap_in,
     write_json_atomic,
     write_text_atomic,
 )
@@ -244,12 +251,26 @@ def finetune(
     `model_overrides`: ModelConfig fields for --from-scratch (e.g. a tiny
     `hidden_dim`)."""
     cfg.validate()
+    check_output(
+        cfg.output_dir,
+        "--output-dir",
+        {
+            "--model": cfg.model,
+            "--train": cfg.train,
+            "--validation": cfg.validation,
+            "--test": cfg.test,
+        },
+    )
     check_writable_dir(cfg.output_dir, "--output-dir")
     from kerasbert.training.rundir import run_lock
 
     # One process per output directory, as for pretraining runs.
     with run_lock(cfg.output_dir):
-        return _finetune(cfg, model_overrides, verbose, log)
+        try:
+            return _finetune(cfg, model_overrides, verbose, log)
+        except DiskFull as e:
+            raise DiskFull(f"{e}: the same command then resumes after the "
+                           "last finished epoch") from None
 
 
 def _finetune(cfg, model_overrides, verbose, log):
@@ -286,8 +307,18 @@ def _finetune(cfg, model_overrides, verbose, log):
         )
         with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
             return json.load(f)
+    final = out
     if state == "overwrite":
-        shutil.rmtree(out)
+        # Built beside the old run, which stays whole until the swap.
+        out = replacement_dir(final)
+        try:
+            state = _output_state(out, configs, False)
+        except (UsageError, OSError, ValueError):  # another one, or damaged
+            state = "new"
+        if state == "new" and os.path.isdir(out):
+            shutil.rmtree(out)
+        cfg = dataclasses.replace(cfg, output_dir=out)
+        tokenizer_dir = os.path.join(out, "tokenizer")
     # Everything is checked: from here on the folder is written.
     os.makedirs(out, exist_ok=True)
     if not os.path.isdir(tokenizer_dir):
@@ -299,7 +330,15 @@ def _finetune(cfg, model_overrides, verbose, log):
             tokenizer.save(staging)
         os.replace(staging, tokenizer_dir)
     write_json_atomic(os.path.join(out, "config.json"), configs)
-    return _train(cfg, model_cfg, weights, tokenizer, data, verbose, log)
+    if state != "done":
+        result = _train(cfg, model_cfg, weights, tokenizer, data, verbose,
+                        log)
+    else:  # a replacement that finished, killed before its swap
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+            result = json.load(f)
+    if out != final:
+        swap_in(out, final)
+    return result
 
 
 def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
@@ -509,6 +548,9 @@ def _finish(cfg, trained, model_cfg, tokenizer, data, state, log):
     out = cfg.output_dir
     best = state["best"]
     if best is None:
+        # Nothing learned is lost: without the folder the suggested rerun
+        # is a new run, not one "with other settings".
+        shutil.rmtree(out, ignore_errors=True)
         raise UsageError(
             "training stopped before a first epoch finished "
             "(non-finite loss); try a lower --learning-rate"
@@ -624,7 +666,11 @@ def predict_proba(
 def load_classifier(directory: str):
     """(model, tokenizer, config dict) of a fine-tuned directory."""
     from kerasbert.config import read_json_object
-    from kerasbert.serving.modeldir import load_model, load_tokenizer
+    from kerasbert.serving.modeldir import (
+        check_tokenizer_fits,
+        load_model,
+        load_tokenizer,
+    )
 
     config = read_json_object(
         os.path.join(directory, "config.json"),
@@ -639,4 +685,6 @@ def load_classifier(directory: str):
     model = load_model(directory)
     if not hasattr(model, "num_classes"):
         raise UsageError(f"--model: {directory}: model.keras is no classifier")
+    with _flag("--model"):
+        check_tokenizer_fits(model, tokenizer, directory)
     return model, tokenizer, config
