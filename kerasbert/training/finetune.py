@@ -269,8 +269,8 @@ def finetune(
         try:
             return _finetune(cfg, model_overrides, verbose, log)
         except DiskFull as e:
-            raise DiskFull(f"{e}: the same command then resumes after the "
-                           "last finished epoch") from None
+            raise DiskFull(f"{e} (the same command resumes after the "
+                           "last finished epoch)") from None
 
 
 def _finetune(cfg, model_overrides, verbose, log):

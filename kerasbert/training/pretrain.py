@@ -52,10 +52,10 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
     validate_pretraining(model_cfg, data_cfg, train_cfg)
     output_dir = train_cfg.output_dir or default_output_dir(size)
     check_output(output_dir, "--output-dir", {
+        "--init-from": train_cfg.init_from,  # first: it implies --tokenizer
         "--corpus": data_cfg.corpus,
         "--heldout-corpus": data_cfg.heldout_corpus,
         "--tokenizer": data_cfg.tokenizer,
-        "--init-from": train_cfg.init_from,
     })
     chief_dir = output_dir
     scratch = None
