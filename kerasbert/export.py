@@ -14,6 +14,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kerasbert.cli import import_tensorflow_quietly  # noqa: E402
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from kerasbert.serving.modeldir import CHECKPOINTS  # noqa: E402
 
@@ -46,6 +47,7 @@ def main(argv=None):
         "--overwrite", action="store_true", help="replace an existing output"
     )
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()
     from kerasbert.files import check_output, check_writable_dir
     from kerasbert.serving.export import export_saved_model
     from kerasbert.serving.modeldir import load_model

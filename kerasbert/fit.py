@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.cli import (  # noqa: E402
     add_config_flags,
+    import_tensorflow_quietly,
     read_config_file,
     split_values,
 )
@@ -83,7 +84,9 @@ ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
 def _init_from(directory, values, parts, data, given=()):
     """The model config and tokenizer of --init-from's directory; flags may
     change dropout and the like, not the architecture."""
-    from kerasbert.serving.modeldir import read_model_config
+    from kerasbert.serving.modeldir import load_model, read_model_config
+
+    import_tensorflow_quietly()
 
     if "size" in values:
         raise UsageError("--size: not with --init-from (the model directory "
@@ -93,6 +96,9 @@ def _init_from(directory, values, parts, data, given=()):
                          f"directory's tokenizer, {directory}/tokenizer, "
                          "fixes the vocabulary)")
     model = read_model_config(directory)
+    # Damaged, oversized or NaN weights: refused before a run directory
+    # exists (the trainer loads them again into the new model).
+    load_model(directory)
     for name in ARCHITECTURE:
         if name in parts["model"] and parts["model"][name] != getattr(
                 model, name):
@@ -108,6 +114,7 @@ def _init_from(directory, values, parts, data, given=()):
 
 def main(argv=None):
     size, model_cfg, data_cfg, train_cfg, quiet = resolve_configs(argv)
+    import_tensorflow_quietly()
     from kerasbert.training.pretrain import pretrain
     try:
         summary = pretrain(model_cfg, data_cfg, train_cfg, size=size,

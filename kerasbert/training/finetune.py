@@ -39,11 +39,12 @@ import weakref
 import keras
 import numpy as np
 
-from kerasbert.config import FinetuneConfig, ModelConfig
+from kerasbert.config import FinetuneConfig, ModelConfig, parameter_count
 from kerasbert.data import classification as cls_data
 from kerasbert.errors import DiskFull, UsageError
 from kerasbert.files import (
     atomic_path,
+    check_free_space,
     check_output,
     check_writable_dir,
     fault_point,
@@ -100,7 +101,7 @@ def read_data(cfg: FinetuneConfig) -> Data:
         )
 
     train = read_sample(cfg.train, "--train")
-    labels = cls_data.label_names(train.labels, "--train")
+    labels = cls_data.label_names(train.labels, "--train", train.where)
     if len(labels) < 2:
         raise UsageError(
             f"--train: {cfg.train}: only one label "
@@ -319,6 +320,10 @@ def _finetune(cfg, model_overrides, verbose, log):
             shutil.rmtree(out)
         cfg = dataclasses.replace(cfg, output_dir=out)
         tokenizer_dir = os.path.join(out, "tokenizer")
+    # model.keras, and two epoch checkpoints with Adam's two slots: a disk
+    # that fills inside h5py can crash the process, so check first.
+    check_free_space(out, 8 * 4 * parameter_count(**model_cfg.to_dict()),
+                     "--output-dir")
     # Everything is checked: from here on the folder is written.
     os.makedirs(out, exist_ok=True)
     if not os.path.isdir(tokenizer_dir):

@@ -21,10 +21,12 @@ from kerasbert.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    parameter_count,
     validate_pretraining,
 )
 from kerasbert.errors import DiskFull, UsageError
 from kerasbert.files import (
+    check_free_space,
     check_output,
     check_writable_dir,
     make_scratch_dir,
@@ -139,6 +141,10 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
             with open(final.summary, encoding="utf-8") as f:
                 return json.load(f)
 
+    # model.keras, two checkpoints, two backups with Adam's slots: a disk
+    # that fills inside h5py can crash the process, so check first.
+    check_free_space(run.path, 10 * 4 * parameter_count(
+        **model_cfg.to_dict()), "--output-dir")
     # Every check has passed: from here on the run directory is written.
     run.prepare(configs, overwrite=False)
     if not os.path.isdir(run.tokenizer):
