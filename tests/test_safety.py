@@ -19,16 +19,19 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kerasbert import (
     convert,
     export,
+    fill_mask,
     finetune,
     fit,
+    predict,
     prepare,
 )
-from kerasbert.errors import run_cli
+from kerasbert.errors import UsageError, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -418,3 +421,276 @@ def test_disk_full_in_finetune_says_the_rerun_resumes(cli, model_dir,
     code, err = finetuned(cli, model_dir, tmp_path / "ft")
     one_error(code, err, "epoch-1.weights.h5: no space left on device",
               "the same command resumes", logs=True)
+
+
+# --- 2. Untrusted model directories -----------------------------------------
+
+
+def hf_folder(path, config, tensors=None):
+    """A Hugging Face BERT folder: config.json, vocab.txt, safetensors."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"model_type": "bert", **config}, f)
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+                           "a", "b"]) + "\n")
+    save_file(tensors or {"x": np.zeros(1, "float32")},
+              os.path.join(path, "model.safetensors"))
+    return str(path)
+
+
+HF_TINY = dict(vocab_size=7, hidden_size=16, num_hidden_layers=1,
+               num_attention_heads=2, intermediate_size=32,
+               max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("sizes,needles", [
+    (dict(hidden_size=10**8), ["hidden_dim 100000000 is not in 1..16,384"]),
+    (dict(num_hidden_layers=10**6), ["num_layers 1000000", "limit"]),
+    (dict(num_hidden_layers=256, hidden_size=16384, num_attention_heads=16,
+          intermediate_size=65536), ["parameters needs about", "GB of memory"]),
+])
+def test_convert_refuses_absurd_sizes_before_building(cli, tmp_path, sizes,
+                                                      needles):
+    src = hf_folder(tmp_path / "hf", {**HF_TINY, **sizes})
+    code, _, err = cli(convert.main, [src, tmp_path / "out"])
+    one_error(code, err, "config.json", *needles)
+    assert left(tmp_path) == ["hf"]
+
+
+def test_parameter_count_is_the_models(model_dir):
+    from kerasbert.config import parameter_count
+    from kerasbert.serving.modeldir import load_model, read_model_config
+
+    config = read_model_config(model_dir).to_dict()
+    assert parameter_count(**config) == load_model(model_dir).count_params()
+
+
+def test_fit_init_from_an_oversized_config_leaves_nothing(cli, model_dir,
+                                                          tmp_path):
+    src = copy_tree(model_dir, tmp_path / "model")
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    config["model"].update(hidden_dim=1_000_000, num_heads=2)
+    with open(os.path.join(src, "config.json"), "w") as f:
+        json.dump(config, f)
+    code, _, err = cli(fit.main, ["--init-from", src, "--output-dir",
+                                  tmp_path / "run", *FIT])
+    one_error(code, err, "hidden_dim 1000000 is not in")
+    assert left(tmp_path) == ["model"]
+
+
+def test_a_keras_file_declaring_absurd_sizes_is_not_built(tmp_path):
+    import zipfile
+
+    from kerasbert.serving.modeldir import load_keras_model
+
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({
+            "class_name": "BertPretrainer", "config": {"backbone": {
+                "class_name": "BertBackbone", "config": {
+                    "vocabulary_size": 10**9, "hidden_dim": 16}}}}))
+    with pytest.raises(UsageError, match="vocabulary_size 1000000000"):
+        load_keras_model(str(path))
+
+
+def test_convert_refuses_a_nan_tensor_naming_it(cli, tmp_path):
+    table = np.zeros((7, 16), "float32")
+    table[3, 5] = np.nan
+    src = hf_folder(tmp_path / "hf", HF_TINY,
+                    {"bert.embeddings.word_embeddings.weight": table})
+    code, _, err = cli(convert.main, [src, tmp_path / "out"])
+    one_error(code, err, "tensor bert.embeddings.word_embeddings.weight "
+              "holds NaN")
+    assert left(tmp_path) == ["hf"]
+
+
+@pytest.fixture(scope="module")
+def nan_dir(model_dir, tmp_path_factory):
+    """The tiny model directory with one NaN in an encoder kernel."""
+    from kerasbert.serving.modeldir import load_model, load_tokenizer
+
+    model = load_model(model_dir)
+    kernel = model.backbone.blocks[0].query.kernel
+    value = np.array(kernel.numpy())
+    value[0, 0] = np.nan
+    kernel.assign(value)
+    return write_model_dir(tmp_path_factory.mktemp("nan") / "model", model,
+                           load_tokenizer(model_dir))
+
+
+@pytest.mark.parametrize("name", ["fill_mask", "finetune", "fit", "convert"])
+def test_nan_weights_are_refused_on_load(cli, nan_dir, tmp_path, name):
+    argv = {
+        "fill_mask": (fill_mask.main, ["--model", nan_dir, "a [MASK] b",
+                                       "--json"]),
+        "finetune": (finetune.main, ["--model", nan_dir, "--train", TRAIN,
+                                     "--output-dir", tmp_path / "out",
+                                     *FINETUNE]),
+        "fit": (fit.main, ["--init-from", nan_dir, "--output-dir",
+                           tmp_path / "out", *FIT]),
+        "convert": (convert.main, [nan_dir, tmp_path / "out"]),
+    }[name]
+    code, out, err = cli(*argv)
+    one_error(code, err, "query/kernel holds NaN or infinite values")
+    assert "NaN" not in out
+    assert left(tmp_path) == []
+
+
+# --- 3. The last tracebacks --------------------------------------------------
+
+
+def test_non_utf8_command_line_text(cli, model_dir, classifier_dir):
+    bad = b"caf\xe9 [MASK]".decode("utf-8", "surrogateescape")
+    code, _, err = cli(fill_mask.main, ["--model", model_dir, bad])
+    one_error(code, err, "text: not valid UTF-8", "caf\\xe9")
+    code, _, err = cli(predict.main, ["--model", classifier_dir, "fine",
+                                      bad])
+    one_error(code, err, "text 2: not valid UTF-8")
+
+
+def test_predict_with_an_empty_file(cli, classifier_dir, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    code, _, err = cli(predict.main, ["--model", classifier_dir, "--file",
+                                      tmp_path / "empty.txt"])
+    one_error(code, err, "empty.txt: no text in it")
+
+
+def test_tokenizer_with_more_ids_than_the_model(cli, tmp_path):
+    tok = tokenizer()
+    src = write_model_dir(tmp_path / "clf", classifier(tok, 50), tok,
+                          CLASSIFIER_CONFIG)
+    message = f"the tokenizer has {tok.vocabulary_size} token ids but the " \
+              "model only 50"
+    code, _, err = cli(predict.main, ["--model", src, "some text"])
+    one_error(code, err, message)
+    code, _, err = cli(export.main, [src, "--output", tmp_path / "out"])
+    one_error(code, err, message)
+    assert left(tmp_path) == ["clf"]
+
+
+def test_truncated_google_shard(cli, tmp_path):
+    import tensorflow as tf
+
+    src = tmp_path / "google"
+    src.mkdir()
+    config = {k: v for k, v in HF_TINY.items()}
+    (src / "bert_config.json").write_text(json.dumps(config))
+    (src / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb")
+    table = np.ones((7, 16), np.float32)
+    tf.raw_ops.SaveV2(prefix=str(src / "bert_model.ckpt"),
+                      tensor_names=["bert/embeddings/word_embeddings"],
+                      shape_and_slices=[""], tensors=[table])
+    data = src / "bert_model.ckpt.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])
+    code, _, err = cli(convert.main, [src, tmp_path / "out"])
+    one_error(code, err, "cannot read bert/embeddings/word_embeddings")
+    assert left(tmp_path) == ["google"]
+
+
+def test_too_little_space_is_said_before_training(cli, model_dir, tmp_path,
+                                                  monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: usage(10**9, 10**9 - 1000, 1000))
+    code, err = finetuned(cli, model_dir, tmp_path / "ft")
+    one_error(code, err, "--output-dir", "MB needed, 0 MB free", logs=True)
+    assert left(tmp_path) == []
+
+
+def test_prepare_writes_tokenizer_out_for_a_given_tokenizer(cli, model_dir,
+                                                            tmp_path):
+    out = tmp_path / "tok"
+    code, stdout, err = cli(prepare.main, [
+        "--tokenizer", os.path.join(model_dir, "tokenizer"), "--corpus", TEXT,
+        "--no-progress", "--tokenizer-out", out])
+    assert code == 0, err
+    assert f"tokenizer: {out}" in stdout
+    assert (out / "vocab.txt").read_text() == open(
+        os.path.join(model_dir, "tokenizer", "vocab.txt")).read()
+
+
+def test_fit_init_from_refuses_vocab_size(cli, model_dir, tmp_path):
+    code, _, err = cli(fit.main, ["--init-from", model_dir, "--vocab-size",
+                                  "500", "--output-dir", tmp_path / "run"])
+    one_error(code, err, "--vocab-size: not with --init-from")
+    assert left(tmp_path) == []
+
+
+def test_convert_of_a_classifier_says_what_it_drops(cli, classifier_dir,
+                                                    tmp_path):
+    code, _, err = cli(convert.main, [classifier_dir, tmp_path / "hf"])
+    assert code == 0, err
+    note = err.strip().splitlines()[0]
+    assert note.startswith("note: ") and "BertClassifier" in note, err
+    assert "its head and its labels (tweet, wiki) are not" in note
+
+
+def test_no_absl_start_up_lines(model_dir):
+    """absl's start-up lines (printed by TensorFlow's import whatever
+    TF_CPP_MIN_LOG_LEVEL says) are filtered out. Not covered: what oneDNN
+    logs later, when an op first runs, on some CPUs."""
+    out = subprocess.run(
+        [sys.executable, "-m", "kerasbert.fill_mask", "--model", model_dir,
+         "a [MASK] b", "--top-k", "2", "--json"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    for noise in ("absl::InitializeLog", "port.cc", "cudart_stub.cc",
+                  "cpu_feature_guard.cc", "cuda_platform.cc"):
+        assert noise not in out.stderr, out.stderr
+    assert len(json.loads(out.stdout)) == 2
+
+
+# --- 4. Data readers ---------------------------------------------------------
+
+
+def read(path, **kwargs):
+    from kerasbert.data.classification import read_examples
+
+    return read_examples(str(path), flag="--train", **kwargs)
+
+
+def test_byte_order_marks_are_dropped(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "a.txt").write_text(f"{bom}text;label\ni am happy;joy\n")
+    (tmp_path / "b.tsv").write_text(f"{bom}text\tlabel\nhello\tpos\n")
+    (tmp_path / "c.jsonl").write_text(
+        f'{bom}{{"text": "hi", "label": "pos"}}\n')
+    assert read(tmp_path / "a.txt").texts == ["i am happy"]
+    assert read(tmp_path / "b.tsv").labels == ["pos"]
+    assert read(tmp_path / "c.jsonl").texts == ["hi"]
+
+
+def test_a_list_label_is_refused(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "hi", "label": ["pos"]}\n')
+    with pytest.raises(UsageError, match=r"d.jsonl:1: label \['pos'\] is "
+                       "not a class name"):
+        read(tmp_path / "d.jsonl")
+
+
+def test_class_folders(tmp_path):
+    for label in ("neg", "pos", ".ipynb_checkpoints"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "1.txt").write_text(f"a {label} text")
+    assert sorted(set(read(tmp_path).labels)) == ["neg", "pos"]
+    (tmp_path / "neutral").mkdir()
+    with pytest.raises(UsageError, match="neutral: no .txt files, so class "
+                       "'neutral' would have no examples"):
+        read(tmp_path)
+
+
+def test_a_nan_label_is_named(tmp_path):
+    from kerasbert.data.classification import label_names
+
+    (tmp_path / "e.tsv").write_text("text\tlabel\na\t0\nb\t1\nc\tNaN\n")
+    ex = read(tmp_path / "e.tsv")
+    with pytest.raises(UsageError, match=r"real numbers \('NaN' at "
+                       r".*e.tsv:4\)"):
+        label_names(ex.labels, "--train", ex.where)
