@@ -694,3 +694,34 @@ def test_a_nan_label_is_named(tmp_path):
     with pytest.raises(UsageError, match=r"real numbers \('NaN' at "
                        r".*e.tsv:4\)"):
         label_names(ex.labels, "--train", ex.where)
+
+
+def test_a_killed_overwrite_resumes_then_replaces(cli, model_dir, tmp_path,
+                                                  monkeypatch):
+    """`finetune --overwrite` stopped after its epoch (as by a kill): the
+    old run is whole; the same command resumes the replacement beside it,
+    then swaps it in."""
+    import kerasbert.training.finetune as ft
+
+    out = tmp_path / "ft"
+    assert finetuned(cli, model_dir, out)[0] == 0
+    before = snapshot(out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_finish", killed)
+    again = ["--overwrite", "--learning-rate", "2e-3"]
+    code, err = finetuned(cli, model_dir, out, *again)
+    assert code == 130, err
+    assert snapshot(out) == before
+    assert left(tmp_path) == [".ft.replacing", "ft"]
+    monkeypatch.undo()
+    code, err = finetuned(cli, model_dir, out, *again)
+    assert code == 0, err
+    assert "resuming after epoch 1" in err
+    assert left(tmp_path) == ["ft"]
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["finetune"]["learning_rate"] == 2e-3
+    assert config["finetune"]["output_dir"] == str(out)
