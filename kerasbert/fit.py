@@ -84,18 +84,26 @@ ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
 def _init_from(directory, values, parts, data, given=()):
     """The model config and tokenizer of --init-from's directory; flags may
     change dropout and the like, not the architecture."""
+    from kerasbert.config import read_json_object
     from kerasbert.serving.modeldir import load_model, read_model_config
-
-    import_tensorflow_quietly()
 
     if "size" in values:
         raise UsageError("--size: not with --init-from (the model directory "
                          "fixes the architecture)")
-    if "vocab_size" in given and data.tokenizer is None:
-        raise UsageError("--vocab-size: not with --init-from (the model "
-                         f"directory's tokenizer, {directory}/tokenizer, "
-                         "fixes the vocabulary)")
     model = read_model_config(directory)
+    if data.tokenizer is None:
+        # The directory's tokenizer is used: --vocab-size is its size (as
+        # its run recorded it) or an error, never a value nothing obeys.
+        path = os.path.join(directory, "config.json")
+        source = read_json_object(path, path).get("data") or {}
+        if "vocab_size" in given and \
+                data.vocab_size != source.get("vocab_size"):
+            raise UsageError(
+                f"--vocab-size: not with --init-from (the model directory's "
+                f"tokenizer, {directory}/tokenizer, fixes the vocabulary)")
+        if isinstance(source.get("vocab_size"), int):
+            data = dataclasses.replace(data, vocab_size=source["vocab_size"])
+    import_tensorflow_quietly()
     # Damaged, oversized or NaN weights: refused before a run directory
     # exists (the trainer loads them again into the new model).
     load_model(directory)

@@ -725,3 +725,32 @@ def test_a_killed_overwrite_resumes_then_replaces(cli, model_dir, tmp_path,
         config = json.load(f)
     assert config["finetune"]["learning_rate"] == 2e-3
     assert config["finetune"]["output_dir"] == str(out)
+
+
+def test_fit_overwrite_is_built_beside_the_old_run(cli, tmp_path,
+                                                   monkeypatch):
+    from kerasbert.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    argv = ["--corpus", TEXT, "--vocab-size", "300", "--max-steps", "1",
+            "--output-dir", run, "--quiet", *FIT]
+    code, _, err = cli(fit.main, argv)
+    assert code == 0, err
+    before = snapshot(run)
+
+    def killed(self, resume=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", killed)
+    code, _, err = cli(fit.main, [*argv, "--overwrite", "--seed", "7"])
+    assert code == 130, err
+    assert snapshot(run) == before
+    assert left(tmp_path) == [".run.replacing", "run"]
+    monkeypatch.undo()
+    code, _, err = cli(fit.main, [*argv, "--overwrite", "--seed", "7"])
+    assert code == 0, err
+    assert left(tmp_path) == ["run"]
+    with open(run / "config.json") as f:
+        config = json.load(f)
+    assert config["train"]["seed"] == 7
+    assert config["train"]["output_dir"] == str(run)

@@ -19,11 +19,12 @@ behind. The directory it writes is a model directory
 the old one as it was, and the same command resumes the replacement.
 
 Resume: after every epoch the weights with the optimizer state
-(`epoch-N.weights.h5`) and `state.json` (history, best epoch) are written;
-rerunning the same command continues after the last finished epoch. That
-is epoch granularity: a kill mid-epoch repeats that epoch, with the same
-batches (each epoch's order depends only on seed and epoch) but other
-dropout draws.
+(`epoch-N.weights.h5`), the dropout seed states (`epoch-N.state.npz`,
+as pretraining's backups keep them) and `state.json` (history, best
+epoch) are written; rerunning the same command continues after the last
+finished epoch. A kill mid-epoch repeats that epoch with the same batches
+(each epoch's order depends only on seed and epoch) and the same dropout
+draws, so the result equals an uninterrupted run's (tested).
 """
 
 import contextlib
@@ -389,8 +390,13 @@ def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
     epoch_state = _load_state(checkpoints)
     first_epoch = epoch_state["epoch"]
     if first_epoch:
+        from kerasbert.training.callbacks import load_hidden_state
+
         optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(checkpoints, epoch_state["latest"]))
+        latest = os.path.join(checkpoints, epoch_state["latest"])
+        model.load_weights(latest)
+        if os.path.exists(_state_file(latest)):
+            load_hidden_state(model, _state_file(latest), metrics=False)
         log(f"resuming after epoch {first_epoch}")
     evaluator = _EpochEnd(
         cfg, data, validation_encoded, checkpoints, epoch_state, len(data.train)
@@ -422,6 +428,11 @@ def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
             verbose=verbose if verbose < 1 or sys.stdout.isatty() else 2,
         )
     return _finish(cfg, model, model_cfg, tokenizer, data, evaluator.state, log)
+
+
+def _state_file(weights: str) -> str:
+    """The dropout seed states saved beside an epoch's weights."""
+    return weights.removesuffix(".weights.h5") + ".state.npz"
 
 
 def _load_state(checkpoints: str) -> dict:
@@ -468,6 +479,9 @@ class _EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        fault_point("finetune_step")
 
     def on_epoch_end(self, epoch, logs=None):
         from kerasbert.training.metrics import classification_metrics
@@ -520,6 +534,7 @@ class _EpochEnd(keras.callbacks.Callback):
         )
         fault_point("finetune_epoch")
         keep = {latest, best["weights"], "state.json"}
+        keep |= {_state_file(name) for name in keep}
         for name in os.listdir(self.checkpoints):
             if name not in keep:
                 os.remove(os.path.join(self.checkpoints, name))
@@ -528,7 +543,11 @@ class _EpochEnd(keras.callbacks.Callback):
         )
 
     def _save(self, name):
+        from kerasbert.training.callbacks import save_hidden_state
+
         path = os.path.join(self.checkpoints, name)
+        with atomic_path(_state_file(path)) as tmp:
+            save_hidden_state(self.model, tmp, metrics=False)
         with atomic_path(path) as tmp:
             self.model.save_weights(tmp)
 
