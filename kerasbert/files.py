@@ -43,7 +43,10 @@ def _tmp_name(path: str, kind: str = "tmp") -> str:
 
 def _disk_full(e: BaseException) -> bool:
     """ENOSPC as Python, h5py or TensorFlow report it (TF's
-    ResourceExhaustedError is no OSError; its message is the only sign)."""
+    ResourceExhaustedError is no OSError; its message is the only sign).
+    A `DiskFull` from a nested writer already names its file."""
+    if isinstance(e, DiskFull):
+        return False
     return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
         "No space left on device" in str(e)
 
