@@ -108,7 +108,7 @@ def run_transformers(a, extra, log):
     import torch
     import transformers
 
-    from kerasbert.data.cache import prepare_corpus
+    from kerasbert.data.corpus import prepare_corpus
     from kerasbert.fit import resolve_configs
     from kerasbert.training.hardware import _cpu_has_bf16
     from kerasbert.training.plan import make_plan

@@ -9,6 +9,10 @@ default to "not given" (argparse.SUPPRESS), so a
 
 import argparse
 import dataclasses
+import os
+import re
+import sys
+import tempfile
 
 from kerasbert.config import field_type, flag_name, read_json_object
 from kerasbert.errors import UsageError
@@ -37,6 +41,50 @@ def add_config_flags(parser, cls, names=None, title=None) -> None:
                                metavar=kind.__name__.upper()
                                if "choices" not in f.metadata else None,
                                **kwargs)
+
+
+# absl's C++ start-up lines (TF_CPP_MIN_LOG_LEVEL does not reach them):
+# its banner and "I0000 00:00:... file.cc:31] ..." records.
+_ABSL_LINE = re.compile(r"^(WARNING: All log messages before absl::"
+                        r"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and lists its devices with stderr (file
+    descriptor 2, where its C++ code writes) sent to a temp file, then
+    passes on every line that is not absl start-up logging. Commands call
+    it once their flags are checked, so stderr holds only their lines."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # CUDA's probe logs here
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines()
+            for line in lines:
+                if not _ABSL_LINE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def check_text(text: str, what: str) -> str:
+    """Refuses command-line text that is not UTF-8: Python hands undecodable
+    bytes over as lone surrogates, which fail deep inside the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what}: not valid UTF-8 (byte {e.start} of "
+                         f"{text.encode('utf-8', 'surrogateescape')!r})"
+                         ) from None
+    return text
 
 
 def read_config_file(path: str, sections=("model", "data", "train")) -> dict:

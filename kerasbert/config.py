@@ -17,6 +17,7 @@ Constructors elsewhere take plain keyword arguments: `BertBackbone(
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 
 from kerasbert.errors import UsageError
@@ -251,6 +252,64 @@ class ModelConfig(_Config):
 # load only into a model built with the same values.
 ARCHITECTURE = ("vocabulary_size", "hidden_dim", "num_layers", "num_heads",
                 "intermediate_dim", "max_sequence_length", "num_segments")
+
+
+# Bounds for a model read from someone else's files (a checkpoint's
+# config.json, a .keras file): far above any published BERT, low enough
+# that a crafted file fails in one line instead of building layers for
+# minutes and dying of MemoryError.
+SIZE_LIMITS = {
+    "vocabulary_size": 1_000_000,
+    "hidden_dim": 16_384,
+    "num_layers": 256,
+    "num_heads": 1024,
+    "intermediate_dim": 65_536,
+    "max_sequence_length": 65_536,
+    "num_segments": 1024,
+}
+
+
+def parameter_count(vocabulary_size, hidden_dim, num_layers,
+                    intermediate_dim, max_sequence_length, num_segments,
+                    **_) -> int:
+    """Weights of a `BertPretrainer` of these sizes (backbone + heads)."""
+    v, h, i = vocabulary_size, hidden_dim, intermediate_dim
+    embeddings = (v + max_sequence_length + num_segments) * h + 2 * h
+    block = 4 * (h * h + h) + 2 * (h * i) + i + h + 4 * h
+    heads = (h * h + h) + 2 * h + v + (2 * h + 2)  # MLM transform, NSP
+    return embeddings + num_layers * block + (h * h + h) + heads
+
+
+def check_model_size(values: dict, label: str, copies: int) -> None:
+    """Refuses architecture `values` (ModelConfig fields) from an untrusted
+    file before anything is built: each size within `SIZE_LIMITS`, and
+    `copies` float32 copies of the weights within this machine's memory
+    (a conversion holds about 3, training 4: weights, gradients, Adam)."""
+    for name, limit in SIZE_LIMITS.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or \
+                not 1 <= value <= limit:
+            raise UsageError(f"{label}: {name} {value!r} is not in "
+                             f"1..{limit:,} (the limit for a model read "
+                             "from a file)")
+    if not all(isinstance(values.get(k), int) for k in (
+            "vocabulary_size", "hidden_dim", "num_layers",
+            "intermediate_dim")):
+        return
+    sizes = {"max_sequence_length": 512, "num_segments": 2, **values}
+    count = parameter_count(**sizes)
+    needed = count * 4 * copies
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > memory:
+        raise UsageError(
+            f"{label}: a model of {count / 1e6:,.0f}M parameters needs about "
+            f"{needed / 1e9:,.1f} GB of memory here, more than this "
+            f"machine's {memory / 1e9:,.1f} GB")
 
 
 # Labelled-data formats (kerasbert.data.classification) that `fit` reads

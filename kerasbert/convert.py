@@ -13,6 +13,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kerasbert.cli import import_tensorflow_quietly  # noqa: E402
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 from kerasbert.interop import PRECISIONS  # noqa: E402
 
@@ -48,6 +49,7 @@ def main(argv=None):
         "--overwrite", action="store_true", help="replace an existing DST"
     )
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()
     from kerasbert.interop import convert
 
     written = convert(

@@ -13,6 +13,10 @@ class UsageError(ValueError):
     """Bad input from the user (a path, a flag, a corpus, a vocabulary)."""
 
 
+class DiskFull(UsageError):
+    """A write failed for want of space; the message names the path."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 

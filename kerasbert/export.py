@@ -1,6 +1,7 @@
 """`python -m kerasbert.export`: a run's model as a SavedModel or `.keras`.
 
     python -m kerasbert.export RUN_DIR --format saved_model|keras --output DIR
+        [--overwrite]
 
 A pretraining run gives the int-tensor SavedModel of
 `kerasbert.serving.export`; a fine-tuned classifier (its config.json lists
@@ -13,6 +14,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kerasbert.cli import import_tensorflow_quietly  # noqa: E402
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from kerasbert.serving.modeldir import CHECKPOINTS  # noqa: E402
 
@@ -41,8 +43,12 @@ def main(argv=None):
         default="model",
         help="which weights: final model, best or latest",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output"
+    )
     args = parser.parse_args(argv)
-    from kerasbert.files import check_writable_dir
+    import_tensorflow_quietly()
+    from kerasbert.files import check_output, check_writable_dir
     from kerasbert.serving.export import export_saved_model
     from kerasbert.serving.modeldir import load_model
     from kerasbert.serving.text_classifier import (
@@ -52,6 +58,14 @@ def main(argv=None):
 
     if args.format == "saved_model":
         check_writable_dir(args.output, "--output")
+    elif not args.output.endswith(".keras"):
+        raise UsageError(f"--output: {args.output} must end in .keras")
+    elif os.path.isdir(args.output):
+        raise UsageError(f"--output: {args.output} is a folder")
+    check_output(
+        args.output, "--output", {"RUN_DIR": args.run_dir}, args.overwrite
+    )
+    if args.format == "saved_model":
         if is_classifier_dir(args.run_dir):
             export_classifier_dir(args.run_dir, args.output, args.checkpoint)
         else:
@@ -60,11 +74,9 @@ def main(argv=None):
             )
     else:
         model = load_model(args.run_dir, args.checkpoint)
-        output = args.output
-        if not output.endswith(".keras"):
-            raise UsageError(f"--output: {output} must end in .keras")
         from kerasbert.training.callbacks import save_model_atomic
-        save_model_atomic(model, output)
+
+        save_model_atomic(model, args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

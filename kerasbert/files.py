@@ -6,6 +6,11 @@ one is expected: everything is written to a temp path beside the target
 `os.replace`, which is atomic on POSIX. Every writer in kerasbert goes
 through `atomic_path` or `atomic_dir`.
 
+`check_output` is the one rule every command applies to the paths it
+writes (see docs/safety.md): never one that is, contains or lies inside an
+input, and never an existing one without --overwrite. A replaced folder is
+built beside the old one and swapped in when complete (`swap_in`).
+
 `fault_point(name)` lets the tests kill a run at a named place (after a
 backup, inside a checkpoint write, during evaluation...) by setting
 `KERASBERT_FAULT=name` or `name:N` (the N-th time it is reached). Unset, it
@@ -13,6 +18,7 @@ costs one dictionary lookup.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -22,32 +28,70 @@ import shutil
 import signal
 import socket
 
-from kerasbert.errors import UsageError
+from kerasbert.errors import DiskFull, UsageError
 
 _TMP = re.compile(r"^\..+\.tmp(\d+)(\..*)?$")
 
 
-def _tmp_name(path: str) -> str:
+def _tmp_name(path: str, kind: str = "tmp") -> str:
     head, tail = os.path.split(os.path.abspath(path))
     # The pid keeps two processes' temp files apart; the suffix is kept
     # because some writers (Keras, matplotlib) pick the format by it.
     stem, dot, ext = tail.partition(".")
-    return os.path.join(head, f".{stem}.tmp{os.getpid()}{dot}{ext}")
+    return os.path.join(head, f".{stem}.{kind}{os.getpid()}{dot}{ext}")
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC as Python, h5py or TensorFlow report it (TF's
+    ResourceExhaustedError is no OSError; its message is the only sign).
+    A `DiskFull` from a nested writer already names its file."""
+    if isinstance(e, DiskFull):
+        return False
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+        "No space left on device" in str(e)
+
+
+def disk_full_error(path: str) -> DiskFull:
+    """The one-line error for a full disk while writing `path`."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    free = shutil.disk_usage(parent).free if parent else 0
+    return DiskFull(f"{path}: no space left on device ({free / 1e6:.0f} "
+                    "MB free there); free some space and run again")
+
+
+def check_free_space(path: str, needed: int, flag: str) -> None:
+    """Refuses to start a write of about `needed` bytes under `path` when
+    its file system has less free: better than failing half way."""
+    probe = os.path.abspath(path)
+    while not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise UsageError(f"{flag}: {path}: about {needed / 1e6:.0f} MB "
+                         f"needed, {free / 1e6:.0f} MB free there")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yields a temp path to write; on success it replaces `path`.
 
-    On an exception the temp file is removed and `path` is untouched.
+    On an exception the temp file is removed and `path` is untouched; a
+    full disk is a `UsageError` naming `path`.
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    remove_stale_siblings(path)
     tmp = _tmp_name(path)
     try:
         yield tmp
         fault_point("atomic_write")
         os.replace(tmp, path)
+    except Exception as e:
+        if _disk_full(e):
+            raise disk_full_error(path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -55,24 +99,115 @@ def atomic_path(path: str):
 
 @contextlib.contextmanager
 def atomic_dir(path: str):
-    """Yields an empty temp folder; on success it replaces folder `path`
-    (an old one is removed first, so a kill in between leaves no `path`
-    rather than a mixed one). A regular file at `path` is an error."""
+    """Yields an empty temp folder beside `path`; on success it replaces
+    folder `path` (`swap_in`), so `path` is the old folder or the complete
+    new one, never a mix. A regular file at `path` is an error. Temp
+    folders of `path` that killed processes left are removed first."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{path}: exists and is not a folder")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = _tmp_name(path.rstrip(os.sep))
+    path = path.rstrip(os.sep)
+    remove_stale_siblings(path)
+    tmp = _tmp_name(path)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         yield tmp
         fault_point("atomic_write")
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        swap_in(tmp, path)
+    except Exception as e:
+        if _disk_full(e):
+            raise disk_full_error(path) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(new: str, path: str) -> None:
+    """Folder `new` becomes `path`. An old `path` is renamed aside first
+    and removed after: a kill in between leaves it whole under its aside
+    name, and `remove_stale_siblings` puts it back."""
+    aside = _tmp_name(path, "old")
+    if os.path.lexists(path):
+        os.replace(path, aside)
+    fault_point("swap_in")
+    os.replace(new, path)
+    if os.path.isdir(aside) and not os.path.islink(aside):
+        shutil.rmtree(aside)
+    elif os.path.lexists(aside):
+        os.remove(aside)
+
+
+def remove_stale_siblings(path: str) -> None:
+    """Removes the temp files and folders of `path` (`.NAME.tmpPID...`)
+    that killed processes left beside it, and puts back an old `path`
+    that a kill inside `swap_in` left aside."""
+    head, tail = os.path.split(os.path.abspath(path))
+    stem, dot, ext = tail.partition(".")
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.(tmp|old)(\d+)"
+                         rf"{re.escape(dot + ext)}$")
+    try:
+        names = os.listdir(head)
+    except OSError:
+        return
+    for name in sorted(names):
+        match = pattern.match(name)
+        if not match or pid_alive(int(match.group(2))):
+            continue
+        stale = os.path.join(head, name)
+        if match.group(1) == "old" and not os.path.lexists(path):
+            os.replace(stale, path)  # the kill came between the renames
+        elif os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(stale)
+
+
+def replacement_dir(path: str) -> str:
+    """Where a run that replaces folder `path` (--overwrite) is built,
+    beside it, before `swap_in`: a fixed name, so the same command after
+    a kill resumes it."""
+    head, tail = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    return os.path.join(head, f".{tail}.replacing")
+
+
+def _inside(inner: str, outer: str) -> bool:
+    return inner != outer and os.path.commonpath([inner, outer]) == outer
+
+
+def check_output(output: str, flag: str, inputs: dict,
+                 overwrite: bool | None = None) -> None:
+    """The rule for every path a command writes, checked before anything
+    is touched.
+
+    `output` must not be, contain or lie inside any of `inputs` ({flag:
+    path or None}): replacing it would delete what is about to be read.
+    Paths are compared resolved (symlinks, `..`), so an alias is caught.
+    With `overwrite` False an existing `output` is refused; None leaves
+    that to the caller (a run directory that resumes).
+    """
+    out = os.path.realpath(output)
+    for name, path in inputs.items():
+        if not path or not os.path.lexists(path):
+            continue
+        src = os.path.realpath(path)
+        if out == src:
+            what = "is"
+        elif _inside(src, out):
+            what = "contains"
+        elif _inside(out, src):
+            what = "lies inside"
+        else:
+            continue
+        alias = "" if os.path.abspath(output) == out and \
+            os.path.abspath(path) == src else " (resolved)"
+        raise UsageError(f"{flag}: {output} {what} the input {name} {path}"
+                         f"{alias}; choose another {flag}")
+    if overwrite is False and os.path.lexists(output):
+        raise UsageError(f"{flag}: {output} exists (pass --overwrite to "
+                         "replace it)")
 
 
 def remove_stale_temps(folder: str) -> None:

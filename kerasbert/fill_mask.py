@@ -10,6 +10,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kerasbert.cli import (  # noqa: E402
+    check_text,
+    import_tensorflow_quietly,
+)
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from kerasbert.serving.modeldir import CHECKPOINTS  # noqa: E402
 
@@ -30,11 +34,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UsageError("--top-k: must be >= 1")
+    check_text(args.text, "text")
     from kerasbert.serving.fill_mask import encode_masked, fill_mask
     from kerasbert.serving.modeldir import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     encode_masked(tokenizer, args.text)  # bad text fails before TF loads
+    import_tensorflow_quietly()
     model = load_model(args.model, args.checkpoint)
     results = fill_mask(model, tokenizer, args.text, args.top_k)
     if args.json:

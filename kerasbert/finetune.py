@@ -16,7 +16,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasbert.cli import add_config_flags, split_values  # noqa: E402
+from kerasbert.cli import (  # noqa: E402
+    add_config_flags,
+    import_tensorflow_quietly,
+    split_values,
+)
 from kerasbert.config import (  # noqa: E402
     ARCHITECTURE,
     FinetuneConfig,
@@ -56,6 +60,7 @@ def main(argv=None):
         args, {"finetune": FinetuneConfig, "model": ModelConfig}
     )
     cfg = FinetuneConfig(**parts["finetune"]).validate()
+    import_tensorflow_quietly()
     from kerasbert.training.finetune import finetune
 
     result = finetune(

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasbert.cli import (  # noqa: E402
     add_config_flags,
+    import_tensorflow_quietly,
     read_config_file,
     split_values,
 )
@@ -62,27 +63,46 @@ def resolve_configs(argv=None):
     quiet = args.pop("quiet", False)
     values = read_config_file(args["config"]) if args.get("config") else {}
     args.pop("config", None)
+    given = set(args)
     values.update(args)
     size = values.pop("size", "tiny")
     parts = split_values(values, CONFIG_CLASSES)
     data, train = DataConfig(**parts["data"]), TrainConfig(**parts["train"])
     if train.init_from:
-        size, model, data = _init_from(train.init_from, values, parts, data)
+        size, model, data = _init_from(train.init_from, values, parts, data,
+                                       given)
     else:
         model = ModelConfig.from_size(size, **parts["model"])
     validate_pretraining(model, data, train)
     return size, model, data, train, quiet
 
 
-def _init_from(directory, values, parts, data):
+def _init_from(directory, values, parts, data, given=()):
     """The model config and tokenizer of --init-from's directory; flags may
     change dropout and the like, not the architecture."""
-    from kerasbert.serving.modeldir import read_model_config
+    from kerasbert.config import read_json_object
+    from kerasbert.serving.modeldir import load_model, read_model_config
 
     if "size" in values:
         raise UsageError("--size: not with --init-from (the model directory "
                          "fixes the architecture)")
     model = read_model_config(directory)
+    if data.tokenizer is None:
+        # The directory's tokenizer is used: --vocab-size is its size (as
+        # its run recorded it) or an error, never a value nothing obeys.
+        path = os.path.join(directory, "config.json")
+        source = read_json_object(path, path).get("data") or {}
+        if "vocab_size" in given and \
+                data.vocab_size != source.get("vocab_size"):
+            raise UsageError(
+                f"--vocab-size: not with --init-from (the model directory's "
+                f"tokenizer, {directory}/tokenizer, fixes the vocabulary)")
+        if isinstance(source.get("vocab_size"), int):
+            data = dataclasses.replace(data, vocab_size=source["vocab_size"])
+    import_tensorflow_quietly()
+    # Damaged, oversized or NaN weights: refused before a run directory
+    # exists (the trainer loads them again into the new model).
+    load_model(directory)
     for name in ARCHITECTURE:
         if name in parts["model"] and parts["model"][name] != getattr(
                 model, name):
@@ -98,6 +118,7 @@ def _init_from(directory, values, parts, data):
 
 def main(argv=None):
     size, model_cfg, data_cfg, train_cfg, quiet = resolve_configs(argv)
+    import_tensorflow_quietly()
     from kerasbert.training.pretrain import pretrain
     try:
         summary = pretrain(model_cfg, data_cfg, train_cfg, size=size,

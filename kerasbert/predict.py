@@ -15,15 +15,19 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kerasbert.cli import (  # noqa: E402
+    check_text,
+    import_tensorflow_quietly,
+)
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 
 
 def read_texts(args) -> list[str]:
-    texts = list(args.texts)
+    texts = [check_text(t, f"text {i}") for i, t in enumerate(args.texts, 1)]
     if args.file:
         try:
-            with open(args.file, encoding="utf-8") as f:
-                texts += [line.rstrip("\r\n") for line in f if line.strip()]
+            with open(args.file, encoding="utf-8-sig") as f:
+                lines = [line.rstrip("\r\n") for line in f if line.strip()]
         except FileNotFoundError:
             raise UsageError(f"--file: {args.file}: no such file") from None
         except IsADirectoryError:
@@ -32,6 +36,9 @@ def read_texts(args) -> list[str]:
             raise UsageError(
                 f"--file: {args.file}: not UTF-8 text ({e})"
             ) from None
+        if not lines:
+            raise UsageError(f"--file: {args.file}: no text in it")
+        texts += lines
     if not texts:
         raise UsageError("give texts as arguments or --file")
     return texts
@@ -74,6 +81,7 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UsageError("--batch-size: must be >= 1")
     texts = read_texts(args)
+    import_tensorflow_quietly()
     from kerasbert.data.classification import Examples, encode
     from kerasbert.training.finetune import load_classifier, predict_proba
 

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="DataConfig JSON file")
     parser.add_argument("--tokenizer-out", metavar="DIR",
                         help="save the tokenizer here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --tokenizer-out")
     parser.add_argument("--no-progress", action="store_true")
     add_config_flags(parser, DataConfig, names=FIELDS)
     return parser
@@ -35,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     from kerasbert.data.corpus import prepare_corpus
-    from kerasbert.files import check_writable_dir
+    from kerasbert.files import atomic_dir, check_output, check_writable_dir
 
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config")
     tokenizer_out = args.pop("tokenizer_out")
+    overwrite = args.pop("overwrite")
     progress = not args.pop("no_progress")
     values = read_config_file(config_file, ("data",)) if config_file else {}
     values.update(args)
@@ -47,7 +50,15 @@ def main(argv=None):
         **split_values(values, {"data": DataConfig})["data"]).validate()
     if tokenizer_out:
         check_writable_dir(tokenizer_out, "--tokenizer-out")
-    tokenizer, corpus = prepare_corpus(data_config, tokenizer_out, progress)
+        check_output(tokenizer_out, "--tokenizer-out", {
+            "--corpus": data_config.corpus,
+            "--tokenizer": data_config.tokenizer,
+            "--config": config_file,
+            "--cache-dir": data_config.cache_dir}, overwrite)
+    tokenizer, corpus = prepare_corpus(data_config, progress=progress)
+    if tokenizer_out:  # a trained one or a given one, saved whole
+        with atomic_dir(tokenizer_out) as tmp:
+            tokenizer.save(tmp)
     print(f"documents: {corpus.num_documents}")
     print(f"sentences: {corpus.num_sentences}")
     print(f"tokens: {corpus.num_tokens}")

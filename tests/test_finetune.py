@@ -201,9 +201,10 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
         message = "real numbers"
     args = TINY + ["--train", train, "--output-dir", str(out), *extra]
     if case == "not_a_model":
+        (tmp_path / "folder").mkdir()
         args = [
             "--model",
-            str(tmp_path),
+            str(tmp_path / "folder"),
             "--train",
             train,
             "--output-dir",
@@ -219,32 +220,58 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_killed_run_resumes_after_its_last_epoch(tmp_path, capsys):
-    out = str(tmp_path / "out")
-    args = [
-        *TINY,
-        "--train",
-        fixture("source_train.tsv"),
-        "--epochs",
-        "2",
-        "--output-dir",
-        out,
-    ]
-    env = {**os.environ, "KERASBERT_FAULT": "finetune_epoch:1"}
+def test_killed_run_resumes_exactly(tmp_path, capsys):
+    """Killed mid-way through epoch 2 (12 steps an epoch), the same command
+    repeats epoch 2 from epoch 1's weights, optimizer and dropout seed
+    states: metrics and weights equal an uninterrupted run's."""
+    from kerasbert.serving.modeldir import load_model
+
+    def argv(out):
+        return [
+            *TINY,
+            "--dropout",
+            "0.2",
+            "--hidden-dropout",
+            "0.1",
+            "--train",
+            fixture("source_train.tsv"),
+            "--epochs",
+            "2",
+            "--output-dir",
+            str(tmp_path / out),
+        ]
+
+    env = {**os.environ, "KERASBERT_FAULT": "finetune_step:18"}
     killed = subprocess.run(
-        [sys.executable, "-m", "kerasbert.finetune", *args],
+        [sys.executable, "-m", "kerasbert.finetune", *argv("out")],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
+    out = str(tmp_path / "out")
     with open(os.path.join(out, "checkpoints", "state.json")) as f:
         assert json.load(f)["epoch"] == 1
     assert not os.path.exists(os.path.join(out, "model.keras"))
-    finetune_main(args)  # the same command again resumes
+    finetune_main(argv("out"))  # the same command again resumes
     assert "resuming after epoch 1" in capsys.readouterr().err
-    with open(os.path.join(out, "metrics.json")) as f:
-        assert [e["epoch"] for e in json.load(f)["epochs"]] == [1, 2]
-    finetune_main(args)  # once more: complete, nothing retrained
+    finetune_main(argv("clean"))
+
+    def result(name):
+        with open(tmp_path / name / "metrics.json") as f:
+            metrics = json.load(f)
+        for epoch in metrics["epochs"]:
+            for key in ("seconds", "examples_per_second"):
+                epoch["train"].pop(key)
+        return metrics
+
+    assert result("out") == result("clean")
+    for a, b in zip(
+        load_model(out).get_weights(),
+        load_model(str(tmp_path / "clean")).get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    finetune_main(argv("out"))  # once more: complete, nothing retrained
     assert "complete" in capsys.readouterr().err

@@ -11,6 +11,9 @@ where each came from, for error messages). Formats:
     folder      one subfolder of .txt files per label (nltk movie_reviews)
     hf          a Hugging Face datasets name[:split], when it can be reached
 
+Files may start with a UTF-8 byte-order mark (Windows editors write one);
+it is dropped. Hidden folders (`.ipynb_checkpoints/`) are no classes.
+
 Labels are strings until `label_names` fixes the class ids: all-integer
 labels sort numerically, names alphabetically. Real-valued labels are a
 regression task, which this is not, so they are an error.
@@ -90,7 +93,7 @@ def detect_format(path: str, flag: str) -> str:
 
 def _first_line(path, flag):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line in f:
                 if line.strip():
                     return line
@@ -167,7 +170,7 @@ def _text(value, flag, place, column):
 
 
 def _label(value, flag, place):
-    if isinstance(value, bool) or value is None or isinstance(value, float):
+    if isinstance(value, (bool, float, list, dict)) or value is None:
         raise UsageError(
             f"{flag}: {place}: label {value!r} is not a class name or integer"
         )
@@ -178,7 +181,7 @@ def _label(value, flag, place):
 
 
 def _read_table(path, flag, columns, delimiter):
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         # TSV fields are never quoted (CoLA sentences hold lone quotes).
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -199,7 +202,7 @@ def _read_table(path, flag, columns, delimiter):
 
 
 def _read_semicolon(path, flag, columns):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip() or (
@@ -214,7 +217,7 @@ def _read_semicolon(path, flag, columns):
 
 
 def _read_jsonl(path, flag, columns):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -245,14 +248,19 @@ def _read_folder(path, flag, text_pair_column):
     texts, labels, where = [], [], []
     for label in sorted(os.listdir(path)):
         folder = os.path.join(path, label)
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
-            if not name.endswith(".txt"):
-                continue
+        if not os.path.isdir(folder) or label.startswith("."):
+            continue  # hidden: editor and notebook state, no class
+        names = [n for n in sorted(os.listdir(folder))
+                 if n.endswith(".txt") and not n.startswith(".")]
+        if not names:
+            raise UsageError(
+                f"{flag}: {folder}: no .txt files, so class {label!r} "
+                "would have no examples (remove the folder or fill it)"
+            )
+        for name in names:
             file = os.path.join(folder, name)
             try:
-                with open(file, encoding="utf-8") as f:
+                with open(file, encoding="utf-8-sig") as f:
                     texts.append(f.read())
             except UnicodeDecodeError as e:
                 raise UsageError(
@@ -299,16 +307,20 @@ def _read_hf(name, flag, hf_config):
         yield f"{name}[{split}][{i}]", row
 
 
-def label_names(labels: list[str], flag: str = "--train") -> list[str]:
-    """The class names, index = class id."""
+def label_names(
+    labels: list[str], flag: str = "--train", where: list[str] | None = None
+) -> list[str]:
+    """The class names, index = class id. `where` (each label's place)
+    lets an error name the line of the offending value."""
     distinct = set(labels)
     if all(_INT.fullmatch(v) for v in distinct):
         return sorted(distinct, key=int)
     if all(_FLOAT.fullmatch(v) for v in distinct):
+        odd = next(v for v in labels if not _INT.fullmatch(v))
+        place = f" at {where[labels.index(odd)]}" if where else ""
         raise UsageError(
-            f"{flag}: the label column holds real numbers (e.g. "
-            f"{sorted(distinct)[0]}); classification needs class names or "
-            "integers"
+            f"{flag}: the label column holds real numbers ({odd!r}{place}"
+            "); classification needs class names or integers"
         )
     return sorted(distinct)
 

@@ -13,7 +13,12 @@ folder from the third. `dst` appears complete or not at all.
 import os
 
 from kerasbert.errors import UsageError
-from kerasbert.files import atomic_dir, check_writable_dir
+from kerasbert.files import (
+    atomic_dir,
+    check_free_space,
+    check_output,
+    check_writable_dir,
+)
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -46,6 +51,23 @@ def detect(src: str) -> str:
     )
 
 
+def _note_dropped_head(src: str, model) -> None:
+    """Says what a Hugging Face BertModel cannot hold: a classifier's head
+    and its label names."""
+    import sys
+
+    from kerasbert.config import read_json_object
+
+    path = os.path.join(src, "config.json")
+    labels = read_json_object(path, path).get("labels") or []
+    named = f" and its labels ({', '.join(map(str, labels[:5]))}" + (
+        ", ...)" if len(labels) > 5 else ")") if labels else ""
+    verb = "are" if labels else "is"
+    print(f"note: {src}: a {type(model).__name__}; its head{named} {verb} "
+          "not in the Hugging Face folder, only its BertModel",
+          file=sys.stderr)
+
+
 def convert(
     src: str,
     dst: str,
@@ -69,10 +91,7 @@ def convert(
             f"(choose from {', '.join(PRECISIONS)})"
         )
     kind = detect(src)
-    if os.path.exists(dst) and not overwrite:
-        raise UsageError(f"{dst}: exists (pass --overwrite to replace it)")
-    if os.path.abspath(dst) == os.path.abspath(src):
-        raise UsageError(f"{dst}: is the source folder")
+    check_output(dst, "DST", {"SRC": src}, overwrite)
     check_writable_dir(dst, "DST")
     if kind == "kerasbert":
         from kerasbert.interop.hf import write_hf_folder
@@ -80,8 +99,11 @@ def convert(
 
         tokenizer = load_tokenizer(src)
         model = load_model(src)
+        check_free_space(dst, 4 * model.count_params(), "DST")
         with atomic_dir(dst) as tmp:
             architecture = write_hf_folder(model, tokenizer, tmp)
+        if architecture == "BertModel" and hasattr(model, "backbone"):
+            _note_dropped_head(src, model)
         return f"Hugging Face {architecture}"
 
     from kerasbert.interop.checkpoint import write_model_dir
@@ -94,6 +116,11 @@ def convert(
         from kerasbert.interop.google import read_google_folder
 
         ckpt = read_google_folder(src)
+    from kerasbert.config import parameter_count
+
+    check_free_space(
+        dst, 4 * parameter_count(**ckpt.config.to_dict()), "DST"
+    )
     with atomic_dir(dst) as tmp:
         model = write_model_dir(ckpt, tmp, precision)
     return f"kerasbert {type(model).__name__}"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kerasbert.config import ModelConfig
+from kerasbert.config import ModelConfig, check_model_size
 from kerasbert.errors import UsageError
 from kerasbert.files import write_json_atomic
 from kerasbert.interop.names import MLM_PREFIX, NSP_PREFIX, weight_table
@@ -97,6 +97,7 @@ def model_config(values: dict, label: str, google: bool = False
         if theirs in values
     }
     fields.setdefault("initializer_range", 0.02)  # HF's and Google's default
+    check_model_size(fields, label, copies=3)
     fields["activation"] = known[act]
     config = ModelConfig(**fields)
     try:
@@ -130,6 +131,10 @@ def build_model(ckpt: Checkpoint, precision: str = "float32"):
         if array is None:
             raise UsageError(f"{ckpt.label}: missing tensor {name}")
         array = np.asarray(array)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise UsageError(
+                f"{ckpt.label}: tensor {name} holds NaN or infinite values"
+            )
         if row.transposed:
             array = array.T
         expected = row.expected_shape()

@@ -56,7 +56,7 @@ def read_google_folder(path: str) -> Checkpoint:
             return None
         try:
             array = reader.get_tensor(name)
-        except tf.errors.OpError as e:  # a truncated .data file
+        except (tf.errors.OpError, IndexError) as e:  # a truncated .data
             raise UsageError(
                 f"{prefix}: cannot read {name} ({str(e).splitlines()[0]})"
             ) from None

@@ -11,7 +11,6 @@ no torch at run time.
 
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -225,7 +224,8 @@ def hf_config(backbone, architecture: str, pad_id: int) -> dict:
 def write_hf_folder(model, tokenizer, out: str) -> str:
     """Writes an HF folder for `model` into folder `out`; returns the
     architecture. A pretrainer becomes `BertForPreTraining`; anything else
-    (a backbone, a classifier) its `BertModel`. The decoder is tied, so
+    (a backbone, a classifier: `convert` says its head is dropped) its
+    `BertModel`. The decoder is tied, so
     only the word embeddings and `cls.predictions.bias` are stored, as
     transformers' own `save_pretrained` does."""
     import keras
@@ -242,12 +242,6 @@ def write_hf_folder(model, tokenizer, out: str) -> str:
     backbone = backbone_of(model)
     heads = hasattr(model, "mlm_head")
     architecture = "BertForPreTraining" if heads else "BertModel"
-    if not heads and model is not backbone:
-        print(
-            f"note: the {type(model).__name__}'s own layers are not "
-            "exported, only its BertModel",
-            file=sys.stderr,
-        )
     tensors = {}
     for row in weight_table(model if heads else backbone):
         array = keras.ops.convert_to_numpy(row.variable).astype("float32")

@@ -42,6 +42,9 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
     logits -= logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=-1, keepdims=True)
+    if not np.isfinite(probs).all():  # JSON has no NaN: never print one
+        raise UsageError("--model: the model's scores for this text are "
+                         "NaN or infinite")
     results = []
     for slot, position in enumerate(positions):
         best = np.argsort(-probs[slot])[:top_k]

@@ -11,6 +11,7 @@ checkpoint. Fine-tuning, fill-mask, export and `fit --init-from` read it
 through `load_model`, `load_tokenizer` and `read_model_config`.
 """
 
+import json
 import os
 import zipfile
 
@@ -53,12 +54,53 @@ def load_keras_model(path: str):
         raise UsageError(
             f"{path}: not a .keras file (truncated or another format)"
         )
+    from kerasbert.config import check_model_size
+
+    for sizes in _declared_sizes(path):
+        check_model_size(sizes, path, copies=2)
     try:
         # compile=False: readers want weights; a saved optimizer is only
         # restored by resumes, which read backups, not this.
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise UsageError(f"{path}: cannot be loaded ({e})") from None
+    check_finite(model, path)
+    return model
+
+
+def _declared_sizes(path: str) -> list[dict]:
+    """The backbone configs a .keras file declares, read before Keras
+    builds anything from them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return []  # Keras' own loader says what is wrong
+    found, stack = [], [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "hidden_dim" in item and "vocabulary_size" in item:
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def check_finite(model, label: str) -> None:
+    """Refuses a model with a NaN or infinite weight, naming it: its
+    outputs would be NaN (and fill-mask's JSON invalid)."""
+    import keras
+    import numpy as np
+
+    for variable in model.weights:
+        value = keras.ops.convert_to_numpy(variable)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise UsageError(
+                f"{label}: weight {variable.path} holds NaN or infinite "
+                "values"
+            )
 
 
 def load_model(directory: str, which: str = "model"):
@@ -73,6 +115,17 @@ def load_tokenizer(directory: str):
     if not os.path.isdir(path):
         raise UsageError(f"{directory}: has no tokenizer/ folder")
     return Tokenizer.load(path)
+
+
+def check_tokenizer_fits(model, tokenizer, directory: str) -> None:
+    """Refuses a tokenizer that yields ids the model has no embedding for
+    (they would fail every call, or read past the table on a GPU)."""
+    size = backbone_of(model).vocabulary_size
+    if tokenizer.vocabulary_size > size:
+        raise UsageError(
+            f"{directory}: the tokenizer has {tokenizer.vocabulary_size} "
+            f"token ids but the model only {size}"
+        )
 
 
 def backbone_of(model):
@@ -116,7 +169,11 @@ def init_from(model, directory: str) -> list[str]:
 
 def read_model_config(directory: str):
     """The `ModelConfig` in a model directory's config.json."""
-    from kerasbert.config import ModelConfig, read_json_object
+    from kerasbert.config import (
+        ModelConfig,
+        check_model_size,
+        read_json_object,
+    )
 
     path = os.path.join(directory, "config.json")
     values = read_json_object(path, path).get("model")
@@ -124,4 +181,5 @@ def read_model_config(directory: str):
         raise UsageError(
             f'{path}: no "model" section (not a kerasbert model directory)'
         )
+    check_model_size(values, path, copies=4)  # what training holds
     return ModelConfig.from_dict(values, source=path).validate()

@@ -415,7 +415,11 @@ def export_classifier_dir(
     (config.json with "labels", "pair" and "finetune": {"max_length",
     "truncation"}; tokenizer/; model.keras)."""
     from kerasbert.config import read_json_object
-    from kerasbert.serving.modeldir import load_model, load_tokenizer
+    from kerasbert.serving.modeldir import (
+        check_tokenizer_fits,
+        load_model,
+        load_tokenizer,
+    )
 
     config_path = os.path.join(directory, "config.json")
     config = read_json_object(config_path, config_path)
@@ -432,6 +436,7 @@ def export_classifier_dir(
         )
     tokenizer = load_tokenizer(directory)
     model = load_model(directory, checkpoint)
+    check_tokenizer_fits(model, tokenizer, directory)
     return export_text_classifier(
         model,
         tokenizer,

@@ -54,12 +54,12 @@ def save_model_atomic(model, path: str, fault: str | None = None) -> None:
             fault_point(fault)
 
 
-def _hidden_state(model):
+def _hidden_state(model, metrics=True):
     """Variables that decide the next step but are not weights: dropout
-    seed-generator states and the running metric sums."""
+    seed-generator states and (`metrics`) the running metric sums."""
     weights = {id(v) for v in model.weights}
     seeds = [v for v in model.variables if id(v) not in weights]
-    return seeds + list(model.metrics_variables)
+    return seeds + (list(model.metrics_variables) if metrics else [])
 
 
 def _local_value(variable) -> np.ndarray:
@@ -72,6 +72,27 @@ def _local_value(variable) -> np.ndarray:
     if hasattr(value, "_get_on_device_or_primary"):
         value = value._get_on_device_or_primary()
     return tf.convert_to_tensor(value).numpy()
+
+
+def save_hidden_state(model, path: str, metrics: bool = True) -> None:
+    """Writes `_hidden_state` to `path` (.npz): with the weights and the
+    optimizer, what makes the next step the same after a resume. Without
+    `metrics` for a resume at an epoch's start, where Keras resets them
+    (and a compiled metric may not be built yet)."""
+    np.savez(path, *[_local_value(v) for v in _hidden_state(model, metrics)])
+
+
+def load_hidden_state(model, path: str,
+                      metrics: bool = True) -> list[np.ndarray]:
+    """Assigns what `save_hidden_state` wrote; returns the values."""
+    with np.load(path) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    hidden = _hidden_state(model, metrics)
+    if len(values) != len(hidden):
+        raise UsageError(f"{path}: state of another model")
+    for v, value in zip(hidden, values):
+        v.assign(value)
+    return values
 
 
 class StepBackup(keras.callbacks.Callback):
@@ -123,9 +144,7 @@ class StepBackup(keras.callbacks.Callback):
         with atomic_dir(os.path.join(self.dir, f"step-{step}")) as tmp:
             weights = os.path.join(tmp, "weights.weights.h5")
             self.model.save_weights(weights)
-            state = os.path.join(tmp, "state.npz")
-            np.savez(state, *[_local_value(v)
-                              for v in _hidden_state(self.model)])
+            save_hidden_state(self.model, os.path.join(tmp, "state.npz"))
             meta = {
                 "step": step,
                 "epoch_end": epoch_end,
@@ -182,13 +201,9 @@ class StepBackup(keras.callbacks.Callback):
             if not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(folder, "weights.weights.h5"))
-            with np.load(os.path.join(folder, "state.npz")) as saved:
-                values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            values = load_hidden_state(model, os.path.join(folder,
+                                                           "state.npz"))
             hidden = _hidden_state(model)
-            if len(values) != len(hidden):
-                raise UsageError(f"{folder}: backup of another model")
-            for v, value in zip(hidden, values):
-                v.assign(value)
             # `fit` resets the metrics as an epoch begins: put the saved sums
             # back after that, in on_epoch_begin.
             if not meta.get("epoch_end"):

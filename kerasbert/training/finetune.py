@@ -14,12 +14,17 @@ behind. The directory it writes is a model directory
     metrics.csv   one row per epoch and split; confusion.png; logs/
     checkpoints/  resume state (removed once the run is complete)
 
+`--overwrite` of an existing directory builds the new run beside it, in
+`.OUT.replacing/`, and swaps it in when complete: a failure or kill leaves
+the old one as it was, and the same command resumes the replacement.
+
 Resume: after every epoch the weights with the optimizer state
-(`epoch-N.weights.h5`) and `state.json` (history, best epoch) are written;
-rerunning the same command continues after the last finished epoch. That
-is epoch granularity: a kill mid-epoch repeats that epoch, with the same
-batches (each epoch's order depends only on seed and epoch) but other
-dropout draws.
+(`epoch-N.weights.h5`), the dropout seed states (`epoch-N.state.npz`,
+as pretraining's backups keep them) and `state.json` (history, best
+epoch) are written; rerunning the same command continues after the last
+finished epoch. A kill mid-epoch repeats that epoch with the same batches
+(each epoch's order depends only on seed and epoch) and the same dropout
+draws, so the result equals an uninterrupted run's (tested).
 """
 
 import contextlib
@@ -35,13 +40,17 @@ import weakref
 import keras
 import numpy as np
 
-from kerasbert.config import FinetuneConfig, ModelConfig
+from kerasbert.config import FinetuneConfig, ModelConfig, parameter_count
 from kerasbert.data import classification as cls_data
-from kerasbert.errors import UsageError
+from kerasbert.errors import DiskFull, UsageError
 from kerasbert.files import (
     atomic_path,
+    check_free_space,
+    check_output,
     check_writable_dir,
     fault_point,
+    replacement_dir,
+    swap_in,
     write_json_atomic,
     write_text_atomic,
 )
@@ -93,7 +102,7 @@ def read_data(cfg: FinetuneConfig) -> Data:
         )
 
     train = read_sample(cfg.train, "--train")
-    labels = cls_data.label_names(train.labels, "--train")
+    labels = cls_data.label_names(train.labels, "--train", train.where)
     if len(labels) < 2:
         raise UsageError(
             f"--train: {cfg.train}: only one label "
@@ -244,12 +253,26 @@ def finetune(
     `model_overrides`: ModelConfig fields for --from-scratch (e.g. a tiny
     `hidden_dim`)."""
     cfg.validate()
+    check_output(
+        cfg.output_dir,
+        "--output-dir",
+        {
+            "--model": cfg.model,
+            "--train": cfg.train,
+            "--validation": cfg.validation,
+            "--test": cfg.test,
+        },
+    )
     check_writable_dir(cfg.output_dir, "--output-dir")
     from kerasbert.training.rundir import run_lock
 
     # One process per output directory, as for pretraining runs.
     with run_lock(cfg.output_dir):
-        return _finetune(cfg, model_overrides, verbose, log)
+        try:
+            return _finetune(cfg, model_overrides, verbose, log)
+        except DiskFull as e:
+            raise DiskFull(f"{e} (the same command resumes after the "
+                           "last finished epoch)") from None
 
 
 def _finetune(cfg, model_overrides, verbose, log):
@@ -286,8 +309,22 @@ def _finetune(cfg, model_overrides, verbose, log):
         )
         with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
             return json.load(f)
+    final = out
     if state == "overwrite":
-        shutil.rmtree(out)
+        # Built beside the old run, which stays whole until the swap.
+        out = replacement_dir(final)
+        try:
+            state = _output_state(out, configs, False)
+        except (UsageError, OSError, ValueError):  # another one, or damaged
+            state = "new"
+        if state == "new" and os.path.isdir(out):
+            shutil.rmtree(out)
+        cfg = dataclasses.replace(cfg, output_dir=out)
+        tokenizer_dir = os.path.join(out, "tokenizer")
+    # model.keras, and two epoch checkpoints with Adam's two slots: a disk
+    # that fills inside h5py can crash the process, so check first.
+    check_free_space(out, 8 * 4 * parameter_count(**model_cfg.to_dict()),
+                     "--output-dir")
     # Everything is checked: from here on the folder is written.
     os.makedirs(out, exist_ok=True)
     if not os.path.isdir(tokenizer_dir):
@@ -299,7 +336,15 @@ def _finetune(cfg, model_overrides, verbose, log):
             tokenizer.save(staging)
         os.replace(staging, tokenizer_dir)
     write_json_atomic(os.path.join(out, "config.json"), configs)
-    return _train(cfg, model_cfg, weights, tokenizer, data, verbose, log)
+    if state != "done":
+        result = _train(cfg, model_cfg, weights, tokenizer, data, verbose,
+                        log)
+    else:  # a replacement that finished, killed before its swap
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+            result = json.load(f)
+    if out != final:
+        swap_in(out, final)
+    return result
 
 
 def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
@@ -345,8 +390,13 @@ def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
     epoch_state = _load_state(checkpoints)
     first_epoch = epoch_state["epoch"]
     if first_epoch:
+        from kerasbert.training.callbacks import load_hidden_state
+
         optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(checkpoints, epoch_state["latest"]))
+        latest = os.path.join(checkpoints, epoch_state["latest"])
+        model.load_weights(latest)
+        if os.path.exists(_state_file(latest)):
+            load_hidden_state(model, _state_file(latest), metrics=False)
         log(f"resuming after epoch {first_epoch}")
     evaluator = _EpochEnd(
         cfg, data, validation_encoded, checkpoints, epoch_state, len(data.train)
@@ -378,6 +428,11 @@ def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
             verbose=verbose if verbose < 1 or sys.stdout.isatty() else 2,
         )
     return _finish(cfg, model, model_cfg, tokenizer, data, evaluator.state, log)
+
+
+def _state_file(weights: str) -> str:
+    """The dropout seed states saved beside an epoch's weights."""
+    return weights.removesuffix(".weights.h5") + ".state.npz"
 
 
 def _load_state(checkpoints: str) -> dict:
@@ -424,6 +479,9 @@ class _EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        fault_point("finetune_step")
 
     def on_epoch_end(self, epoch, logs=None):
         from kerasbert.training.metrics import classification_metrics
@@ -476,6 +534,7 @@ class _EpochEnd(keras.callbacks.Callback):
         )
         fault_point("finetune_epoch")
         keep = {latest, best["weights"], "state.json"}
+        keep |= {_state_file(name) for name in keep}
         for name in os.listdir(self.checkpoints):
             if name not in keep:
                 os.remove(os.path.join(self.checkpoints, name))
@@ -484,7 +543,11 @@ class _EpochEnd(keras.callbacks.Callback):
         )
 
     def _save(self, name):
+        from kerasbert.training.callbacks import save_hidden_state
+
         path = os.path.join(self.checkpoints, name)
+        with atomic_path(_state_file(path)) as tmp:
+            save_hidden_state(self.model, tmp, metrics=False)
         with atomic_path(path) as tmp:
             self.model.save_weights(tmp)
 
@@ -507,6 +570,9 @@ def _finish(cfg, trained, model_cfg, tokenizer, data, state, log):
     out = cfg.output_dir
     best = state["best"]
     if best is None:
+        # Nothing learned is lost: without the folder the suggested rerun
+        # is a new run, not one "with other settings".
+        shutil.rmtree(out, ignore_errors=True)
         raise UsageError(
             "training stopped before a first epoch finished "
             "(non-finite loss); try a lower --learning-rate"
@@ -622,7 +688,11 @@ def predict_proba(
 def load_classifier(directory: str):
     """(model, tokenizer, config dict) of a fine-tuned directory."""
     from kerasbert.config import read_json_object
-    from kerasbert.serving.modeldir import load_model, load_tokenizer
+    from kerasbert.serving.modeldir import (
+        check_tokenizer_fits,
+        load_model,
+        load_tokenizer,
+    )
 
     config = read_json_object(
         os.path.join(directory, "config.json"),
@@ -637,4 +707,6 @@ def load_classifier(directory: str):
     model = load_model(directory)
     if not hasattr(model, "num_classes"):
         raise UsageError(f"--model: {directory}: model.keras is no classifier")
+    with _flag("--model"):
+        check_tokenizer_fits(model, tokenizer, directory)
     return model, tokenizer, config

@@ -21,9 +21,18 @@ from kerasbert.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    parameter_count,
     validate_pretraining,
 )
-from kerasbert.files import check_writable_dir, make_scratch_dir
+from kerasbert.errors import DiskFull, UsageError
+from kerasbert.files import (
+    check_free_space,
+    check_output,
+    check_writable_dir,
+    make_scratch_dir,
+    replacement_dir,
+    swap_in,
+)
 from kerasbert.training.plan import make_plan
 from kerasbert.training.rundir import (
     RunDir,
@@ -47,6 +56,12 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
         # Masked LM only: a random B would just join unrelated texts.
         data_cfg = dataclasses.replace(data_cfg, nsp_probability=0.0)
     output_dir = train_cfg.output_dir or default_output_dir(size)
+    check_output(output_dir, "--output-dir", {
+        "--init-from": train_cfg.init_from,  # first: it implies --tokenizer
+        "--corpus": data_cfg.corpus,
+        "--heldout-corpus": data_cfg.heldout_corpus,
+        "--tokenizer": data_cfg.tokenizer,
+    })
     chief_dir = output_dir
     scratch = None
     if train_cfg.strategy == "multi_worker" and not chief_by_tf_config():
@@ -68,6 +83,9 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
             try:
                 return _pretrain(model_cfg, data_cfg, train_cfg, verbose,
                                  log, callbacks, staging, chief_dir)
+            except DiskFull as e:
+                raise DiskFull(f"{e} (the same command resumes from the "
+                               "last backup)") from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -109,8 +127,29 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
         with open(run.summary, encoding="utf-8") as f:
             return json.load(f)
 
+    final = None
+    if train_cfg.overwrite and os.path.isdir(run.path) and \
+            os.listdir(run.path):
+        # Built beside the old run, which stays whole until the swap; a
+        # replacement a kill left resumes.
+        final, run = run, RunDir(replacement_dir(run.path))
+        try:
+            state = run.state(configs, overwrite=False)
+        except UsageError:
+            state = "new"
+        if state == "new":
+            shutil.rmtree(run.path, ignore_errors=True)
+        elif state == "done":
+            swap_in(run.path, final.path)
+            with open(final.summary, encoding="utf-8") as f:
+                return json.load(f)
+
+    # model.keras, two checkpoints, two backups with Adam's slots: a disk
+    # that fills inside h5py can crash the process, so check first.
+    check_free_space(run.path, 10 * 4 * parameter_count(
+        **model_cfg.to_dict()), "--output-dir")
     # Every check has passed: from here on the run directory is written.
-    run.prepare(configs, train_cfg.overwrite)
+    run.prepare(configs, overwrite=False)
     if not os.path.isdir(run.tokenizer):
         if os.listdir(staging):
             os.replace(staging, run.tokenizer)
@@ -118,7 +157,7 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
             tokenizer.save(run.tokenizer)
 
     restore_dir = None
-    if chief_dir != run.path:
+    if chief_dir != (final or run).path:
         # A non-chief worker resumes when the chief does, from its backup
         # (on a file system all workers share, like the run directory).
         chief = RunDir(chief_dir)
@@ -129,4 +168,7 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
     trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus, plan,
                       run, verbose=verbose, log=log, callbacks=callbacks,
                       restore_dir=restore_dir)
-    return trainer.run(resume=state == "resume")
+    summary = trainer.run(resume=state == "resume")
+    if final is not None:
+        swap_in(run.path, final.path)
+    return summary
