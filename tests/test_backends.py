@@ -31,7 +31,8 @@ _TRAIN_UNDER_JAX = textwrap.dedent("""
 
     from kerasbert.modeling import build_pretrainer
     from kerasbert.training.optimization import make_optimizer
-    from kerasbert.training.throughput import synthetic_batch
+    sys.path.insert(0, sys.argv[1])  # benchmarks/: its synthetic batch
+    from throughput import synthetic_batch
 
     model = build_pretrainer(
         vocabulary_size=31, hidden_dim=8, num_layers=2, num_heads=2,
@@ -54,7 +55,8 @@ def test_pretrainer_trains_under_jax_without_tensorflow():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT)
     result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_UNDER_JAX], env=env,
+        [sys.executable, "-c", _TRAIN_UNDER_JAX,
+         os.path.join(ROOT, "benchmarks")], env=env,
         capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
