@@ -100,6 +100,19 @@ def cli(tmp_path, monkeypatch, capsys):
     return run
 
 
+def test_adapt_refuses_an_output_inside_its_model(cli, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    code, _, err = cli(adapt.main, [
+        "--model", str(source), "--train", fixture("source_train.tsv"),
+        "--output-dir", str(source / "adapted"), "--quiet"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "lies inside the input --model" in lines[0]
+    assert sorted(os.listdir(source)) == ["config.json"]
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--corpus", "missing.tsv", "--corpus-format", "tsv"],
      "missing.tsv"),
@@ -154,6 +167,13 @@ def make_source_model(directory, cache):
         json.dump({"model": cfg.to_dict()}, f)
 
 
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("source") / "model"
+    make_source_model(str(path), path.parent / "cache")
+    return path
+
+
 def weights(directory, part):
     from kerasbert.serving.modeldir import backbone_of, load_model
     model = load_model(directory)
@@ -161,9 +181,8 @@ def weights(directory, part):
     return layer.get_weights()
 
 
-def test_adapt_then_finetune_end_to_end(cli, tmp_path):
-    source, out = tmp_path / "source", tmp_path / "out"
-    make_source_model(str(source), tmp_path / "cache")
+def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
+    out = tmp_path / "out"
     code, stdout, err = cli(adapt.main, [
         "--model", str(source), "--train", fixture("source_train.tsv"),
         "--validation", fixture("source_val.tsv"), "--output-dir", str(out),
@@ -219,3 +238,14 @@ def test_masked_lm_only_run_has_no_random_b(cli, tmp_path):
         run = json.load(f)
     assert run["train"]["nsp"] is False
     assert run["data"]["nsp_probability"] == 0.0
+
+
+def test_adapt_too_little_text_one_error_no_output(cli, tmp_path, source):
+    out = tmp_path / "out"
+    code, _, err = cli(adapt.main, [
+        "--model", str(source), "--train", fixture("source_train.tsv"),
+        "--adapt-batch-size", "4096", "--output-dir", str(out), "--quiet"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:")
+    assert "sentence pairs" in lines[0], lines[0]
+    assert not out.exists()

@@ -32,6 +32,7 @@ from kerasbert.config import (
     TrainConfig,
 )
 from kerasbert.errors import UsageError
+from kerasbert.files import check_output
 
 STAGES = ("heads", "adapted", "classifier")
 
@@ -62,8 +63,6 @@ def adapt(adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1,
           log=print) -> dict:
     """Runs (or resumes) the three stages; returns their summaries."""
     from kerasbert.serving.modeldir import read_model_config
-    from kerasbert.training.finetune import finetune
-    from kerasbert.training.pretrain import pretrain
 
     adapt_cfg.validate()
     cfg.validate()
@@ -74,6 +73,10 @@ def adapt(adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1,
         raise UsageError(
             f"--data-format: {cfg.data_format} is not read as a corpus here;"
             f" use one of {', '.join(EXAMPLE_FORMATS)}")
+    # The stages' own checks see only their part; this one sees them all.
+    check_output(cfg.output_dir, "--output-dir", {
+        "--model": cfg.model, "--train": cfg.train,
+        "--validation": cfg.validation, "--test": cfg.test})
     model_cfg = read_model_config(cfg.model)
     data_cfg = corpus_config(adapt_cfg, cfg,
                              os.path.join(cfg.model, "tokenizer"))
@@ -86,7 +89,22 @@ def adapt(adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1,
         batch_size=adapt_cfg.adapt_batch_size, nsp=adapt_cfg.nsp,
         precision=cfg.precision, jit_compile=cfg.jit_compile, seed=cfg.seed,
         overwrite=cfg.overwrite, log_every=10, eval_batches=10)
+    new = not os.path.exists(cfg.output_dir)
     os.makedirs(cfg.output_dir, exist_ok=True)
+    try:
+        return _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths,
+                       verbose, log)
+    except BaseException:
+        # A first stage refused (a bad flag, too little text): leave no
+        # empty folder behind that the corrected command would trip on.
+        if new and not os.listdir(cfg.output_dir):
+            os.rmdir(cfg.output_dir)
+        raise
+
+
+def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
+    from kerasbert.training.finetune import finetune
+    from kerasbert.training.pretrain import pretrain
 
     summaries = {}
     start = cfg.model
