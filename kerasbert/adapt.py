@@ -12,11 +12,14 @@ OUT/adapted are the two pretraining runs before it (see
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasbert.cli import add_config_flags, split_values  # noqa: E402
+from kerasbert.cli import (  # noqa: E402
+    add_config_flags,
+    import_tensorflow_quietly,
+    split_values,
+)
 from kerasbert.config import AdaptConfig, FinetuneConfig  # noqa: E402
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 
@@ -40,10 +43,11 @@ def main(argv=None):
                                 "finetune": FinetuneConfig})
     adapt_cfg = AdaptConfig(**parts["adapt"]).validate()
     cfg = FinetuneConfig(**parts["finetune"]).validate()
+    import_tensorflow_quietly()
     from kerasbert.training.adapt import adapt
 
-    result = adapt(adapt_cfg, cfg, verbose=0 if quiet else 1,
-                   log=lambda message: print(message, file=sys.stderr))
+    # Progress on stdout, as fit's: stderr is for the one error line.
+    result = adapt(adapt_cfg, cfg, verbose=0 if quiet else 1)
     summary = {"classifier": os.path.join(cfg.output_dir, "classifier")}
     for stage in ("heads", "adapted"):
         if stage in result:

@@ -191,7 +191,7 @@ def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
         "--epochs", "1", "--batch-size", "16", "--max-length", "64",
         "--learning-rate", "3e-3", "--quiet"])
     assert code == 0, err
-    summary = json.loads(stdout[stdout.index("{"):])
+    summary = json.loads(stdout[stdout.rindex("{\n"):])
     assert summary["classifier"] == str(out / "classifier")
     assert set(os.listdir(out)) == {"heads", "adapted", "classifier"}
 
@@ -244,7 +244,8 @@ def test_adapt_too_little_text_one_error_no_output(cli, tmp_path, source):
     out = tmp_path / "out"
     code, _, err = cli(adapt.main, [
         "--model", str(source), "--train", fixture("source_train.tsv"),
-        "--adapt-batch-size", "4096", "--output-dir", str(out), "--quiet"])
+        "--adapt-batch-size", "4096", "--adapt-sequence-length", "32",
+        "--output-dir", str(out), "--quiet"])
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:")
     assert "sentence pairs" in lines[0], lines[0]

@@ -30,6 +30,7 @@ from kerasbert.config import (
     DataConfig,
     FinetuneConfig,
     TrainConfig,
+    validate_pretraining,
 )
 from kerasbert.errors import UsageError
 from kerasbert.files import check_output
@@ -89,6 +90,7 @@ def adapt(adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1,
         batch_size=adapt_cfg.adapt_batch_size, nsp=adapt_cfg.nsp,
         precision=cfg.precision, jit_compile=cfg.jit_compile, seed=cfg.seed,
         overwrite=cfg.overwrite, log_every=10, eval_batches=10)
+    validate_pretraining(model_cfg, data_cfg, train)
     new = not os.path.exists(cfg.output_dir)
     os.makedirs(cfg.output_dir, exist_ok=True)
     try:
