@@ -191,7 +191,8 @@ def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
         "--epochs", "1", "--batch-size", "16", "--max-length", "64",
         "--learning-rate", "3e-3", "--quiet"])
     assert code == 0, err
-    summary = json.loads(stdout[stdout.rindex("{\n"):])
+    # After the stages' progress lines, the summary (a top-level object).
+    summary = json.loads(stdout[stdout.rindex("\n{\n") + 1:])
     assert summary["classifier"] == str(out / "classifier")
     assert set(os.listdir(out)) == {"heads", "adapted", "classifier"}
 
