@@ -40,6 +40,7 @@ TRAIN_FLAGS = {
         "intermediate_dim",
         "hidden_dropout",
         "attention_dropout",
+        "activation",
     ],
     "data": ["sequence_length", "max_predictions"],
     "train": ["batch_size", "precision", "jit_compile", "optimizer", "seed"],
