@@ -153,13 +153,15 @@ def main():
     parser.add_argument("--adapt-learning-rate", type=float, default=5e-5)
     parser.add_argument("--epochs", type=int,
                         help="fine-tuning epochs (default: the task's, 3)")
+    parser.add_argument("--model", help="model directory to start from "
+                        "(default: the converted all-MiniLM-L6-v2)")
     parser.add_argument("--data", default=os.path.join(SHARED, "data"))
     parser.add_argument("--work", default=os.path.join(
         tempfile.gettempdir(), "kerasbert-adapt-bench"))
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.makedirs(args.work, exist_ok=True)
-    model = minilm(args.work)
+    model = args.model or minilm(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     for task in args.tasks.split(","):
         spec = TASKS[task]
