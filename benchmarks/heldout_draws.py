@@ -31,30 +31,40 @@ def main():
     from kerasbert.data.pretraining import pretraining_dataset
     from kerasbert.serving.modeldir import load_model
 
-    with open(os.path.join(args.run_dir, "config.json"),
-              encoding="utf-8") as f:
+    with open(os.path.join(args.run_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     data_cfg = DataConfig.from_dict(config["data"])
     data_cfg = dataclasses.replace(
-        data_cfg, corpus=args.corpus, heldout_corpus=None,
-        tokenizer=os.path.join(args.run_dir, "tokenizer"))
+        data_cfg,
+        corpus=args.corpus,
+        heldout_corpus=None,
+        tokenizer=os.path.join(args.run_dir, "tokenizer"),
+    )
     tokenizer, corpus = prepare_corpus(data_cfg, progress=False)
     model = load_model(args.run_dir)
     scores = []
     for draw in range(1, args.draws + 1):
         ds = pretraining_dataset(
-            corpus, tokenizer, sequence_length=data_cfg.sequence_length,
+            corpus,
+            tokenizer,
+            sequence_length=data_cfg.sequence_length,
             batch_size=config["train"]["batch_size"],
             max_predictions=data_cfg.max_predictions,
-            mask_rate=data_cfg.mask_rate, whole_word=data_cfg.whole_word,
+            mask_rate=data_cfg.mask_rate,
+            whole_word=data_cfg.whole_word,
             nsp_probability=data_cfg.nsp_probability,
             short_seq_prob=data_cfg.short_seq_prob,
-            seed=config["train"]["seed"] + draw, repeat=False)
+            seed=config["train"]["seed"] + draw,
+            repeat=False,
+        )
         result = model.evaluate(ds, verbose=0, return_dict=True)
         scores.append(result["mlm_accuracy"])
-        print(f"draw {draw} (seed {config['train']['seed'] + draw}): "
-              f"MLM accuracy {result['mlm_accuracy']:.4f}, "
-              f"MLM loss {result['mlm_loss']:.4f}", flush=True)
+        print(
+            f"draw {draw} (seed {config['train']['seed'] + draw}): "
+            f"MLM accuracy {result['mlm_accuracy']:.4f}, "
+            f"MLM loss {result['mlm_loss']:.4f}",
+            flush=True,
+        )
     print(f"mean over {len(scores)} draws: {statistics.mean(scores):.4f}")
 
 

@@ -34,8 +34,9 @@ def op_times(trace_dir, steps):
     """{(group, op kind): milliseconds per step} from the trace."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
-                            recursive=True))[-1]
+    path = sorted(
+        glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    )[-1]
     space = xplane_pb2.XSpace()
     with open(path, "rb") as f:
         space.ParseFromString(f.read())
@@ -47,8 +48,9 @@ def op_times(trace_dir, steps):
                 # Op events are "scope/of/the/op:OpKind"; the step's ops
                 # live under the train function's StatefulPartitionedCall.
                 name = names.get(event.metadata_id, "")
-                if ":" not in name or \
-                        not name.startswith("StatefulPartitionedCall"):
+                if ":" not in name or not name.startswith(
+                    "StatefulPartitionedCall"
+                ):
                     continue
                 scope, kind = name.rsplit(":", 1)
                 if "/adam_w/" in scope:
@@ -67,10 +69,12 @@ def op_times(trace_dir, steps):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", default="kerasbert",
-                   choices=["kerasbert", "kerashub"])
-    p.add_argument("--precision", default="bfloat16",
-                   choices=["bfloat16", "float32"])
+    p.add_argument(
+        "--impl", default="kerasbert", choices=["kerasbert", "kerashub"]
+    )
+    p.add_argument(
+        "--precision", default="bfloat16", choices=["bfloat16", "float32"]
+    )
     p.add_argument("--size", default="mini")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--trace-dir", default="/tmp/kerasbert-step-profile")
@@ -81,7 +85,13 @@ def main():
 
     print(tp.describe_cpu(tp.cpu_info()))
     a.vocab, a.batch, a.seq, a.preds, a.jit, a.overrides = (
-        30522, 32, 128, 20, 0, None)
+        30522,
+        32,
+        128,
+        20,
+        0,
+        None,
+    )
     x, y = tp.synthetic_batch(a.batch, a.seq, a.preds, a.vocab)
     timer = peers.STEPS[a.impl](a, x, y)
     untraced = statistics.median(timer.run(5 + a.steps)[5:])
@@ -94,10 +104,12 @@ def main():
     groups = collections.Counter()
     for (group, _), ms in times.items():
         groups[group] += ms
-    print(f"{a.impl}, {a.size}, {a.precision}, batch {a.batch}, sequence "
-          f"{a.seq}: step {untraced * 1e3:.0f} ms untraced, "
-          f"{traced * 1e3:.0f} ms traced; op time {total:.0f} ms per step "
-          "on all threads\n")
+    print(
+        f"{a.impl}, {a.size}, {a.precision}, batch {a.batch}, sequence "
+        f"{a.seq}: step {untraced * 1e3:.0f} ms untraced, "
+        f"{traced * 1e3:.0f} ms traced; op time {total:.0f} ms per step "
+        "on all threads\n"
+    )
     print("| part | ms per step | share |")
     print("|---|---:|---:|")
     for group, ms in groups.most_common():

@@ -42,15 +42,35 @@ DATA = os.path.join(ROOT, "..", "shared", "data")
 def fit_flags(a, extra, output_dir):
     """kerasbert.fit flags of the recipe (both runs resolve these)."""
     flags = [
-        "--size", a.size, "--sequence-length", str(a.sequence_length),
-        "--batch-size", str(a.batch_size), "--max-steps", str(a.max_steps),
-        "--learning-rate", str(a.learning_rate), "--warmup-ratio", "0.1",
-        "--clipnorm", "1.0", "--steps-per-epoch", str(a.eval_every),
-        "--eval-batches", str(a.eval_batches),
-        "--final-eval-batches", str(a.eval_batches),
+        "--size",
+        a.size,
+        "--sequence-length",
+        str(a.sequence_length),
+        "--batch-size",
+        str(a.batch_size),
+        "--max-steps",
+        str(a.max_steps),
+        "--learning-rate",
+        str(a.learning_rate),
+        "--warmup-ratio",
+        "0.1",
+        "--clipnorm",
+        "1.0",
+        "--steps-per-epoch",
+        str(a.eval_every),
+        "--eval-batches",
+        str(a.eval_batches),
+        "--final-eval-batches",
+        str(a.eval_batches),
         # One backup at the end: none inside the clocked steps.
-        "--backup-every", str(a.max_steps), "--seed", str(a.seed),
-        "--output-dir", output_dir, "--overwrite", "--quiet",
+        "--backup-every",
+        str(a.max_steps),
+        "--seed",
+        str(a.seed),
+        "--output-dir",
+        output_dir,
+        "--overwrite",
+        "--quiet",
     ]
     for flag in ("corpus", "heldout_corpus", "tokenizer"):
         value = getattr(a, flag)
@@ -78,7 +98,8 @@ def run_kerasbert(a, extra, log):
 
     start = time.perf_counter()
     size, model, data, train, _ = resolve_configs(
-        fit_flags(a, extra, os.path.join(a.output_dir, "kerasbert")))
+        fit_flags(a, extra, os.path.join(a.output_dir, "kerasbert"))
+    )
 
     class Clock(keras.callbacks.Callback):
         """Seconds inside training steps; the held-out score per epoch
@@ -95,10 +116,15 @@ def run_kerasbert(a, extra, log):
             self.mark, self.steps = now, self.steps + 1
 
         def on_epoch_end(self, epoch, logs=None):
-            log.add({"impl": "kerasbert", "step": self.steps,
-                     "mlm_accuracy": logs.get("val_mlm_accuracy"),
-                     "train_s": round(self.train_s, 2),
-                     "wall_s": round(time.perf_counter() - start, 2)})
+            log.add(
+                {
+                    "impl": "kerasbert",
+                    "step": self.steps,
+                    "mlm_accuracy": logs.get("val_mlm_accuracy"),
+                    "train_s": round(self.train_s, 2),
+                    "wall_s": round(time.perf_counter() - start, 2),
+                }
+            )
 
     pretrain(model, data, train, size=size, verbose=0, callbacks=[Clock()])
 
@@ -116,48 +142,70 @@ def run_transformers(a, extra, log):
 
     start = time.perf_counter()
     _, model_cfg, data_cfg, train_cfg, _ = resolve_configs(
-        fit_flags(a, extra, os.path.join(a.output_dir, "transformers")))
+        fit_flags(a, extra, os.path.join(a.output_dir, "transformers"))
+    )
     # The data kerasbert's run trains and evaluates on, batch for batch.
     tokenizer, corpus = prepare_corpus(data_cfg, progress=False)
     heldout = None
     if data_cfg.heldout_corpus:
-        _, heldout = prepare_corpus(dataclasses.replace(
-            data_cfg, corpus=data_cfg.heldout_corpus), progress=False)
+        _, heldout = prepare_corpus(
+            dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus),
+            progress=False,
+        )
     plan = make_plan(corpus, data_cfg, train_cfg, heldout)
-    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus,
-                      plan, run_dir=None, verbose=0)
+    trainer = Trainer(
+        model_cfg,
+        data_cfg,
+        train_cfg,
+        tokenizer,
+        corpus,
+        plan,
+        run_dir=None,
+        verbose=0,
+    )
     batches = trainer.train_dataset(0).as_numpy_iterator()
     evaluation = [(x, y) for x, y in trainer.heldout_set().batches]
 
     torch.manual_seed(a.seed)
-    model = transformers.BertForPreTraining(transformers.BertConfig(
-        vocab_size=tokenizer.vocabulary_size,
-        hidden_size=model_cfg.hidden_dim,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_heads,
-        intermediate_size=model_cfg.intermediate_dim,
-        max_position_embeddings=model_cfg.max_sequence_length,
-    ))
-    decay = [p for n, p in model.named_parameters()
-             if not ("bias" in n or "LayerNorm" in n)]
-    rest = [p for n, p in model.named_parameters()
-            if "bias" in n or "LayerNorm" in n]
+    model = transformers.BertForPreTraining(
+        transformers.BertConfig(
+            vocab_size=tokenizer.vocabulary_size,
+            hidden_size=model_cfg.hidden_dim,
+            num_hidden_layers=model_cfg.num_layers,
+            num_attention_heads=model_cfg.num_heads,
+            intermediate_size=model_cfg.intermediate_dim,
+            max_position_embeddings=model_cfg.max_sequence_length,
+        )
+    )
+    decay = [
+        p
+        for n, p in model.named_parameters()
+        if not ("bias" in n or "LayerNorm" in n)
+    ]
+    rest = [
+        p
+        for n, p in model.named_parameters()
+        if "bias" in n or "LayerNorm" in n
+    ]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train_cfg.weight_decay},
-         {"params": rest, "weight_decay": 0.0}],
-        lr=train_cfg.learning_rate, eps=train_cfg.adam_epsilon)
+        [
+            {"params": decay, "weight_decay": train_cfg.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=train_cfg.learning_rate,
+        eps=train_cfg.adam_epsilon,
+    )
     steps = train_cfg.max_steps
     schedule = transformers.get_linear_schedule_with_warmup(
-        optimizer, round(train_cfg.warmup_ratio * steps), steps)
+        optimizer, round(train_cfg.warmup_ratio * steps), steps
+    )
     bf16 = _cpu_has_bf16()
 
     def inputs(x):
         return {
             "input_ids": torch.tensor(x["token_ids"], dtype=torch.long),
-            "token_type_ids": torch.tensor(x["segment_ids"],
-                                           dtype=torch.long),
-            "attention_mask": torch.tensor(x["padding_mask"],
-                                           dtype=torch.long),
+            "token_type_ids": torch.tensor(x["segment_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(x["padding_mask"], dtype=torch.long),
         }
 
     def labels(x, y):  # -100 everywhere but at weighted mask positions
@@ -165,23 +213,31 @@ def run_transformers(a, extra, log):
         mlm = np.full((b, s), -100, "int64")
         rows = np.repeat(np.arange(b), y["mask_ids"].shape[1])
         keep = y["mask_weights"].reshape(-1) > 0
-        mlm[rows[keep], x["mask_positions"].reshape(-1)[keep]] = (
-            y["mask_ids"].reshape(-1)[keep])
-        return {"labels": torch.from_numpy(mlm),
-                "next_sentence_label": torch.from_numpy(
-                    y["next_sentence_label"].reshape(-1)).long()}
+        mlm[rows[keep], x["mask_positions"].reshape(-1)[keep]] = y[
+            "mask_ids"
+        ].reshape(-1)[keep]
+        return {
+            "labels": torch.from_numpy(mlm),
+            "next_sentence_label": torch.from_numpy(
+                y["next_sentence_label"].reshape(-1)
+            ).long(),
+        }
 
     def heldout_accuracy():
         model.eval()
         hits = weight = 0.0
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
-                                             enabled=bf16):
+        with (
+            torch.no_grad(),
+            torch.autocast("cpu", torch.bfloat16, enabled=bf16),
+        ):
             for x, y in evaluation:
-                x, y = ({k: np.asarray(v) for k, v in d.items()}
-                        for d in (x, y))
+                x, y = (
+                    {k: np.asarray(v) for k, v in d.items()} for d in (x, y)
+                )
                 logits = model(**inputs(x)).prediction_logits.float()
                 picked = np.take_along_axis(
-                    logits.numpy(), x["mask_positions"][..., None], 1)
+                    logits.numpy(), x["mask_positions"][..., None], 1
+                )
                 hit = picked.argmax(-1) == y["mask_ids"]
                 hits += float((hit * y["mask_weights"]).sum())
                 weight += float(y["mask_weights"].sum())
@@ -196,18 +252,22 @@ def run_transformers(a, extra, log):
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             loss = model(**inputs(x), **labels(x, y)).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                       train_cfg.clipnorm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clipnorm)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
         train_s += time.perf_counter() - t
         if step % a.eval_every == 0 or step == steps:
-            log.add({"impl": "transformers", "step": step,
-                     "mlm_accuracy": heldout_accuracy(),
-                     "train_s": round(train_s, 2),
-                     "wall_s": round(time.perf_counter() - start, 2),
-                     "bf16_autocast": bf16})
+            log.add(
+                {
+                    "impl": "transformers",
+                    "step": step,
+                    "mlm_accuracy": heldout_accuracy(),
+                    "train_s": round(train_s, 2),
+                    "wall_s": round(time.perf_counter() - start, 2),
+                    "bf16_autocast": bf16,
+                }
+            )
 
 
 def summary(rows):
@@ -215,17 +275,32 @@ def summary(rows):
     if not ref:
         return None
     target = ref[-1]
-    out = {"target": {"mlm_accuracy": target["mlm_accuracy"],
-                      "step": target["step"]}}
+    out = {
+        "target": {
+            "mlm_accuracy": target["mlm_accuracy"],
+            "step": target["step"],
+        }
+    }
     for impl in ("transformers", "kerasbert"):
-        first = next((r for r in rows if r["impl"] == impl
-                      and r["mlm_accuracy"] is not None
-                      and r["mlm_accuracy"] >= target["mlm_accuracy"]), None)
-        out[impl] = None if first is None else {
-            k: first[k] for k in ("step", "train_s", "wall_s")}
+        first = next(
+            (
+                r
+                for r in rows
+                if r["impl"] == impl
+                and r["mlm_accuracy"] is not None
+                and r["mlm_accuracy"] >= target["mlm_accuracy"]
+            ),
+            None,
+        )
+        out[impl] = (
+            None
+            if first is None
+            else {k: first[k] for k in ("step", "train_s", "wall_s")}
+        )
     if out["kerasbert"] and out["transformers"]:
         out["kerasbert_over_transformers_train_s"] = round(
-            out["kerasbert"]["train_s"] / out["transformers"]["train_s"], 3)
+            out["kerasbert"]["train_s"] / out["transformers"]["train_s"], 3
+        )
     return out
 
 
@@ -233,16 +308,23 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     extra = []
     if "--" in argv:
-        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--which", default="both",
-                   choices=("both", "transformers", "kerasbert"))
-    p.add_argument("--corpus", default=os.path.join(
-        DATA, "wikitext-2-raw-v1", "wiki.valid.raw"))
-    p.add_argument("--heldout-corpus", default=os.path.join(
-        DATA, "wikitext-2-raw-v1", "wiki.test.raw"))
-    p.add_argument("--tokenizer", default=os.path.join(
-        DATA, "bert_vocab", "bert-base-uncased-vocab.txt"))
+    p.add_argument(
+        "--which", default="both", choices=("both", "transformers", "kerasbert")
+    )
+    p.add_argument(
+        "--corpus",
+        default=os.path.join(DATA, "wikitext-2-raw-v1", "wiki.valid.raw"),
+    )
+    p.add_argument(
+        "--heldout-corpus",
+        default=os.path.join(DATA, "wikitext-2-raw-v1", "wiki.test.raw"),
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=os.path.join(DATA, "bert_vocab", "bert-base-uncased-vocab.txt"),
+    )
     p.add_argument("--size", default="mini")
     p.add_argument("--sequence-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)

@@ -28,9 +28,9 @@ def build_parser():
     parser = ArgumentParser(
         prog="python -m kerasbert.adapt",
         description="Task-adaptive pretraining (masked LM + NSP on the "
-        "--train texts), then fine-tuning.")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar")
+        "--train texts), then fine-tuning.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser, AdaptConfig, title="adaptation")
     add_config_flags(parser, FinetuneConfig, title="fine-tuning")
     return parser
@@ -39,8 +39,9 @@ def build_parser():
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     quiet = args.pop("quiet")
-    parts = split_values(args, {"adapt": AdaptConfig,
-                                "finetune": FinetuneConfig})
+    parts = split_values(
+        args, {"adapt": AdaptConfig, "finetune": FinetuneConfig}
+    )
     adapt_cfg = AdaptConfig(**parts["adapt"]).validate()
     cfg = FinetuneConfig(**parts["finetune"]).validate()
     import_tensorflow_quietly()
@@ -51,14 +52,17 @@ def main(argv=None):
     summary = {"classifier": os.path.join(cfg.output_dir, "classifier")}
     for stage in ("heads", "adapted"):
         if stage in result:
-            summary[f"{stage}_heldout_mlm_accuracy"] = \
-                result[stage].get("heldout_mlm_accuracy")
+            summary[f"{stage}_heldout_mlm_accuracy"] = result[stage].get(
+                "heldout_mlm_accuracy"
+            )
     fine = result["classifier"]
     summary["best_epoch"] = fine["best_epoch"]
     for split in ("validation", "test"):
         if split in fine:
-            summary[split] = {k: round(fine[split][k], 4)
-                              for k in ("accuracy", "macro_f1", "mcc")}
+            summary[split] = {
+                k: round(fine[split][k], 4)
+                for k in ("accuracy", "macro_f1", "mcc")
+            }
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -23,30 +23,39 @@ def add_config_flags(parser, cls, names=None, title=None) -> None:
     group = parser.add_argument_group(title or cls.__name__)
     defaults = cls()
     for f in dataclasses.fields(cls):
-        if (names is not None and f.name not in names) or \
-                not f.metadata.get("flag", True):
+        if (names is not None and f.name not in names) or not f.metadata.get(
+            "flag", True
+        ):
             continue
         kind = field_type(f)
         spellings = (flag_name(f.name), *f.metadata.get("aliases", ()))
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS,
-                      help=f"{f.metadata['help']} (default: "
-                           f"{getattr(defaults, f.name)})")
+        kwargs = dict(
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)})",
+        )
         if kind is bool:
-            group.add_argument(*spellings,
-                               action=argparse.BooleanOptionalAction,
-                               **kwargs)
+            group.add_argument(
+                *spellings, action=argparse.BooleanOptionalAction, **kwargs
+            )
         else:
-            group.add_argument(*spellings, type=kind,
-                               choices=f.metadata.get("choices"),
-                               metavar=kind.__name__.upper()
-                               if "choices" not in f.metadata else None,
-                               **kwargs)
+            group.add_argument(
+                *spellings,
+                type=kind,
+                choices=f.metadata.get("choices"),
+                metavar=kind.__name__.upper()
+                if "choices" not in f.metadata
+                else None,
+                **kwargs,
+            )
 
 
 # absl's C++ start-up lines (TF_CPP_MIN_LOG_LEVEL does not reach them):
 # its banner and "I0000 00:00:... file.cc:31] ..." records.
-_ABSL_LINE = re.compile(r"^(WARNING: All log messages before absl::"
-                        r"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+_ABSL_LINE = re.compile(
+    r"^(WARNING: All log messages before absl::"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] )"
+)
 
 
 def import_tensorflow_quietly() -> None:
@@ -81,9 +90,10 @@ def check_text(text: str, what: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise UsageError(f"{what}: not valid UTF-8 (byte {e.start} of "
-                         f"{text.encode('utf-8', 'surrogateescape')!r})"
-                         ) from None
+        raise UsageError(
+            f"{what}: not valid UTF-8 (byte {e.start} of "
+            f"{text.encode('utf-8', 'surrogateescape')!r})"
+        ) from None
     return text
 
 
@@ -105,11 +115,17 @@ def read_config_file(path: str, sections=("model", "data", "train")) -> dict:
 def split_values(values: dict, classes: dict, extra=()) -> dict:
     """{section: {field: value}} from a flat dict of field values; keys
     that are no field of `classes` (nor in `extra`) are an error."""
-    known = {f.name for cls in classes.values()
-             for f in dataclasses.fields(cls)} | set(extra)
+    known = {
+        f.name for cls in classes.values() for f in dataclasses.fields(cls)
+    } | set(extra)
     unknown = sorted(set(values) - known)
     if unknown:
         raise UsageError(f"--config: unknown field(s) {', '.join(unknown)}")
-    return {part: {f.name: values[f.name] for f in dataclasses.fields(cls)
-                   if f.name in values}
-            for part, cls in classes.items()}
+    return {
+        part: {
+            f.name: values[f.name]
+            for f in dataclasses.fields(cls)
+            if f.name in values
+        }
+        for part, cls in classes.items()
+    }

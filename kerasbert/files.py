@@ -47,8 +47,10 @@ def _disk_full(e: BaseException) -> bool:
     A `DiskFull` from a nested writer already names its file."""
     if isinstance(e, DiskFull):
         return False
-    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
-        "No space left on device" in str(e)
+    return getattr(e, "errno", None) in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+    ) or "No space left on device" in str(e)
 
 
 def disk_full_error(path: str) -> DiskFull:
@@ -57,8 +59,10 @@ def disk_full_error(path: str) -> DiskFull:
     while parent and not os.path.isdir(parent):
         parent = os.path.dirname(parent)
     free = shutil.disk_usage(parent).free if parent else 0
-    return DiskFull(f"{path}: no space left on device ({free / 1e6:.0f} "
-                    "MB free there); free some space and run again")
+    return DiskFull(
+        f"{path}: no space left on device ({free / 1e6:.0f} "
+        "MB free there); free some space and run again"
+    )
 
 
 def check_free_space(path: str, needed: int, flag: str) -> None:
@@ -69,8 +73,10 @@ def check_free_space(path: str, needed: int, flag: str) -> None:
         probe = os.path.dirname(probe)
     free = shutil.disk_usage(probe).free
     if free < needed:
-        raise UsageError(f"{flag}: {path}: about {needed / 1e6:.0f} MB "
-                         f"needed, {free / 1e6:.0f} MB free there")
+        raise UsageError(
+            f"{flag}: {path}: about {needed / 1e6:.0f} MB "
+            f"needed, {free / 1e6:.0f} MB free there"
+        )
 
 
 @contextlib.contextmanager
@@ -145,8 +151,10 @@ def remove_stale_siblings(path: str) -> None:
     that a kill inside `swap_in` left aside."""
     head, tail = os.path.split(os.path.abspath(path))
     stem, dot, ext = tail.partition(".")
-    pattern = re.compile(rf"^\.{re.escape(stem)}\.(tmp|old)(\d+)"
-                         rf"{re.escape(dot + ext)}$")
+    pattern = re.compile(
+        rf"^\.{re.escape(stem)}\.(tmp|old)(\d+)"
+        rf"{re.escape(dot + ext)}$"
+    )
     try:
         names = os.listdir(head)
     except OSError:
@@ -177,8 +185,9 @@ def _inside(inner: str, outer: str) -> bool:
     return inner != outer and os.path.commonpath([inner, outer]) == outer
 
 
-def check_output(output: str, flag: str, inputs: dict,
-                 overwrite: bool | None = None) -> None:
+def check_output(
+    output: str, flag: str, inputs: dict, overwrite: bool | None = None
+) -> None:
     """The rule for every path a command writes, checked before anything
     is touched.
 
@@ -201,13 +210,19 @@ def check_output(output: str, flag: str, inputs: dict,
             what = "lies inside"
         else:
             continue
-        alias = "" if os.path.abspath(output) == out and \
-            os.path.abspath(path) == src else " (resolved)"
-        raise UsageError(f"{flag}: {output} {what} the input {name} {path}"
-                         f"{alias}; choose another {flag}")
+        alias = (
+            ""
+            if os.path.abspath(output) == out and os.path.abspath(path) == src
+            else " (resolved)"
+        )
+        raise UsageError(
+            f"{flag}: {output} {what} the input {name} {path}"
+            f"{alias}; choose another {flag}"
+        )
     if overwrite is False and os.path.lexists(output):
-        raise UsageError(f"{flag}: {output} exists (pass --overwrite to "
-                         "replace it)")
+        raise UsageError(
+            f"{flag}: {output} exists (pass --overwrite to replace it)"
+        )
 
 
 def remove_stale_temps(folder: str) -> None:
@@ -235,9 +250,8 @@ def remove_stale_scratch(parent: str, prefix: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        pid = name[len(mine):].split("-")[0]
-        if name.startswith(mine) and pid.isdigit() and \
-                not pid_alive(int(pid)):
+        pid = name[len(mine) :].split("-")[0]
+        if name.startswith(mine) and pid.isdigit() and not pid_alive(int(pid)):
             path = os.path.join(parent, name)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -252,8 +266,10 @@ def make_scratch_dir(parent: str, prefix: str) -> str:
     ones killed processes left (`remove_stale_scratch`)."""
     os.makedirs(parent, exist_ok=True)
     remove_stale_scratch(parent, prefix)
-    path = os.path.join(parent, f"{prefix}-{socket.gethostname()}-"
-                                f"{os.getpid()}-{secrets.token_hex(4)}")
+    path = os.path.join(
+        parent,
+        f"{prefix}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}",
+    )
     os.makedirs(path)
     return path
 
@@ -266,8 +282,7 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(path: str, value) -> None:
     """Writes `value` as indented, key-sorted JSON to `path` atomically."""
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True)
-                      + "\n")
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def copy_atomic(src: str, dst: str) -> None:
@@ -307,8 +322,9 @@ def check_writable_dir(path: str, flag: str) -> None:
             pass
         os.remove(test)
     except OSError as e:
-        raise UsageError(f"{flag}: {path}: cannot write in {probe} "
-                         f"({e.strerror})") from None
+        raise UsageError(
+            f"{flag}: {path}: cannot write in {probe} ({e.strerror})"
+        ) from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -22,15 +22,17 @@ def main(argv=None):
     parser = ArgumentParser(
         prog="python -m kerasbert.fill_mask",
         description="Predict the tokens behind [MASK] with a pretrained "
-                    "kerasbert model.")
+        "kerasbert model.",
+    )
     parser.add_argument("text", help='text with one or more "[MASK]"')
-    parser.add_argument("--model", required=True,
-                        help="run directory of kerasbert.fit")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS,
-                        default="model")
+    parser.add_argument(
+        "--model", required=True, help="run directory of kerasbert.fit"
+    )
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="model")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table"
+    )
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UsageError("--top-k: must be >= 1")
@@ -44,8 +46,13 @@ def main(argv=None):
     model = load_model(args.model, args.checkpoint)
     results = fill_mask(model, tokenizer, args.text, args.top_k)
     if args.json:
-        print(json.dumps(results if len(results) > 1 else results[0],
-                         ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                results if len(results) > 1 else results[0],
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 0
     for i, candidates in enumerate(results):
         if len(results) > 1:

@@ -31,7 +31,8 @@ from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 # The model flags --from-scratch takes: the architecture less what the data
 # fixes (the vocabulary it trains; two segments), plus the dropout rates.
 FROM_SCRATCH_FLAGS = tuple(
-    name for name in ARCHITECTURE
+    name
+    for name in ARCHITECTURE
     if name not in ("vocabulary_size", "num_segments")
 ) + ("hidden_dropout", "attention_dropout")
 

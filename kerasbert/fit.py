@@ -35,22 +35,30 @@ from kerasbert.errors import (  # noqa: E402
     run_cli,
 )
 
-CONFIG_CLASSES = {"model": ModelConfig, "data": DataConfig,
-                  "train": TrainConfig}
+CONFIG_CLASSES = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m kerasbert.fit",
         description="Pretrain BERT (masked LM + next-sentence prediction) "
-                    "in Keras. No flags: tiny size on the bundled corpus.")
-    parser.add_argument("--config", help="JSON file with any of the fields "
-                        "below; flags override it")
-    parser.add_argument("--size", default=argparse.SUPPRESS,
-                        choices=list(SIZES),
-                        help="model size (default: tiny)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar")
+        "in Keras. No flags: tiny size on the bundled corpus.",
+    )
+    parser.add_argument(
+        "--config",
+        help="JSON file with any of the fields below; flags override it",
+    )
+    parser.add_argument(
+        "--size",
+        default=argparse.SUPPRESS,
+        choices=list(SIZES),
+        help="model size (default: tiny)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     for part, cls in CONFIG_CLASSES.items():
         add_config_flags(parser, cls, title=f"{part} ({cls.__name__})")
     return parser
@@ -69,8 +77,9 @@ def resolve_configs(argv=None):
     parts = split_values(values, CONFIG_CLASSES)
     data, train = DataConfig(**parts["data"]), TrainConfig(**parts["train"])
     if train.init_from:
-        size, model, data = _init_from(train.init_from, values, parts, data,
-                                       given)
+        size, model, data = _init_from(
+            train.init_from, values, parts, data, given
+        )
     else:
         model = ModelConfig.from_size(size, **parts["model"])
     validate_pretraining(model, data, train)
@@ -84,19 +93,23 @@ def _init_from(directory, values, parts, data, given=()):
     from kerasbert.serving.modeldir import load_model, read_model_config
 
     if "size" in values:
-        raise UsageError("--size: not with --init-from (the model directory "
-                         "fixes the architecture)")
+        raise UsageError(
+            "--size: not with --init-from (the model directory "
+            "fixes the architecture)"
+        )
     model = read_model_config(directory)
     if data.tokenizer is None:
         # The directory's tokenizer is used: --vocab-size is its size (as
         # its run recorded it) or an error, never a value nothing obeys.
         path = os.path.join(directory, "config.json")
         source = read_json_object(path, path).get("data") or {}
-        if "vocab_size" in given and \
-                data.vocab_size != source.get("vocab_size"):
+        if "vocab_size" in given and data.vocab_size != source.get(
+            "vocab_size"
+        ):
             raise UsageError(
                 f"--vocab-size: not with --init-from (the model directory's "
-                f"tokenizer, {directory}/tokenizer, fixes the vocabulary)")
+                f"tokenizer, {directory}/tokenizer, fixes the vocabulary)"
+            )
         if isinstance(source.get("vocab_size"), int):
             data = dataclasses.replace(data, vocab_size=source["vocab_size"])
     import_tensorflow_quietly()
@@ -105,14 +118,17 @@ def _init_from(directory, values, parts, data, given=()):
     load_model(directory)
     for name in ARCHITECTURE:
         if name in parts["model"] and parts["model"][name] != getattr(
-                model, name):
+            model, name
+        ):
             raise UsageError(
                 f"--{name.replace('_', '-')}: {parts['model'][name]} differs "
-                f"from --init-from {directory} ({getattr(model, name)})")
+                f"from --init-from {directory} ({getattr(model, name)})"
+            )
     model = dataclasses.replace(model, **parts["model"])
     if data.tokenizer is None:
         data = dataclasses.replace(
-            data, tokenizer=os.path.join(directory, "tokenizer"))
+            data, tokenizer=os.path.join(directory, "tokenizer")
+        )
     return None, model, data
 
 
@@ -120,9 +136,11 @@ def main(argv=None):
     size, model_cfg, data_cfg, train_cfg, quiet = resolve_configs(argv)
     import_tensorflow_quietly()
     from kerasbert.training.pretrain import pretrain
+
     try:
-        summary = pretrain(model_cfg, data_cfg, train_cfg, size=size,
-                           verbose=0 if quiet else 1)
+        summary = pretrain(
+            model_cfg, data_cfg, train_cfg, size=size, verbose=0 if quiet else 1
+        )
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

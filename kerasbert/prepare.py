@@ -16,20 +16,37 @@ from kerasbert.config import DataConfig
 from kerasbert.errors import ArgumentParser, run_cli
 
 # The DataConfig fields this step uses (pairing/masking ones are for fit).
-FIELDS = ("corpus", "corpus_format", "one_doc_per_line", "text_field",
-          "hf_config", "hf_split", "language", "clean", "tokenizer",
-          "vocab_size", "lowercase", "strip_accents", "cache_dir")
+FIELDS = (
+    "corpus",
+    "corpus_format",
+    "one_doc_per_line",
+    "text_field",
+    "hf_config",
+    "hf_split",
+    "language",
+    "clean",
+    "tokenizer",
+    "vocab_size",
+    "lowercase",
+    "strip_accents",
+    "cache_dir",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m kerasbert.prepare",
-        description="Tokenize and cache a corpus ahead of training.")
+        description="Tokenize and cache a corpus ahead of training.",
+    )
     parser.add_argument("--config", help="DataConfig JSON file")
-    parser.add_argument("--tokenizer-out", metavar="DIR",
-                        help="save the tokenizer here")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --tokenizer-out")
+    parser.add_argument(
+        "--tokenizer-out", metavar="DIR", help="save the tokenizer here"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --tokenizer-out",
+    )
     parser.add_argument("--no-progress", action="store_true")
     add_config_flags(parser, DataConfig, names=FIELDS)
     return parser
@@ -47,14 +64,21 @@ def main(argv=None):
     values = read_config_file(config_file, ("data",)) if config_file else {}
     values.update(args)
     data_config = DataConfig(
-        **split_values(values, {"data": DataConfig})["data"]).validate()
+        **split_values(values, {"data": DataConfig})["data"]
+    ).validate()
     if tokenizer_out:
         check_writable_dir(tokenizer_out, "--tokenizer-out")
-        check_output(tokenizer_out, "--tokenizer-out", {
-            "--corpus": data_config.corpus,
-            "--tokenizer": data_config.tokenizer,
-            "--config": config_file,
-            "--cache-dir": data_config.cache_dir}, overwrite)
+        check_output(
+            tokenizer_out,
+            "--tokenizer-out",
+            {
+                "--corpus": data_config.corpus,
+                "--tokenizer": data_config.tokenizer,
+                "--config": config_file,
+                "--cache-dir": data_config.cache_dir,
+            },
+            overwrite,
+        )
     tokenizer, corpus = prepare_corpus(data_config, progress=progress)
     if tokenizer_out:  # a trained one or a given one, saved whole
         with atomic_dir(tokenizer_out) as tmp:

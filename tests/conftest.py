@@ -43,5 +43,6 @@ def bundled(tmp_path_factory):
     from kerasbert.data.corpus import prepare_corpus
 
     cache = tmp_path_factory.getbasetemp() / "kerasbert-cache"
-    return prepare_corpus(DataConfig(vocab_size=1000, cache_dir=str(cache)),
-                          progress=False)
+    return prepare_corpus(
+        DataConfig(vocab_size=1000, cache_dir=str(cache)), progress=False
+    )

@@ -40,20 +40,28 @@ def squeezed(texts):
 def test_halving_rule():
     docs = [["one"], ["a b c d e"], ["first sentence .", "second one ."]]
     assert list(halve_lone_sentences(iter(docs))) == [
-        ["one"], ["a b", "c d e"], ["first sentence .", "second one ."]]
+        ["one"],
+        ["a b", "c d e"],
+        ["first sentence .", "second one ."],
+    ]
 
 
 def test_semicolon_file_texts_without_labels():
-    docs = documents(corpus=fixture("emotion_train.txt"),
-                     corpus_format="semicolon", language="en")
+    docs = documents(
+        corpus=fixture("emotion_train.txt"),
+        corpus_format="semicolon",
+        language="en",
+    )
     with open(fixture("emotion_train.txt"), encoding="utf-8") as f:
         rows = f.read().splitlines()[1:]  # after the text;label header
     assert len(docs) == len(rows)
     first_text, label = rows[0].rsplit(";", 1)
     words = first_text.split()
     # One sentence: cut at the middle word, the label nowhere.
-    assert docs[0] == [" ".join(words[:len(words) // 2]),
-                       " ".join(words[len(words) // 2:])]
+    assert docs[0] == [
+        " ".join(words[: len(words) // 2]),
+        " ".join(words[len(words) // 2 :]),
+    ]
     texts = [row.rsplit(";", 1)[0] for row in rows]
     assert squeezed(docs) == squeezed(texts)
     assert label not in docs[0][-1]
@@ -62,16 +70,23 @@ def test_semicolon_file_texts_without_labels():
 def test_tsv_with_text_column_and_headerless_columns():
     import csv
 
-    docs = documents(corpus=fixture("source_train.tsv"), corpus_format="tsv",
-                     language="en")
+    docs = documents(
+        corpus=fixture("source_train.tsv"), corpus_format="tsv", language="en"
+    )
     with open(fixture("source_train.tsv"), encoding="utf-8") as f:
-        texts = [row["text"] for row in csv.DictReader(
-            f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        texts = [
+            row["text"]
+            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        ]
     # Each document is its row's text, whole, and nothing else.
     assert squeezed(docs) == squeezed(texts)
-    cola = documents(corpus=fixture("cola_head.tsv"), corpus_format="tsv",
-                     columns="source,label,original_label,sentence",
-                     text_field="sentence", language="en")
+    cola = documents(
+        corpus=fixture("cola_head.tsv"),
+        corpus_format="tsv",
+        columns="source,label,original_label,sentence",
+        text_field="sentence",
+        language="en",
+    )
     with open(fixture("cola_head.tsv"), encoding="utf-8") as f:
         sentences = [line.rstrip("\n").split("\t")[3] for line in f]
     assert squeezed(cola) == squeezed(sentences)
@@ -97,6 +112,7 @@ def cli(tmp_path, monkeypatch, capsys):
             code = e.code
         out = capsys.readouterr()
         return code, out.out, out.err
+
     return run
 
 
@@ -104,27 +120,59 @@ def test_adapt_refuses_an_output_inside_its_model(cli, tmp_path):
     source = tmp_path / "source"
     source.mkdir()
     (source / "config.json").write_text("{}")
-    code, _, err = cli(adapt.main, [
-        "--model", str(source), "--train", fixture("source_train.tsv"),
-        "--output-dir", str(source / "adapted"), "--quiet"])
+    code, _, err = cli(
+        adapt.main,
+        [
+            "--model",
+            str(source),
+            "--train",
+            fixture("source_train.tsv"),
+            "--output-dir",
+            str(source / "adapted"),
+            "--quiet",
+        ],
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert "lies inside the input --model" in lines[0]
     assert sorted(os.listdir(source)) == ["config.json"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--corpus", "missing.tsv", "--corpus-format", "tsv"],
-     "missing.tsv"),
-    (["--corpus", fixture("source_train.tsv"), "--corpus-format", "tsv",
-      "--text-column", "sentence"], "no column 'sentence'"),
-    (["--corpus-format", "semicolon"], "needs --corpus"),
-])
-def test_bad_corpus_files_one_error_nothing_written(cli, tmp_path, args,
-                                                    needle):
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--corpus", "missing.tsv", "--corpus-format", "tsv"], "missing.tsv"),
+        (
+            [
+                "--corpus",
+                fixture("source_train.tsv"),
+                "--corpus-format",
+                "tsv",
+                "--text-column",
+                "sentence",
+            ],
+            "no column 'sentence'",
+        ),
+        (["--corpus-format", "semicolon"], "needs --corpus"),
+    ],
+)
+def test_bad_corpus_files_one_error_nothing_written(
+    cli, tmp_path, args, needle
+):
     out = tmp_path / "run"
-    code, _, err = cli(fit.main, [*args, "--size", "tiny", "--max-steps",
-                                  "1", "--output-dir", str(out), "--quiet"])
+    code, _, err = cli(
+        fit.main,
+        [
+            *args,
+            "--size",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ],
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:")
     assert needle in lines[0], lines[0]
@@ -133,17 +181,24 @@ def test_bad_corpus_files_one_error_nothing_written(cli, tmp_path, args,
 
 def test_masked_lm_only_loss():
     from kerasbert.modeling import pretraining_losses
+
     rng = np.random.default_rng(0)
-    y = {"mask_ids": np.array([[1, 2]]), "mask_weights": np.ones((1, 2)),
-         "next_sentence_label": np.array([1])}
-    y_pred = {"mlm_logits": rng.normal(size=(1, 2, 5)).astype("float32"),
-              "nsp_logits": np.array([[3.0, -3.0]], "float32")}
+    y = {
+        "mask_ids": np.array([[1, 2]]),
+        "mask_weights": np.ones((1, 2)),
+        "next_sentence_label": np.array([1]),
+    }
+    y_pred = {
+        "mlm_logits": rng.normal(size=(1, 2, 5)).astype("float32"),
+        "nsp_logits": np.array([[3.0, -3.0]], "float32"),
+    }
     both = pretraining_losses(y, y_pred)
     mlm = pretraining_losses(y, y_pred, nsp=False)
     assert float(both["nsp_loss"]) > 5
     np.testing.assert_allclose(float(mlm["loss"]), float(both["mlm_loss"]))
-    np.testing.assert_allclose(float(both["loss"]),
-                               float(both["mlm_loss"] + both["nsp_loss"]))
+    np.testing.assert_allclose(
+        float(both["loss"]), float(both["mlm_loss"] + both["nsp_loss"])
+    )
 
 
 def make_source_model(directory, cache):
@@ -155,12 +210,23 @@ def make_source_model(directory, cache):
     from kerasbert.modeling import BertBackbone
 
     tokenizer, _ = prepare_corpus(
-        DataConfig(corpus=fixture("source_train.tsv"), corpus_format="tsv",
-                   vocab_size=300, cache_dir=str(cache)),
-        tokenizer_dir=os.path.join(directory, "tokenizer"), progress=False)
-    cfg = ModelConfig(vocabulary_size=tokenizer.vocabulary_size,
-                      hidden_dim=32, num_layers=1, num_heads=2,
-                      intermediate_dim=64, max_sequence_length=64)
+        DataConfig(
+            corpus=fixture("source_train.tsv"),
+            corpus_format="tsv",
+            vocab_size=300,
+            cache_dir=str(cache),
+        ),
+        tokenizer_dir=os.path.join(directory, "tokenizer"),
+        progress=False,
+    )
+    cfg = ModelConfig(
+        vocabulary_size=tokenizer.vocabulary_size,
+        hidden_dim=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=64,
+        max_sequence_length=64,
+    )
     keras.utils.set_random_seed(0)
     BertBackbone(**cfg.to_dict()).save(os.path.join(directory, "model.keras"))
     with open(os.path.join(directory, "config.json"), "w") as f:
@@ -176,6 +242,7 @@ def source(tmp_path_factory):
 
 def weights(directory, part):
     from kerasbert.serving.modeldir import backbone_of, load_model
+
     model = load_model(directory)
     layer = backbone_of(model) if part == "backbone" else getattr(model, part)
     return layer.get_weights()
@@ -183,57 +250,132 @@ def weights(directory, part):
 
 def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
     out = tmp_path / "out"
-    code, stdout, err = cli(adapt.main, [
-        "--model", str(source), "--train", fixture("source_train.tsv"),
-        "--validation", fixture("source_val.tsv"), "--output-dir", str(out),
-        "--head-steps", "4", "--adapt-steps", "6", "--adapt-batch-size", "8",
-        "--adapt-sequence-length", "32", "--head-learning-rate", "1e-2",
-        "--epochs", "1", "--batch-size", "16", "--max-length", "64",
-        "--learning-rate", "3e-3", "--quiet"])
+    code, stdout, err = cli(
+        adapt.main,
+        [
+            "--model",
+            str(source),
+            "--train",
+            fixture("source_train.tsv"),
+            "--validation",
+            fixture("source_val.tsv"),
+            "--output-dir",
+            str(out),
+            "--head-steps",
+            "4",
+            "--adapt-steps",
+            "6",
+            "--adapt-batch-size",
+            "8",
+            "--adapt-sequence-length",
+            "32",
+            "--head-learning-rate",
+            "1e-2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "64",
+            "--learning-rate",
+            "3e-3",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     # After the stages' progress lines, the summary (a top-level object).
-    summary = json.loads(stdout[stdout.rindex("\n{\n") + 1:])
+    summary = json.loads(stdout[stdout.rindex("\n{\n") + 1 :])
     assert summary["classifier"] == str(out / "classifier")
     assert set(os.listdir(out)) == {"heads", "adapted", "classifier"}
 
     # Stage 1 trained the heads and left the encoder exactly as it was.
-    for mine, theirs in zip(weights(out / "heads", "backbone"),
-                            weights(source, "backbone")):
+    for mine, theirs in zip(
+        weights(out / "heads", "backbone"), weights(source, "backbone")
+    ):
         np.testing.assert_array_equal(mine, theirs)
     fresh = weights(out / "heads", "mlm_head")  # trained: not the init
     assert any(np.abs(w).sum() > 0 for w in fresh)
     # Stage 2 moved the encoder; stage 3 fine-tuned from stage 2.
-    moved = [not np.array_equal(a, b) for a, b in zip(
-        weights(out / "adapted", "backbone"), weights(source, "backbone"))]
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            weights(out / "adapted", "backbone"), weights(source, "backbone")
+        )
+    ]
     assert any(moved)
     with open(out / "classifier" / "config.json") as f:
         assert json.load(f)["finetune"]["model"] == str(out / "adapted")
     with open(out / "adapted" / "config.json") as f:
         run = json.load(f)
-    assert run["train"]["nsp"] is True and run["data"]["corpus_format"] == \
-        "tsv"
+    assert run["train"]["nsp"] is True and run["data"]["corpus_format"] == "tsv"
 
     # The same command again: every stage is complete, nothing retrains.
     stamp = os.path.getmtime(out / "adapted" / "model.keras")
-    code, _, err = cli(adapt.main, [
-        "--model", str(source), "--train", fixture("source_train.tsv"),
-        "--validation", fixture("source_val.tsv"), "--output-dir", str(out),
-        "--head-steps", "4", "--adapt-steps", "6", "--adapt-batch-size", "8",
-        "--adapt-sequence-length", "32", "--head-learning-rate", "1e-2",
-        "--epochs", "1", "--batch-size", "16", "--max-length", "64",
-        "--learning-rate", "3e-3", "--quiet"])
+    code, _, err = cli(
+        adapt.main,
+        [
+            "--model",
+            str(source),
+            "--train",
+            fixture("source_train.tsv"),
+            "--validation",
+            fixture("source_val.tsv"),
+            "--output-dir",
+            str(out),
+            "--head-steps",
+            "4",
+            "--adapt-steps",
+            "6",
+            "--adapt-batch-size",
+            "8",
+            "--adapt-sequence-length",
+            "32",
+            "--head-learning-rate",
+            "1e-2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "64",
+            "--learning-rate",
+            "3e-3",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     assert os.path.getmtime(out / "adapted" / "model.keras") == stamp
 
 
 def test_masked_lm_only_run_has_no_random_b(cli, tmp_path):
     out = tmp_path / "run"
-    code, _, err = cli(fit.main, [
-        "--corpus", fixture("source_train.tsv"), "--corpus-format", "tsv",
-        "--no-nsp", "--size", "tiny", "--vocab-size", "300",
-        "--sequence-length", "32", "--batch-size", "8", "--max-predictions",
-        "5", "--max-steps", "2", "--eval-batches", "1",
-        "--output-dir", str(out), "--quiet"])
+    code, _, err = cli(
+        fit.main,
+        [
+            "--corpus",
+            fixture("source_train.tsv"),
+            "--corpus-format",
+            "tsv",
+            "--no-nsp",
+            "--size",
+            "tiny",
+            "--vocab-size",
+            "300",
+            "--sequence-length",
+            "32",
+            "--batch-size",
+            "8",
+            "--max-predictions",
+            "5",
+            "--max-steps",
+            "2",
+            "--eval-batches",
+            "1",
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     with open(out / "config.json") as f:
         run = json.load(f)
@@ -243,10 +385,22 @@ def test_masked_lm_only_run_has_no_random_b(cli, tmp_path):
 
 def test_adapt_too_little_text_one_error_no_output(cli, tmp_path, source):
     out = tmp_path / "out"
-    code, _, err = cli(adapt.main, [
-        "--model", str(source), "--train", fixture("source_train.tsv"),
-        "--adapt-batch-size", "4096", "--adapt-sequence-length", "32",
-        "--output-dir", str(out), "--quiet"])
+    code, _, err = cli(
+        adapt.main,
+        [
+            "--model",
+            str(source),
+            "--train",
+            fixture("source_train.tsv"),
+            "--adapt-batch-size",
+            "4096",
+            "--adapt-sequence-length",
+            "32",
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ],
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:")
     assert "sentence pairs" in lines[0], lines[0]

@@ -52,12 +52,21 @@ _TRAIN_UNDER_JAX = textwrap.dedent("""
 
 
 def test_pretrainer_trains_under_jax_without_tensorflow():
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
+    env = dict(
+        os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT
+    )
     result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_UNDER_JAX,
-         os.path.join(ROOT, "benchmarks")], env=env,
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-c",
+            _TRAIN_UNDER_JAX,
+            os.path.join(ROOT, "benchmarks"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["backend"] == "jax"

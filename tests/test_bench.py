@@ -93,8 +93,12 @@ def test_benchmark_trains_the_model_fit_compiles():
     from kerasbert.training import trainer
 
     model_cfg = ModelConfig.from_size(
-        "tiny", vocabulary_size=31, hidden_dim=8, num_heads=2,
-        intermediate_dim=16, max_sequence_length=9
+        "tiny",
+        vocabulary_size=31,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=9,
     )
     train_cfg = TrainConfig(precision="float32", seed=3, batch_size=2)
     model, policy, _, _ = throughput.compiled_pretrainer(
@@ -130,8 +134,9 @@ def test_bad_flag_is_one_line(capsys):
     assert capsys.readouterr().err.startswith("error: --steps")
 
 
-def test_train_real_data_takes_turns_with_synthetic(capsys, monkeypatch,
-                                                     tmp_path):
+def test_train_real_data_takes_turns_with_synthetic(
+    capsys, monkeypatch, tmp_path
+):
     monkeypatch.setenv("KERASBERT_CACHE", str(tmp_path / "cache"))
     corpus = str(
         __import__("pathlib").Path(__file__).parent
@@ -139,11 +144,30 @@ def test_train_real_data_takes_turns_with_synthetic(capsys, monkeypatch,
         / "wikitext_sample.raw"
     )
     bench.main(
-        ["train", "--size", "tiny", "--vocabulary-size", "8000",
-         "--sequence-length", "32", "--max-predictions", "5",
-         "--batch-size", "4", "--steps", "6", "--warmup", "1",
-         "--roof-seconds", "0.05", "--precision", "float32",
-         "--real-data", "--corpus", corpus]
+        [
+            "train",
+            "--size",
+            "tiny",
+            "--vocabulary-size",
+            "8000",
+            "--sequence-length",
+            "32",
+            "--max-predictions",
+            "5",
+            "--batch-size",
+            "4",
+            "--steps",
+            "6",
+            "--warmup",
+            "1",
+            "--roof-seconds",
+            "0.05",
+            "--precision",
+            "float32",
+            "--real-data",
+            "--corpus",
+            corpus,
+        ]
     )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["real_data_tokens_per_s"] == pytest.approx(

@@ -78,7 +78,9 @@ def tanh_twin(model, hidden_act="gelu_new"):
 def assert_no_parity(ours, theirs, padding_mask):
     """Outputs apart by more than TOL: a parity check that can fail."""
     real = padding_mask.astype(bool)
-    gap = np.abs(ours["sequence_output"][real] - theirs["sequence_output"][real])
+    gap = np.abs(
+        ours["sequence_output"][real] - theirs["sequence_output"][real]
+    )
     assert gap.max() > 2 * TOL, gap.max()
 
 
@@ -199,7 +201,9 @@ def test_tanh_gelu_hf_parity_and_round_trip(hf_dir, tmp_path, hidden_act):
     with open(os.path.join(back, "config.json")) as f:
         assert json.load(f)["hidden_act"] == "gelu_new"
     again = transformers.BertForPreTraining.from_pretrained(back).eval()
-    assert_parity(our_outputs(model, x), hf_outputs(again, x), x["padding_mask"])
+    assert_parity(
+        our_outputs(model, x), hf_outputs(again, x), x["padding_mask"]
+    )
 
 
 def test_precision_sets_policy_not_weights(hf_dir, converted_model, tmp_path):

@@ -35,7 +35,11 @@ def test_text_blank_line_separates_documents(tmp_path):
     p = write(tmp_path / "a.txt", "\ufeffone\r\ntwo\n\n \nthree\n\n\nfour")
     assert docs(p) == [["one", "two"], ["three"], ["four"]]
     assert docs(p, one_doc_per_line=True) == [
-        ["one"], ["two"], ["three"], ["four"]]
+        ["one"],
+        ["two"],
+        ["three"],
+        ["four"],
+    ]
 
 
 def test_folder_is_recursive_and_sorted(tmp_path):
@@ -46,15 +50,23 @@ def test_folder_is_recursive_and_sorted(tmp_path):
 
 
 def test_wikitext_titles_start_documents_and_sections_are_dropped(tmp_path):
-    p = write(tmp_path / "w.raw", (
-        " \n = First = \n \n Intro , with 3 @.@ 1 and red @-@ tipped .\n"
-        " = = Part = = \n \n 1 @,@ 000 ( one ) people 's homes .\n"
-        " = = = Deeper = = = \n Last .\n"
-        " = Second = \n Other .\n"))
+    p = write(
+        tmp_path / "w.raw",
+        (
+            " \n = First = \n \n Intro , with 3 @.@ 1 and red @-@ tipped .\n"
+            " = = Part = = \n \n 1 @,@ 000 ( one ) people 's homes .\n"
+            " = = = Deeper = = = \n Last .\n"
+            " = Second = \n Other .\n"
+        ),
+    )
     assert docs(p, corpus_format="wikitext") == [
-        ["Intro, with 3.1 and red-tipped.", "1,000 (one) people's homes.",
-         "Last."],
-        ["Other."]]
+        [
+            "Intro, with 3.1 and red-tipped.",
+            "1,000 (one) people's homes.",
+            "Last.",
+        ],
+        ["Other."],
+    ]
 
 
 def test_wikitext_fixture_has_three_articles():
@@ -65,11 +77,15 @@ def test_wikitext_fixture_has_three_articles():
 
 
 def test_wikiextractor_reader(tmp_path):
-    p = write(tmp_path / "wiki_00", (
-        '<doc id="1" url="u" title="제목">\n제목\n\n첫 문단이다.\n\n'
-        '둘째 문단이다.\n</doc>\n'
-        '<doc id="2" url="u" title="빈 글">\n빈 글\n\n</doc>\n'
-        '<doc id="3" url="u" title="셋">\n셋\n셋째 글.\n</doc>\n'))
+    p = write(
+        tmp_path / "wiki_00",
+        (
+            '<doc id="1" url="u" title="제목">\n제목\n\n첫 문단이다.\n\n'
+            "둘째 문단이다.\n</doc>\n"
+            '<doc id="2" url="u" title="빈 글">\n빈 글\n\n</doc>\n'
+            '<doc id="3" url="u" title="셋">\n셋\n셋째 글.\n</doc>\n'
+        ),
+    )
     assert readers.detect_format(p) == "wikiextractor"
     assert docs(p) == [["첫 문단이다.", "둘째 문단이다."], ["셋째 글."]]
 
@@ -85,9 +101,17 @@ def test_wikiextractor_fixture():
 
 
 def test_jsonl_reader_and_errors(tmp_path):
-    p = write(tmp_path / "c.jsonl", "\n".join(json.dumps(r) for r in [
-        {"body": "a one.\nb two.", "id": 1}, {"body": ""},
-        {"body": "c three."}]))
+    p = write(
+        tmp_path / "c.jsonl",
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"body": "a one.\nb two.", "id": 1},
+                {"body": ""},
+                {"body": "c three."},
+            ]
+        ),
+    )
     assert docs(p, text_field="body") == [["a one.", "b two."], ["c three."]]
     with pytest.raises(UsageError, match=r"c\.jsonl: line 1: no field 'text'"):
         docs(p)
@@ -98,12 +122,16 @@ def test_jsonl_reader_and_errors(tmp_path):
 
 def test_hf_local_files(tmp_path):
     pytest.importorskip("datasets")
-    csv = write(tmp_path / "d.csv", 'text,label\n"first doc.",0\n'
-                '"second doc. more.",1\n')
+    csv = write(
+        tmp_path / "d.csv",
+        'text,label\n"first doc.",0\n"second doc. more.",1\n',
+    )
     assert readers.detect_format(csv) == "hf"
     assert docs(csv) == [["first doc."], ["second doc. more."]]
-    js = write(tmp_path / "d.json", json.dumps(
-        [{"text": "x one."}, {"text": "y two."}]))
+    js = write(
+        tmp_path / "d.json",
+        json.dumps([{"text": "x one."}, {"text": "y two."}]),
+    )
     assert docs(js) == [["x one."], ["y two."]]
     with pytest.raises(UsageError, match=r"d\.csv: example 0 has no field"):
         docs(csv, corpus_format="hf", text_field="body")
@@ -111,20 +139,35 @@ def test_hf_local_files(tmp_path):
 
 def test_hf_wikitext_lines_are_regrouped(tmp_path):
     pytest.importorskip("datasets")
-    rows = [{"text": t} for t in ["", " = A = \n", "", " x @-@ y .\n",
-                                  " = = S = = \n", " z .\n", " = B = \n",
-                                  " w .\n"]]
+    rows = [
+        {"text": t}
+        for t in [
+            "",
+            " = A = \n",
+            "",
+            " x @-@ y .\n",
+            " = = S = = \n",
+            " z .\n",
+            " = B = \n",
+            " w .\n",
+        ]
+    ]
     p = write(tmp_path / "w.jsonl", "\n".join(json.dumps(r) for r in rows))
     assert docs(p, corpus_format="hf") == [["x-y.", "z."], ["w."]]
 
 
 def test_auto_detection(tmp_path):
-    assert readers.detect_format(write(tmp_path / "a.txt", "\nhello\n")) \
-        == "text"
-    assert readers.detect_format(write(tmp_path / "b", " \n = T = \n")) \
+    assert (
+        readers.detect_format(write(tmp_path / "a.txt", "\nhello\n")) == "text"
+    )
+    assert (
+        readers.detect_format(write(tmp_path / "b", " \n = T = \n"))
         == "wikitext"
-    assert readers.detect_format(write(tmp_path / "c.json", '{"a": 1}\n')) \
+    )
+    assert (
+        readers.detect_format(write(tmp_path / "c.json", '{"a": 1}\n'))
         == "jsonl"
+    )
     assert readers.detect_format(write(tmp_path / "d.jsonl", "")) == "jsonl"
 
 
@@ -136,8 +179,11 @@ def test_bundled_corpus_is_default():
 def test_bad_paths_and_bytes(tmp_path):
     with pytest.raises(UsageError, match="nope.txt: no such file"):
         docs(tmp_path / "nope.txt")
-    p = write(tmp_path / "latin1.txt", "ok line\ncaf\xe9\n".encode("latin-1"),
-              mode="wb")
+    p = write(
+        tmp_path / "latin1.txt",
+        "ok line\ncaf\xe9\n".encode("latin-1"),
+        mode="wb",
+    )
     # "ok line\n" is 8 bytes, "caf" 3 more: the bad byte is at offset 11.
     with pytest.raises(UsageError, match=r"latin1\.txt: not UTF-8 at byte 11"):
         docs(p)
@@ -163,8 +209,10 @@ def clean(text, web=False):
 
 
 def test_clean_web_text():
-    text = ("좋아요ㅋㅋㅋㅋㅋ 😀👍🏽 see https://x.com/a?b=1 or www.y.org, "
-            "mail me@ex.com!!!!! 1000 wow...")
+    text = (
+        "좋아요ㅋㅋㅋㅋㅋ 😀👍🏽 see https://x.com/a?b=1 or www.y.org, "
+        "mail me@ex.com!!!!! 1000 wow..."
+    )
     assert clean(text, True) == "좋아요ㅋㅋ see or , mail !! 1000 wow..."
     assert clean(text) == unicodedata.normalize("NFC", text)
 
@@ -193,8 +241,11 @@ def test_split_english_with_punkt(fresh_punkt):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sentences.split_sentences([EN, "One more."], "en") == [
-            "Dr. Smith arrived at 5 p.m. on Friday.", "He left early!",
-            "Did he?", "One more."]
+            "Dr. Smith arrived at 5 p.m. on Friday.",
+            "He left early!",
+            "Did he?",
+            "One more.",
+        ]
 
 
 def test_bundled_punkt_is_the_fallback(fresh_punkt, monkeypatch):
@@ -215,31 +266,45 @@ def test_split_english_without_punkt_warns_once(fresh_punkt, monkeypatch):
     monkeypatch.setattr(punkt.PunktTokenizer, "__init__", missing)
     with pytest.warns(UserWarning, match="rule-based") as record:
         first = sentences.split_sentences([EN], "en")
-        second = sentences.split_sentences(["Mr. A. Brown came. Then he went."],
-                                        "en")
+        second = sentences.split_sentences(
+            ["Mr. A. Brown came. Then he went."], "en"
+        )
     assert len(record) == 1
-    assert first == ["Dr. Smith arrived at 5 p.m. on Friday.",
-                     "He left early!", "Did he?"]
+    assert first == [
+        "Dr. Smith arrived at 5 p.m. on Friday.",
+        "He left early!",
+        "Did he?",
+    ]
     assert second == ["Mr. A. Brown came.", "Then he went."]
 
 
 def test_split_korean():
     pytest.importorskip("kss")
-    text = ("지미 카터는 조지아주에서 태어났다. 조지아 공과대학교를 졸업하였다. "
-            "또한 이 때 두 사람의 만남을 주선했다. 하지만 그는 곧 사망했다.")
+    text = (
+        "지미 카터는 조지아주에서 태어났다. 조지아 공과대학교를 졸업하였다. "
+        "또한 이 때 두 사람의 만남을 주선했다. 하지만 그는 곧 사망했다."
+    )
     assert sentences.split_sentences([text, "둘째 문단이다."], "ko") == [
-        "지미 카터는 조지아주에서 태어났다.", "조지아 공과대학교를 졸업하였다.",
-        "또한 이 때 두 사람의 만남을 주선했다.", "하지만 그는 곧 사망했다.",
-        "둘째 문단이다."]
+        "지미 카터는 조지아주에서 태어났다.",
+        "조지아 공과대학교를 졸업하였다.",
+        "또한 이 때 두 사람의 만남을 주선했다.",
+        "하지만 그는 곧 사망했다.",
+        "둘째 문단이다.",
+    ]
     # One paragraph: kss returns a flat list then, not a list of lists.
     assert sentences.split_sentences([text], "ko")[1:] == [
-        "조지아 공과대학교를 졸업하였다.", "또한 이 때 두 사람의 만남을 주선했다.",
-        "하지만 그는 곧 사망했다."]
-    assert list(sentences.iter_sentences([["첫 문장이다. 둘째 문장이다."]],
-                                         "ko")) == [["첫 문장이다.", "둘째 문장이다."]]
+        "조지아 공과대학교를 졸업하였다.",
+        "또한 이 때 두 사람의 만남을 주선했다.",
+        "하지만 그는 곧 사망했다.",
+    ]
+    assert list(
+        sentences.iter_sentences([["첫 문장이다. 둘째 문장이다."]], "ko")
+    ) == [["첫 문장이다.", "둘째 문장이다."]]
 
 
 def test_iter_sentences_drops_empty_documents():
     documents = [["\x00 ", "  "], ["First one. Second one."], ["Third."]]
     assert list(sentences.iter_sentences(documents, "en")) == [
-        ["First one.", "Second one."], ["Third."]]
+        ["First one.", "Second one."],
+        ["Third."],
+    ]

@@ -45,9 +45,10 @@ def test_from_documents_drops_empties():
 
 def as_lists(c):
     so, do = c.sentence_offsets, c.document_offsets
-    return [[c.tokens[so[s]:so[s + 1]].tolist() for s in range(do[d],
-                                                               do[d + 1])]
-            for d in range(c.num_documents)]
+    return [
+        [c.tokens[so[s] : so[s + 1]].tolist() for s in range(do[d], do[d + 1])]
+        for d in range(c.num_documents)
+    ]
 
 
 def test_token_writer_matches_from_documents(tmp_path):
@@ -56,14 +57,18 @@ def test_token_writer_matches_from_documents(tmp_path):
     writer = corpus_prep._TokenWriter(str(tmp_path / "tokens"))
     for docs in (DOCS[:2], DOCS[2:]):
         sentences = [s for d in docs for s in d]
-        writer.add(np.array([i for s in sentences for i in s], np.int32),
-                   [len(s) for s in sentences], [len(d) for d in docs])
+        writer.add(
+            np.array([i for s in sentences for i in s], np.int32),
+            [len(s) for s in sentences],
+            [len(d) for d in docs],
+        )
     writer.finish({})
     written = load_token_cache(str(tmp_path / "tokens"))
     expected = TokenCorpus.from_documents(DOCS)
     assert as_lists(written) == as_lists(expected)
-    assert written.sentence_offsets.tolist() == \
-        expected.sentence_offsets.tolist()
+    assert (
+        written.sentence_offsets.tolist() == expected.sentence_offsets.tolist()
+    )
 
 
 def test_select_documents():
@@ -81,8 +86,12 @@ def test_select_documents():
 def make_config(tmp_path, text=TEXT, name="corpus.txt", **kwargs):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    return DataConfig(corpus=str(path), cache_dir=str(tmp_path / "cache"),
-                      vocab_size=120, **kwargs)
+    return DataConfig(
+        corpus=str(path),
+        cache_dir=str(tmp_path / "cache"),
+        vocab_size=120,
+        **kwargs,
+    )
 
 
 def cache_entries(config):
@@ -105,7 +114,9 @@ def test_prepare_tokenizes_every_sentence(tmp_path):
     assert Tokenizer.load(str(out)).fingerprint() == tokenizer.fingerprint()
     assert c.path.startswith(config.cache_dir)
     assert [e.split("-")[0] for e in cache_entries(config)] == [
-        "tokenizer", "tokens"]
+        "tokenizer",
+        "tokens",
+    ]
 
 
 def test_second_run_reads_only_the_cache(tmp_path, monkeypatch):
@@ -132,20 +143,26 @@ def test_second_run_reads_only_the_cache(tmp_path, monkeypatch):
 
 def test_given_tokenizer_and_korean(tmp_path):
     pytest.importorskip("kss")
-    config = DataConfig(corpus=os.path.join(FIXTURES, "kowiki_sample.txt"),
-                        cache_dir=str(tmp_path / "cache"), vocab_size=1500)
-    tokenizer, c = prepare_corpus(config, str(tmp_path / "tok"),
-                                  progress=False)
+    config = DataConfig(
+        corpus=os.path.join(FIXTURES, "kowiki_sample.txt"),
+        cache_dir=str(tmp_path / "cache"),
+        vocab_size=1500,
+    )
+    tokenizer, c = prepare_corpus(config, str(tmp_path / "tok"), progress=False)
     assert c.num_documents == 12
     assert c.num_sentences > 100
     # strip_accents=None keeps Hangul syllables whole for Korean text.
     assert tokenizer.strip_accents is False
-    tokens = [tokenizer.id_to_token(i)
-              for i in range(tokenizer.vocabulary_size)]
+    tokens = [
+        tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size)
+    ]
     assert "전기" in tokens
     assert not any("\u1100" <= ch <= "\u11ff" for t in tokens for ch in t)
-    reuse = DataConfig(corpus=config.corpus, cache_dir=config.cache_dir,
-                       tokenizer=str(tmp_path / "tok"))
+    reuse = DataConfig(
+        corpus=config.corpus,
+        cache_dir=config.cache_dir,
+        tokenizer=str(tmp_path / "tok"),
+    )
     tok2, c2 = prepare_corpus(reuse, progress=False)
     assert c2.path == c.path
 
@@ -162,8 +179,11 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch):
         return real(self, texts, fast)
 
     monkeypatch.setattr(Tokenizer, "encode_flat", crash_second_batch)
-    monkeypatch.setattr(corpus_prep, "tokenize_documents", _small_batches(
-        corpus_prep.tokenize_documents))
+    monkeypatch.setattr(
+        corpus_prep,
+        "tokenize_documents",
+        _small_batches(corpus_prep.tokenize_documents),
+    )
     with pytest.raises(KeyboardInterrupt):
         prepare_corpus(config, progress=False)
     # The tokenizer finished before the crash; no tokens-* or tmp-* remain.
@@ -176,6 +196,7 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch):
 def _small_batches(fn):
     def wrapper(*args, **kwargs):
         return fn(*args, **{**kwargs, "batch_chars": 1})
+
     return wrapper
 
 
@@ -185,7 +206,8 @@ def test_killed_run_workspace_is_removed_and_damage_rebuilt(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = os.path.join(
-        config.cache_dir, f"tmp-{socket.gethostname()}-{dead.pid}-abcd1234")
+        config.cache_dir, f"tmp-{socket.gethostname()}-{dead.pid}-abcd1234"
+    )
     os.makedirs(os.path.join(stale, "tokens"))
     with open(os.path.join(stale, "tokens", "tokens.bin"), "wb") as f:
         f.write(b"\x01\x02")  # what a killed run leaves behind
@@ -209,24 +231,34 @@ BAD = {
     "missing": (dict(corpus="{tmp}/nope.txt"), r"nope\.txt: no such file"),
     "empty": (dict(text=""), r"corpus\.txt: corpus is empty"),
     "blank": (dict(text=" \n\t\n \n"), r"corpus\.txt: corpus is empty"),
-    "latin1": (dict(raw=b"good\n\ncaf\xe9\n"),
-               r"corpus\.txt: not UTF-8 at byte 9"),
-    "one_doc": (dict(text="One sentence. Two sentences.\nThree.\n"),
-                "corpus has 1 document; next-sentence pairs need at least 2"),
-    "no_mask": (dict(tokenizer="{tmp}/vocab.txt"),
-                r"vocab\.txt: vocabulary has no \[MASK\] token"),
+    "latin1": (
+        dict(raw=b"good\n\ncaf\xe9\n"),
+        r"corpus\.txt: not UTF-8 at byte 9",
+    ),
+    "one_doc": (
+        dict(text="One sentence. Two sentences.\nThree.\n"),
+        "corpus has 1 document; next-sentence pairs need at least 2",
+    ),
+    "no_mask": (
+        dict(tokenizer="{tmp}/vocab.txt"),
+        r"vocab\.txt: vocabulary has no \[MASK\] token",
+    ),
     # The library and argparse word it differently; both name flag, value
     # and the choices.
-    "format": (dict(corpus_format="xml"),
-               r"--corpus-format: .*'xml'.*choose from"),
+    "format": (
+        dict(corpus_format="xml"),
+        r"--corpus-format: .*'xml'.*choose from",
+    ),
     "language": (dict(language="fr"), r"--language: .*'fr'.*choose from"),
 }
 
 
 def bad_config(tmp_path, case):
     values, message = BAD[case]
-    values = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v
-              for k, v in values.items()}
+    values = {
+        k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+        for k, v in values.items()
+    }
     path = tmp_path / "corpus.txt"
     if "raw" in values:
         path.write_bytes(values.pop("raw"))
@@ -234,14 +266,16 @@ def bad_config(tmp_path, case):
         path.write_text(values.pop("text", TEXT), encoding="utf-8")
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n")
     values.setdefault("corpus", str(path))
-    config = DataConfig(cache_dir=str(tmp_path / "cache"), vocab_size=60,
-                        **values)
+    config = DataConfig(
+        cache_dir=str(tmp_path / "cache"), vocab_size=60, **values
+    )
     return config, message
 
 
 def no_leftovers(config):
-    return not any(e.startswith(("tokens-", "tmp-"))
-                   for e in cache_entries(config))
+    return not any(
+        e.startswith(("tokens-", "tmp-")) for e in cache_entries(config)
+    )
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -253,19 +287,32 @@ def test_bad_input_api(tmp_path, case):
 
 
 def run_cli(args, tmp_path):
-    env = {**os.environ, "KERASBERT_CACHE": str(tmp_path / "envcache"),
-           "PYTHONPATH": ROOT}
+    env = {
+        **os.environ,
+        "KERASBERT_CACHE": str(tmp_path / "envcache"),
+        "PYTHONPATH": ROOT,
+    }
     return subprocess.run(
         [sys.executable, "-m", "kerasbert.prepare", "--no-progress", *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_cli(tmp_path, case):
     config, message = bad_config(tmp_path, case)
     args = []
-    for name in ("corpus", "corpus_format", "language", "tokenizer",
-                 "cache_dir"):
+    for name in (
+        "corpus",
+        "corpus_format",
+        "language",
+        "tokenizer",
+        "cache_dir",
+    ):
         value = getattr(config, name)
         if value != getattr(DataConfig(), name):
             args += ["--" + name.replace("_", "-"), value]
@@ -279,8 +326,17 @@ def test_bad_input_cli(tmp_path, case):
 
 def test_cli_prints_counts(tmp_path):
     config = make_config(tmp_path)
-    result = run_cli(["--corpus", config.corpus, "--vocab-size", "120",
-                      "--tokenizer-out", str(tmp_path / "tok")], tmp_path)
+    result = run_cli(
+        [
+            "--corpus",
+            config.corpus,
+            "--vocab-size",
+            "120",
+            "--tokenizer-out",
+            str(tmp_path / "tok"),
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "documents: 4\nsentences: 9\n" in result.stdout
     assert f"cache: {tmp_path / 'envcache'}" in result.stdout
@@ -301,7 +357,8 @@ def test_parallel_split_matches_sequential(tmp_path, monkeypatch, clean):
 
 
 def test_stream_with_workers_and_fast_route_matches_sequential(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """A given tokenizer: splitting workers feed the tokenizer directly;
     with the pool and tensorflow-text's route the cache holds the same
     ids as one process on HF tokenizers, and the pool is gone after."""
@@ -309,15 +366,23 @@ def test_stream_with_workers_and_fast_route_matches_sequential(
 
     pytest.importorskip("tensorflow_text")
     tokenizer_dir = str(tmp_path / "tok")
-    prepare_corpus(DataConfig(vocab_size=2000, cache_dir=str(
-        tmp_path / "c0")), tokenizer_dir, progress=False)
+    prepare_corpus(
+        DataConfig(vocab_size=2000, cache_dir=str(tmp_path / "c0")),
+        tokenizer_dir,
+        progress=False,
+    )
     results = []
     for workers, fast in ((1, False), (2, True)):
-        monkeypatch.setattr(corpus_prep, "split_workers", lambda dc, n=workers: n)
+        monkeypatch.setattr(
+            corpus_prep, "split_workers", lambda dc, n=workers: n
+        )
         monkeypatch.setattr(corpus_prep, "_tokenize_fast", lambda dc, f=fast: f)
         monkeypatch.setattr(corpus_prep, "_TASK_CHARS", 50_000)  # several tasks
-        config = DataConfig(clean=True, tokenizer=tokenizer_dir,
-                            cache_dir=str(tmp_path / f"c{workers}"))
+        config = DataConfig(
+            clean=True,
+            tokenizer=tokenizer_dir,
+            cache_dir=str(tmp_path / f"c{workers}"),
+        )
         _, c = prepare_corpus(config, progress=False)
         results.append(c)
         assert not multiprocessing.active_children()
@@ -344,10 +409,14 @@ def test_stuck_split_task_is_an_error_not_a_hang(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus_prep, "_TASK_SECONDS", 1.0)
     config = make_config(tmp_path)
     start = time.monotonic()
-    with pytest.raises(UsageError, match=r"corpus\.txt: splitting .* "
-                       r"characters into sentences took over 1 s"):
-        corpus_prep.write_sentences(config, str(tmp_path / "s.txt"),
-                              progress=False)
+    with pytest.raises(
+        UsageError,
+        match=r"corpus\.txt: splitting .* "
+        r"characters into sentences took over 1 s",
+    ):
+        corpus_prep.write_sentences(
+            config, str(tmp_path / "s.txt"), progress=False
+        )
     assert time.monotonic() - start < 20
     assert not multiprocessing.active_children()
 
@@ -377,6 +446,8 @@ def test_split_workers_by_size(tmp_path, monkeypatch):
     small.write_text("One. Two.\n\nThree. Four.\n", encoding="utf-8")
     assert corpus_prep.split_workers(DataConfig(corpus=str(small))) == 1
     monkeypatch.setattr(corpus_prep, "_PARALLEL_BYTES", 1)
-    monkeypatch.setattr(corpus_prep.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(
+        corpus_prep.os, "sched_getaffinity", lambda pid: {0, 1, 2}
+    )
     expected = 3 if sys.platform == "linux" else 1
     assert corpus_prep.split_workers(DataConfig(corpus=str(small))) == expected

@@ -28,5 +28,6 @@ def test_scratch_dirs_of_killed_processes_go_others_stay(tmp_path):
     assert os.path.isdir(made) and not os.listdir(made)
     assert os.path.basename(made).startswith(f"work-{host}-{os.getpid()}-")
     assert sorted(os.listdir(tmp_path)) == sorted(
-        os.path.basename(p) for p in (made, live, elsewhere, other_prefix))
+        os.path.basename(p) for p in (made, live, elsewhere, other_prefix)
+    )
     assert make_scratch_dir(str(tmp_path), "work") != made

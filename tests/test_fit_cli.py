@@ -35,8 +35,12 @@ def test_help_documents_every_field(capsys):
 def test_no_flags_is_tiny_on_the_bundled_corpus():
     size, model, data, train, quiet = fit.resolve_configs([])
     assert size == "tiny"
-    assert (model.num_layers, model.hidden_dim, model.num_heads,
-            model.intermediate_dim) == (2, 128, 2, 512)
+    assert (
+        model.num_layers,
+        model.hidden_dim,
+        model.num_heads,
+        model.intermediate_dim,
+    ) == (2, 128, 2, 512)
     assert data.corpus is None
     assert train == TrainConfig()
     assert not quiet
@@ -44,11 +48,20 @@ def test_no_flags_is_tiny_on_the_bundled_corpus():
 
 def test_config_file_then_flags_override(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"size": "mini", "batch_size": 7,
-                                "learning_rate": 1e-3, "whole_word": True,
-                                "hidden_dropout": 0.0}))
+    path.write_text(
+        json.dumps(
+            {
+                "size": "mini",
+                "batch_size": 7,
+                "learning_rate": 1e-3,
+                "whole_word": True,
+                "hidden_dropout": 0.0,
+            }
+        )
+    )
     size, model, data, train, _ = fit.resolve_configs(
-        ["--config", str(path), "--batch-size", "9", "--no-whole-word"])
+        ["--config", str(path), "--batch-size", "9", "--no-whole-word"]
+    )
     assert size == "mini" and model.num_layers == 4
     assert model.hidden_dropout == 0.0
     assert train.batch_size == 9  # the flag wins
@@ -57,9 +70,11 @@ def test_config_file_then_flags_override(tmp_path):
 
 
 def test_a_runs_nested_config_json_is_accepted(tmp_path):
-    nested = {"model": dataclasses.asdict(ModelConfig.from_size("small")),
-              "data": {"sequence_length": 64},
-              "train": {"seed": 5}}
+    nested = {
+        "model": dataclasses.asdict(ModelConfig.from_size("small")),
+        "data": {"sequence_length": 64},
+        "train": {"seed": 5},
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(nested))
     _, model, data, train, _ = fit.resolve_configs(["--config", str(path)])
@@ -67,12 +82,15 @@ def test_a_runs_nested_config_json_is_accepted(tmp_path):
     assert data.sequence_length == 64 and train.seed == 5
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--size", "giant"], "--size"),
-    (["--batch-size", "x"], "--batch-size"),
-    (["--nonsense"], "--nonsense"),
-    (["--config", "/no/such.json"], "--config"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--size", "giant"], "--size"),
+        (["--batch-size", "x"], "--batch-size"),
+        (["--nonsense"], "--nonsense"),
+        (["--config", "/no/such.json"], "--config"),
+    ],
+)
 def test_bad_arguments_raise_one_line(argv, message):
     with pytest.raises(UsageError, match=message):
         fit.resolve_configs(argv)
@@ -88,30 +106,36 @@ def test_bad_config_file(tmp_path):
         fit.resolve_configs(["--config", str(path)])
 
 
-@pytest.mark.parametrize("change,flag", [
-    (dict(train=dict(batch_size=0)), "--batch-size"),
-    (dict(train=dict(learning_rate=-1.0)), "--learning-rate"),
-    (dict(train=dict(precision="fp8")), "--precision"),
-    (dict(train=dict(strategy="ring")), "--strategy"),
-    (dict(train=dict(optimizer="sgd")), "--optimizer"),
-    (dict(train=dict(mlm_bias_init="random")), "--mlm-bias-init"),
-    (dict(model=dict(initializer_range=0.0)), "--initializer-range"),
-    (dict(train=dict(adam_epsilon=0.0)), "--adam-epsilon"),
-    (dict(train=dict(gradient_accumulation_steps=0)),
-     "--gradient-accumulation-steps"),
-    (dict(data=dict(sequence_length=1024)), "--sequence-length"),
-    (dict(data=dict(nsp_probability=2.0)), "--nsp-probability"),
-    (dict(model=dict(hidden_dim=129)), "--hidden-dim"),
-    (dict(data=dict(max_predictions=200)), "--max-predictions"),
-    (dict(data=dict(mask_rate=1.5)), "--mask-rate"),
-    (dict(data=dict(holdout_fraction=1.0)), "--holdout-fraction"),
-    (dict(train=dict(batch_size=8.5)), "--batch-size"),
-    (dict(train=dict(batch_size="eight")), "--batch-size"),
-    (dict(train=dict(precision=None)), "--precision"),
-])
+@pytest.mark.parametrize(
+    "change,flag",
+    [
+        (dict(train=dict(batch_size=0)), "--batch-size"),
+        (dict(train=dict(learning_rate=-1.0)), "--learning-rate"),
+        (dict(train=dict(precision="fp8")), "--precision"),
+        (dict(train=dict(strategy="ring")), "--strategy"),
+        (dict(train=dict(optimizer="sgd")), "--optimizer"),
+        (dict(train=dict(mlm_bias_init="random")), "--mlm-bias-init"),
+        (dict(model=dict(initializer_range=0.0)), "--initializer-range"),
+        (dict(train=dict(adam_epsilon=0.0)), "--adam-epsilon"),
+        (
+            dict(train=dict(gradient_accumulation_steps=0)),
+            "--gradient-accumulation-steps",
+        ),
+        (dict(data=dict(sequence_length=1024)), "--sequence-length"),
+        (dict(data=dict(nsp_probability=2.0)), "--nsp-probability"),
+        (dict(model=dict(hidden_dim=129)), "--hidden-dim"),
+        (dict(data=dict(max_predictions=200)), "--max-predictions"),
+        (dict(data=dict(mask_rate=1.5)), "--mask-rate"),
+        (dict(data=dict(holdout_fraction=1.0)), "--holdout-fraction"),
+        (dict(train=dict(batch_size=8.5)), "--batch-size"),
+        (dict(train=dict(batch_size="eight")), "--batch-size"),
+        (dict(train=dict(precision=None)), "--precision"),
+    ],
+)
 def test_validate_names_the_flag(change, flag):
-    model = dataclasses.replace(ModelConfig.from_size("tiny"),
-                                **change.get("model", {}))
+    model = dataclasses.replace(
+        ModelConfig.from_size("tiny"), **change.get("model", {})
+    )
     data = dataclasses.replace(DataConfig(), **change.get("data", {}))
     train = dataclasses.replace(TrainConfig(), **change.get("train", {}))
     with pytest.raises(UsageError, match=flag):

@@ -13,17 +13,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_gpu_benchmark_smoke():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"),
-         "--smoke"], env=env, capture_output=True, text=True, timeout=300)
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     header, rows = lines[0], lines[1:]
     assert header["backend"] == "jax" and header["device_kind"] == "cpu"
     assert header["roof_tflops"]["bf16"] > 0
     by_path = {(r["task"], r["impl"]): r for r in rows}
-    assert set(by_path) == {("pretrain", "kerasbert"),
-                            ("pretrain", "kerashub"),
-                            ("finetune", "kerasbert")}, rows
+    assert set(by_path) == {
+        ("pretrain", "kerasbert"),
+        ("pretrain", "kerashub"),
+        ("finetune", "kerasbert"),
+    }, rows
     try:
         import keras_hub  # noqa: F401
     except ImportError:

@@ -26,14 +26,23 @@ def imports(path):
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names
-                      if a.name.startswith("kerasbert")}
-        elif isinstance(node, ast.ImportFrom) and node.module and \
-                node.module.startswith("kerasbert"):
+            found |= {
+                a.name for a in node.names if a.name.startswith("kerasbert")
+            }
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("kerasbert")
+        ):
             for alias in node.names:  # `from kerasbert.x import module`
                 sub = f"{node.module}.{alias.name}"
-                found.add(sub if (PACKAGE.parent / sub.replace(".", "/"))
-                          .with_suffix(".py").exists() else node.module)
+                found.add(
+                    sub
+                    if (PACKAGE.parent / sub.replace(".", "/"))
+                    .with_suffix(".py")
+                    .exists()
+                    else node.module
+                )
     return found
 
 
@@ -64,7 +73,8 @@ def test_stages_import_only_earlier_stages():
         for dep in deps:
             d = kind(dep)
             if d[0] in ("command", "cli") or (
-                    d[0] == "stage" and (k[0] != "stage" or d[1] > k[1])):
+                d[0] == "stage" and (k[0] != "stage" or d[1] > k[1])
+            ):
                 bad.append(f"{module} imports {dep}")
     assert not bad, "\n".join(bad)
 
@@ -79,7 +89,7 @@ def test_no_import_cycles():
             if dep not in deps:
                 continue
             if state.get(dep) == "open":
-                cycle = stack[stack.index(dep):] + [dep]
+                cycle = stack[stack.index(dep) :] + [dep]
                 raise AssertionError(" -> ".join(cycle))
             if dep not in state:
                 visit(dep, [*stack, dep])

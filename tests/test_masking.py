@@ -16,19 +16,25 @@ SEQ, PREDS = 128, 20
 def rows(bundled):
     """6,400 unmasked real rows (two epochs of pairs) at length 128."""
     tokenizer, corpus = bundled
-    pairs = np.concatenate([epoch_pairs(corpus, seed=0, epoch=e)
-                            for e in range(2)])[:6400]
-    ids, _, pad, _ = assemble(corpus.tokens, pairs, SEQ,
-                              cls_id=tokenizer.cls_id,
-                              sep_id=tokenizer.sep_id,
-                              pad_id=tokenizer.pad_id)
+    pairs = np.concatenate(
+        [epoch_pairs(corpus, seed=0, epoch=e) for e in range(2)]
+    )[:6400]
+    ids, _, pad, _ = assemble(
+        corpus.tokens,
+        pairs,
+        SEQ,
+        cls_id=tokenizer.cls_id,
+        sep_id=tokenizer.sep_id,
+        pad_id=tokenizer.pad_id,
+    )
     return ids, pad
 
 
 def _mask(tokenizer, ids, pad, seed=0, **kwargs):
     masker = DynamicMasker(tokenizer, **kwargs)
-    noise = draw_noise(tf.constant([seed, 0], tf.int64), len(ids), SEQ,
-                       masker.max_predictions)
+    noise = draw_noise(
+        tf.constant([seed, 0], tf.int64), len(ids), SEQ, masker.max_predictions
+    )
     return {k: v.numpy() for k, v in masker(ids, pad, noise).items()}
 
 
@@ -143,8 +149,9 @@ def test_rate_extremes(bundled, rows):
     # Rate 1 with room for every token: every eligible token is predicted.
     out = _mask(tokenizer, ids, pad, mask_rate=1.0, max_predictions=SEQ)
     _check_invariants(tokenizer, ids, pad, out)
-    np.testing.assert_array_equal(out["mask_weights"].sum(1),
-                                  _eligible(tokenizer, ids, pad).sum(1))
+    np.testing.assert_array_equal(
+        out["mask_weights"].sum(1), _eligible(tokenizer, ids, pad).sum(1)
+    )
 
 
 def test_seeds_reproduce_and_differ(bundled, rows):
@@ -173,11 +180,13 @@ class _TinyTokenizer:
 
 def test_duck_typed_tokenizer_and_static_shapes():
     tokenizer = _TinyTokenizer()
-    ids = np.array([[2, 5, 6, 7, 1, 3, 9, 3, 0],
-                    [2, 11, 3, 13, 14, 3, 0, 0, 0]], np.int32)
+    ids = np.array(
+        [[2, 5, 6, 7, 1, 3, 9, 3, 0], [2, 11, 3, 13, 14, 3, 0, 0, 0]], np.int32
+    )
     pad = (ids != 0).astype(np.int32)
-    masker = DynamicMasker(tokenizer, max_predictions=3, mask_rate=0.5,
-                           whole_word=True)
+    masker = DynamicMasker(
+        tokenizer, max_predictions=3, mask_rate=0.5, whole_word=True
+    )
     fn = tf.function(lambda i, p, s: masker(i, p, draw_noise(s, 2, 9, 3)))
     out = fn(ids, pad, tf.constant([0, 7], tf.int64))
     assert out["token_ids"].shape == (2, 9)
@@ -193,13 +202,10 @@ def test_duck_typed_tokenizer_and_static_shapes():
 
 def test_validation_names_the_flag():
     with pytest.raises(UsageError, match="--mask-rate"):
-        validate_masking(sequence_length=128, max_predictions=20,
-                         mask_rate=1.5)
+        validate_masking(sequence_length=128, max_predictions=20, mask_rate=1.5)
     with pytest.raises(UsageError, match="--mask-rate"):
         DynamicMasker(_TinyTokenizer(), mask_rate=-0.1)
     with pytest.raises(UsageError, match="--max-predictions"):
-        validate_masking(sequence_length=128, max_predictions=0,
-                         mask_rate=0.15)
+        validate_masking(sequence_length=128, max_predictions=0, mask_rate=0.15)
     with pytest.raises(UsageError, match="--sequence-length"):
-        validate_masking(sequence_length=4, max_predictions=1,
-                         mask_rate=0.15)
+        validate_masking(sequence_length=4, max_predictions=1, mask_rate=0.15)

@@ -22,8 +22,14 @@ from kerasbert.modeling import (
     pretraining_losses,
 )
 
-TINY = dict(vocabulary_size=31, hidden_dim=8, num_layers=2, num_heads=2,
-            intermediate_dim=12, max_sequence_length=9)
+TINY = dict(
+    vocabulary_size=31,
+    hidden_dim=8,
+    num_layers=2,
+    num_heads=2,
+    intermediate_dim=12,
+    max_sequence_length=9,
+)
 BATCH, SEQ, PREDS = 4, 9, 3
 METRICS = {"loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"}
 
@@ -40,7 +46,8 @@ def fake_batch(seed=0, batch=BATCH):
         "padding_mask": padding,
         # Distinct positions among the first 4 (always real tokens).
         "mask_positions": np.stack(
-            [rng.permutation(4)[:PREDS] for _ in range(batch)]),
+            [rng.permutation(4)[:PREDS] for _ in range(batch)]
+        ),
     }
     x = {k: v.astype("int32") for k, v in x.items()}
     y = {
@@ -61,14 +68,17 @@ def numpy_outputs(outputs):
 
 def test_backbone_outputs_and_optional_outputs():
     x, _ = fake_batch()
-    backbone = BertBackbone(**TINY, return_hidden_states=True,
-                            return_attention_scores=True)
+    backbone = BertBackbone(
+        **TINY, return_hidden_states=True, return_attention_scores=True
+    )
     out = backbone(backbone_inputs(x))
     assert tuple(out["sequence_output"].shape) == (BATCH, SEQ, 8)
     assert tuple(out["pooled_output"].shape) == (BATCH, 8)
     assert len(out["hidden_states"]) == TINY["num_layers"] + 1
-    np.testing.assert_allclose(ops.convert_to_numpy(out["hidden_states"][-1]),
-                               ops.convert_to_numpy(out["sequence_output"]))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out["hidden_states"][-1]),
+        ops.convert_to_numpy(out["sequence_output"]),
+    )
     assert len(out["attention_scores"]) == TINY["num_layers"]
     assert tuple(out["attention_scores"][0].shape) == (BATCH, 2, SEQ, SEQ)
     plain = BertBackbone(**TINY)
@@ -114,12 +124,20 @@ def test_default_initializer_range_keeps_bert_base_scale():
         s = default_initializer_range(width)
         assert width * s**2 == pytest.approx(768 * 0.02**2)
     # The layers get it: the token table's spread follows the width.
-    narrow = BertBackbone(**dict(TINY, vocabulary_size=4000, hidden_dim=64,
-                                 num_heads=2, initializer_range=None))
+    narrow = BertBackbone(
+        **dict(
+            TINY,
+            vocabulary_size=4000,
+            hidden_dim=64,
+            num_heads=2,
+            initializer_range=None,
+        )
+    )
     table = ops.convert_to_numpy(narrow.token_embedding.embeddings)
     # Truncated at 2 stddev: the sample std is 0.88 of the stddev.
     assert np.std(table) == pytest.approx(
-        0.88 * default_initializer_range(64), rel=0.05)
+        0.88 * default_initializer_range(64), rel=0.05
+    )
 
 
 def test_padding_does_not_leak_into_real_positions():
@@ -130,20 +148,25 @@ def test_padding_does_not_leak_into_real_positions():
     assert pad.any()
     noisy = dict(inputs)
     rng = np.random.default_rng(7)
-    noisy["token_ids"] = np.where(pad, rng.integers(0, 31, pad.shape),
-                                  inputs["token_ids"]).astype("int32")
+    noisy["token_ids"] = np.where(
+        pad, rng.integers(0, 31, pad.shape), inputs["token_ids"]
+    ).astype("int32")
     noisy["segment_ids"] = np.where(pad, 1, inputs["segment_ids"]).astype(
-        "int32")
+        "int32"
+    )
     a = numpy_outputs(backbone(inputs, training=False))
     b = numpy_outputs(backbone(noisy, training=False))
     real = ~pad
-    np.testing.assert_allclose(a["sequence_output"][real],
-                               b["sequence_output"][real], rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(a["pooled_output"], b["pooled_output"],
-                               rtol=1e-5, atol=1e-5)
-    assert not np.allclose(a["sequence_output"][pad],
-                           b["sequence_output"][pad])
+    np.testing.assert_allclose(
+        a["sequence_output"][real],
+        b["sequence_output"][real],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        a["pooled_output"], b["pooled_output"], rtol=1e-5, atol=1e-5
+    )
+    assert not np.allclose(a["sequence_output"][pad], b["sequence_output"][pad])
 
 
 def test_base_parameter_count_matches_transformers():
@@ -151,9 +174,11 @@ def test_base_parameter_count_matches_transformers():
     torch = pytest.importorskip("torch")
     with torch.device("meta"):  # shapes only, no 110M random draws
         reference = transformers.BertForPreTraining(
-            transformers.BertConfig()).num_parameters()
-    ours = build_pretrainer(**dataclasses.asdict(ModelConfig.from_size(
-        "base"))).count_params()
+            transformers.BertConfig()
+        ).num_parameters()
+    ours = build_pretrainer(
+        **dataclasses.asdict(ModelConfig.from_size("base"))
+    ).count_params()
     assert ours == reference
 
 
@@ -179,10 +204,12 @@ def test_pretraining_losses_match_numpy():
         return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
     w = y["mask_weights"]
-    mlm_ce = -np.take_along_axis(log_softmax(y_pred["mlm_logits"]),
-                                 y["mask_ids"][..., None], -1)[..., 0]
-    nsp_ce = -np.take_along_axis(log_softmax(y_pred["nsp_logits"]),
-                                 y["next_sentence_label"][:, None], -1)[:, 0]
+    mlm_ce = -np.take_along_axis(
+        log_softmax(y_pred["mlm_logits"]), y["mask_ids"][..., None], -1
+    )[..., 0]
+    nsp_ce = -np.take_along_axis(
+        log_softmax(y_pred["nsp_logits"]), y["next_sentence_label"][:, None], -1
+    )[:, 0]
     mlm_hit = y_pred["mlm_logits"].argmax(-1) == y["mask_ids"]
     nsp_hit = y_pred["nsp_logits"].argmax(-1) == y["next_sentence_label"]
     want = {
@@ -206,16 +233,16 @@ def test_zero_mask_weights_give_finite_loss_and_gradients():
         loss = model.compute_loss(x, y, y_pred)
     grads = tape.gradient(loss, model.trainable_variables)
     assert np.isfinite(float(loss))
-    assert all(g is None or np.all(np.isfinite(ops.convert_to_numpy(g)))
-               for g in grads)
+    assert all(
+        g is None or np.all(np.isfinite(ops.convert_to_numpy(g))) for g in grads
+    )
     # Only NSP is left, so the MLM head gets no gradient at all.
     nsp = numpy_outputs(pretraining_losses(y, y_pred))["nsp_loss"]
     np.testing.assert_allclose(float(loss), nsp, rtol=1e-6)
 
 
 def test_pretrainer_overfits_one_batch():
-    model = build_pretrainer(**TINY, hidden_dropout=0.0,
-                             attention_dropout=0.0)
+    model = build_pretrainer(**TINY, hidden_dropout=0.0, attention_dropout=0.0)
     model.compile(optimizer=keras.optimizers.Adam(3e-2))
     x, y = fake_batch()
     steps = 150  # one epoch of the same batch repeated
@@ -240,24 +267,33 @@ def test_metrics_are_weighted_across_batches():
     pred = model.predict(x, batch_size=3, verbose=0)
     hits = pred["mlm_logits"].argmax(-1) == y["mask_ids"]
     # Make the two batches' accuracies differ so weighting is visible.
-    y["mask_ids"][3:, 0] = np.where(hits[3:, 0], y["mask_ids"][3:, 0],
-                                    pred["mlm_logits"][3:, 0].argmax(-1))
-    y["mask_ids"][:3] = np.where(hits[:3], (y["mask_ids"][:3] + 1) % 31,
-                                 y["mask_ids"][:3])
+    y["mask_ids"][3:, 0] = np.where(
+        hits[3:, 0], y["mask_ids"][3:, 0], pred["mlm_logits"][3:, 0].argmax(-1)
+    )
+    y["mask_ids"][:3] = np.where(
+        hits[:3], (y["mask_ids"][:3] + 1) % 31, y["mask_ids"][:3]
+    )
     hits = pred["mlm_logits"].argmax(-1) == y["mask_ids"]
     w = y["mask_weights"]
     result = model.evaluate(x, y, batch_size=3, return_dict=True, verbose=0)
-    np.testing.assert_allclose(result["mlm_accuracy"],
-                               (hits * w).sum() / w.sum(), rtol=1e-5)
-    per_batch = [numpy_outputs(pretraining_losses(
-        {k: v[s] for k, v in y.items()},
-        {k: v[s] for k, v in pred.items()}))
-        for s in (slice(0, 3), slice(3, 6))]
-    assert not np.isclose(  # a plain mean of batch values would differ
-        result["mlm_accuracy"],
-        np.mean([b["mlm_accuracy"] for b in per_batch]))
     np.testing.assert_allclose(
-        result["loss"], np.mean([b["loss"] for b in per_batch]), rtol=1e-5)
+        result["mlm_accuracy"], (hits * w).sum() / w.sum(), rtol=1e-5
+    )
+    per_batch = [
+        numpy_outputs(
+            pretraining_losses(
+                {k: v[s] for k, v in y.items()},
+                {k: v[s] for k, v in pred.items()},
+            )
+        )
+        for s in (slice(0, 3), slice(3, 6))
+    ]
+    assert not np.isclose(  # a plain mean of batch values would differ
+        result["mlm_accuracy"], np.mean([b["mlm_accuracy"] for b in per_batch])
+    )
+    np.testing.assert_allclose(
+        result["loss"], np.mean([b["loss"] for b in per_batch]), rtol=1e-5
+    )
 
 
 def test_fit_with_jit_compile():
@@ -267,13 +303,16 @@ def test_fit_with_jit_compile():
     before = [w.copy() for w in model.get_weights()]
     history = model.fit(x, y, batch_size=BATCH, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    assert any(not np.allclose(a, b)
-               for a, b in zip(before, model.get_weights(), strict=True))
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(before, model.get_weights(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_logits_and_losses_are_float32(policy, dtype_policy,
-                                                      tmp_path):
+def test_mixed_precision_logits_and_losses_are_float32(
+    policy, dtype_policy, tmp_path
+):
     dtype_policy(policy)
     model = build_pretrainer(**TINY)
     x, y = fake_batch()
@@ -300,8 +339,9 @@ def test_mixed_precision_logits_and_losses_are_float32(policy, dtype_policy,
     assert out.dtype == compute
     assert loaded(x)["mlm_logits"].dtype == "float32"
     loaded.compile(optimizer="adam")
-    assert scaled == isinstance(loaded.optimizer,
-                                keras.optimizers.LossScaleOptimizer)
+    assert scaled == isinstance(
+        loaded.optimizer, keras.optimizers.LossScaleOptimizer
+    )
 
 
 def test_keras_file_round_trip(tmp_path):
@@ -330,12 +370,15 @@ def test_keras_file_from_before_the_fused_qkv_loads_unchanged():
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert loaded.backbone.activation == "gelu"
     saved = np.load(path.replace(".keras", "_outputs.npz"))
-    x = {k: saved[k] for k in ("token_ids", "segment_ids", "padding_mask",
-                               "mask_positions")}
+    x = {
+        k: saved[k]
+        for k in ("token_ids", "segment_ids", "padding_mask", "mask_positions")
+    }
     got = numpy_outputs(loaded(x, training=False))
     for key in ("mlm_logits", "nsp_logits"):
-        np.testing.assert_allclose(got[key], saved[key], rtol=1e-5,
-                                   atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(
+            got[key], saved[key], rtol=1e-5, atol=1e-5, err_msg=key
+        )
 
 
 def test_classifier_on_sentence_pairs(tmp_path):
@@ -350,9 +393,10 @@ def test_classifier_on_sentence_pairs(tmp_path):
     assert not np.allclose(ops.convert_to_numpy(model(single)), logits)
 
     labels = np.array([0, 1, 2, 1], "int32")
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     history = model.fit(inputs, labels, epochs=30, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0] / 2
 
@@ -361,8 +405,10 @@ def test_classifier_on_sentence_pairs(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded) is BertClassifier
     assert loaded.get_config() == model.get_config()
-    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(inputs)),
-                                  ops.convert_to_numpy(model(inputs)))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(loaded(inputs)),
+        ops.convert_to_numpy(model(inputs)),
+    )
 
 
 # One SGD step on 2 logical CPUs under MirroredStrategy must equal one step
@@ -405,10 +451,16 @@ _MIRRORED = textwrap.dedent("""
 def test_mirrored_strategy_scales_the_loss():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
     result = subprocess.run(
-        [sys.executable, "-c", _MIRRORED, here], env=env, capture_output=True,
-        text=True, timeout=300)
+        [sys.executable, "-c", _MIRRORED, here],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout

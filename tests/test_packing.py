@@ -27,7 +27,8 @@ def test_pair_lengths_longest_first():
 def test_pack_layout():
     ids, seg = pack([5, 6, 7], max_length=4, cls_id=1, sep_id=2)
     assert ids == [1, 5, 6, 2] and seg == [0, 0, 0, 0]
-    ids, seg = pack([5, 6, 7], [8, 9], max_length=7, truncation="tail",
-                    cls_id=1, sep_id=2)
+    ids, seg = pack(
+        [5, 6, 7], [8, 9], max_length=7, truncation="tail", cls_id=1, sep_id=2
+    )
     assert ids == [1, 6, 7, 2, 8, 9, 2]
     assert seg == [0, 0, 0, 0, 1, 1, 1]

@@ -50,8 +50,9 @@ def test_split_documents():
 
 def test_pairs_respect_lengths_sentences_and_documents(bundled):
     _, corpus = bundled
-    pairs = np.concatenate([epoch_pairs(corpus, seed=1, epoch=e)
-                            for e in range(3)])
+    pairs = np.concatenate(
+        [epoch_pairs(corpus, seed=1, epoch=e) for e in range(3)]
+    )
     a_start, a_len, b_start, b_len, label = pairs.T
     a_end, b_end = a_start + a_len, b_start + b_len
     assert (a_len >= 1).all() and (b_len >= 1).all()
@@ -78,8 +79,9 @@ def test_pairs_respect_lengths_sentences_and_documents(bundled):
 
 def test_nsp_share_and_extremes(bundled):
     _, corpus = bundled
-    labels = np.concatenate([
-        epoch_pairs(corpus, seed=0, epoch=e)[:, 4] for e in range(5)])
+    labels = np.concatenate(
+        [epoch_pairs(corpus, seed=0, epoch=e)[:, 4] for e in range(5)]
+    )
     assert abs(labels.mean() - 0.5) <= 0.02
     for p in (0.0, 1.0):
         labels = epoch_pairs(corpus, seed=0, nsp_probability=p)[:, 4]
@@ -111,11 +113,17 @@ def test_pairs_are_seeded_per_epoch(bundled):
 def test_document_ids_restrict_both_segments(bundled):
     _, corpus = bundled
     train, held = split_train_heldout(corpus.num_documents, 0.2, seed=0)
-    pairs = create_pairs(corpus, max_num_tokens=MAX, short_seq_prob=0.1,
-                         nsp_probability=0.5, rng=np.random.default_rng(0),
-                         document_ids=held)
-    docs = np.concatenate([_doc_of_token(corpus, pairs[:, 0]),
-                           _doc_of_token(corpus, pairs[:, 2])])
+    pairs = create_pairs(
+        corpus,
+        max_num_tokens=MAX,
+        short_seq_prob=0.1,
+        nsp_probability=0.5,
+        rng=np.random.default_rng(0),
+        document_ids=held,
+    )
+    docs = np.concatenate(
+        [_doc_of_token(corpus, pairs[:, 0]), _doc_of_token(corpus, pairs[:, 2])]
+    )
     assert set(docs.tolist()) <= set(held.tolist())
     assert len(set(docs.tolist())) > 1
 
@@ -123,11 +131,21 @@ def test_document_ids_restrict_both_segments(bundled):
 def test_too_few_documents_is_a_usage_error():
     one = TokenCorpus.from_documents([[[5, 6, 7], [8, 9], [10, 11]]])
     with pytest.raises(UsageError, match="at least 2"):
-        create_pairs(one, max_num_tokens=6, short_seq_prob=0.1,
-                     nsp_probability=0.5, rng=np.random.default_rng(0))
+        create_pairs(
+            one,
+            max_num_tokens=6,
+            short_seq_prob=0.1,
+            nsp_probability=0.5,
+            rng=np.random.default_rng(0),
+        )
     with pytest.raises(UsageError, match="--nsp-probability"):
-        create_pairs(one, max_num_tokens=6, short_seq_prob=0.1,
-                     nsp_probability=1.5, rng=np.random.default_rng(0))
+        create_pairs(
+            one,
+            max_num_tokens=6,
+            short_seq_prob=0.1,
+            nsp_probability=1.5,
+            rng=np.random.default_rng(0),
+        )
 
 
 def _google_truncate(a, b, max_num_tokens, rng):
@@ -143,9 +161,15 @@ def _google_truncate(a, b, max_num_tokens, rng):
 def test_truncation_matches_google_lengths_and_keeps_ranges():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 40, size=(300, 2))
-    pairs = np.column_stack([
-        np.full(300, 1000), lengths[:, 0], np.full(300, 5000), lengths[:, 1],
-        np.zeros(300, np.int64)])
+    pairs = np.column_stack(
+        [
+            np.full(300, 1000),
+            lengths[:, 0],
+            np.full(300, 5000),
+            lengths[:, 1],
+            np.zeros(300, np.int64),
+        ]
+    )
     out = truncate_pairs(pairs, 30, rng)
     fronts = []
     for before, after in zip(pairs, out):
@@ -167,13 +191,19 @@ def test_truncation_matches_google_lengths_and_keeps_ranges():
 def test_assemble_builds_cls_a_sep_b_sep_pad():
     tokens = np.arange(100, 120, dtype=np.int32)
     pairs = np.array([[2, 3, 10, 2, 0], [0, 1, 15, 1, 1]])
-    ids, seg, pad, label = assemble(tokens, pairs, 10, cls_id=1, sep_id=2,
-                                    pad_id=0)
-    np.testing.assert_array_equal(ids, [
-        [1, 102, 103, 104, 2, 110, 111, 2, 0, 0],
-        [1, 100, 2, 115, 2, 0, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(seg, [[0, 0, 0, 0, 0, 1, 1, 1, 0, 0],
-                                        [0, 0, 0, 1, 1, 0, 0, 0, 0, 0]])
+    ids, seg, pad, label = assemble(
+        tokens, pairs, 10, cls_id=1, sep_id=2, pad_id=0
+    )
+    np.testing.assert_array_equal(
+        ids,
+        [
+            [1, 102, 103, 104, 2, 110, 111, 2, 0, 0],
+            [1, 100, 2, 115, 2, 0, 0, 0, 0, 0],
+        ],
+    )
+    np.testing.assert_array_equal(
+        seg, [[0, 0, 0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0, 0]]
+    )
     np.testing.assert_array_equal(pad, [[1] * 8 + [0] * 2, [1] * 5 + [0] * 5])
     np.testing.assert_array_equal(label, [0, 1])
     for array in (ids, seg, pad, label):

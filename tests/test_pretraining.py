@@ -59,7 +59,7 @@ def test_batches_have_the_contract_shapes_and_layout(bundled):
         assert len(seps) == 2 and seps[1] == length - 1
         # 0 through the first [SEP], 1 after it through the second, 0 after.
         expected = np.zeros(128, np.int32)
-        expected[seps[0] + 1:seps[1] + 1] = 1
+        expected[seps[0] + 1 : seps[1] + 1] = 1
         np.testing.assert_array_equal(seg[r], expected)
 
 
@@ -71,9 +71,16 @@ def test_datasets_run_without_tf_data_autotuning(bundled):
     ds = pretraining_dataset(corpus, tokenizer, batch_size=16)
     assert ds.options().autotune.enabled is False
     encoded = [([5, 6, 7], [0, 0, 0]), ([8, 9], [0, 0])]
-    ds = training_dataset(encoded, np.array([0, 1]), batch_size=2,
-                          max_length=8, bucketing=False, seed=0,
-                          first_epoch=0, epochs=1)
+    ds = training_dataset(
+        encoded,
+        np.array([0, 1]),
+        batch_size=2,
+        max_length=8,
+        bucketing=False,
+        seed=0,
+        first_epoch=0,
+        epochs=1,
+    )
     assert ds.options().autotune.enabled is False
 
 
@@ -89,44 +96,70 @@ def test_seed_reproduces_and_epochs_differ(bundled):
     # Epoch 1 starts at batch per_epoch: new pairs (its own shuffle of
     # epoch 1's pairs) and new masks.
     new_pairs = epoch_pairs(corpus, seed=3, epoch=1)[:32]
-    tokens, *_ = assemble(corpus.tokens, new_pairs, 128,
-                          cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-                          pad_id=tokenizer.pad_id)
+    tokens, *_ = assemble(
+        corpus.tokens,
+        new_pairs,
+        128,
+        cls_id=tokenizer.cls_id,
+        sep_id=tokenizer.sep_id,
+        pad_id=tokenizer.pad_id,
+    )
     x1, y1 = a[per_epoch]
     changed = np.zeros_like(tokens, dtype=bool)
-    np.put_along_axis(changed, x1["mask_positions"], y1["mask_weights"] > 0,
-                      1)
+    np.put_along_axis(changed, x1["mask_positions"], y1["mask_weights"] > 0, 1)
     np.testing.assert_array_equal(x1["token_ids"][~changed], tokens[~changed])
     assert not np.array_equal(new_pairs, epoch_pairs(corpus, seed=3)[:32])
     # ... and fresh masking noise.
-    noise = [mask_noise(3, i, batch_size=32, sequence_length=128,
-                        max_predictions=20).numpy() for i in (0, per_epoch)]
+    noise = [
+        mask_noise(
+            3, i, batch_size=32, sequence_length=128, max_predictions=20
+        ).numpy()
+        for i in (0, per_epoch)
+    ]
     assert not np.allclose(noise[0], noise[1])
 
 
 def test_eager_masking_equals_dataset_map(bundled):
     tokenizer, corpus = bundled
     batch_size = 24  # blocks of 42 batches: index 50 is in the second
-    ds = pretraining_dataset(corpus, tokenizer, batch_size=batch_size,
-                             seed=9, whole_word=True)
+    ds = pretraining_dataset(
+        corpus, tokenizer, batch_size=batch_size, seed=9, whole_word=True
+    )
     stream = _take(ds, 51)
     pairs = epoch_pairs(corpus, seed=9)
     masker = DynamicMasker(tokenizer, whole_word=True)
     assert block_batches(batch_size) < 51
     for index in (0, 50):
-        rows = pairs[index * batch_size:(index + 1) * batch_size]
+        rows = pairs[index * batch_size : (index + 1) * batch_size]
         ids, seg, pad, label = assemble(
-            corpus.tokens, rows, 128, cls_id=tokenizer.cls_id,
-            sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)
-        noise = mask_noise(9, index, batch_size=batch_size,
-                           sequence_length=128, max_predictions=20)
+            corpus.tokens,
+            rows,
+            128,
+            cls_id=tokenizer.cls_id,
+            sep_id=tokenizer.sep_id,
+            pad_id=tokenizer.pad_id,
+        )
+        noise = mask_noise(
+            9,
+            index,
+            batch_size=batch_size,
+            sequence_length=128,
+            max_predictions=20,
+        )
         out = {k: v.numpy() for k, v in masker(ids, pad, noise).items()}
-        expected = ({"token_ids": out["token_ids"], "segment_ids": seg,
-                     "padding_mask": pad,
-                     "mask_positions": out["mask_positions"]},
-                    {"mask_ids": out["mask_ids"],
-                     "mask_weights": out["mask_weights"],
-                     "next_sentence_label": label})
+        expected = (
+            {
+                "token_ids": out["token_ids"],
+                "segment_ids": seg,
+                "padding_mask": pad,
+                "mask_positions": out["mask_positions"],
+            },
+            {
+                "mask_ids": out["mask_ids"],
+                "mask_weights": out["mask_weights"],
+                "next_sentence_label": label,
+            },
+        )
         _assert_same(stream[index], expected)
 
 
@@ -134,33 +167,49 @@ def test_start_batch_equals_skip_across_an_epoch(bundled):
     tokenizer, corpus = bundled
     per_epoch = count_pairs(corpus, sequence_length=64) // 32
     kwargs = dict(sequence_length=64, max_predictions=10, seed=1)
-    full = _take(pretraining_dataset(corpus, tokenizer, **kwargs),
-                 per_epoch + 4)
+    full = _take(
+        pretraining_dataset(corpus, tokenizer, **kwargs), per_epoch + 4
+    )
     for k in (3, per_epoch - 1, per_epoch + 1):
-        resumed = _take(pretraining_dataset(corpus, tokenizer, start_batch=k,
-                                            **kwargs), 3)
-        for a, b in zip(resumed, full[k:k + 3]):
+        resumed = _take(
+            pretraining_dataset(corpus, tokenizer, start_batch=k, **kwargs), 3
+        )
+        for a, b in zip(resumed, full[k : k + 3]):
             _assert_same(a, b)
 
 
 def test_two_workers_slice_the_global_batch(bundled):
     tokenizer, corpus = bundled
     one = _take(pretraining_dataset(corpus, tokenizer, batch_size=8), 3)
-    halves = [_take(pretraining_dataset(corpus, tokenizer, batch_size=8,
-                                        num_workers=2, worker_index=w), 3)
-              for w in (0, 1)]
+    halves = [
+        _take(
+            pretraining_dataset(
+                corpus, tokenizer, batch_size=8, num_workers=2, worker_index=w
+            ),
+            3,
+        )
+        for w in (0, 1)
+    ]
     for whole, first, second in zip(one, *halves):
         first, second = _flat(first), _flat(second)
         for key, value in _flat(whole).items():
             np.testing.assert_array_equal(
-                value, np.concatenate([first[key], second[key]]), key)
+                value, np.concatenate([first[key], second[key]]), key
+            )
 
 
 def test_one_epoch_without_repeat(bundled):
     tokenizer, corpus = bundled
     n = count_pairs(corpus, seed=2, sequence_length=64)
-    ds = pretraining_dataset(corpus, tokenizer, seed=2, sequence_length=64,
-                             max_predictions=10, batch_size=64, repeat=False)
+    ds = pretraining_dataset(
+        corpus,
+        tokenizer,
+        seed=2,
+        sequence_length=64,
+        max_predictions=10,
+        batch_size=64,
+        repeat=False,
+    )
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == n // 64
     again = list(ds.as_numpy_iterator())
@@ -171,8 +220,9 @@ def test_nsp_extremes(bundled):
     tokenizer, corpus = bundled
     for p in (0.0, 1.0):
         ds = pretraining_dataset(corpus, tokenizer, nsp_probability=p)
-        labels = np.concatenate([y["next_sentence_label"]
-                                 for _, y in _take(ds, 4)])
+        labels = np.concatenate(
+            [y["next_sentence_label"] for _, y in _take(ds, 4)]
+        )
         assert (labels == p).all()
 
 
@@ -195,13 +245,19 @@ def test_pipeline_feeds_a_keras_model(bundled):
     from kerasbert.modeling import build_pretrainer
 
     tokenizer, corpus = bundled
-    ds = pretraining_dataset(corpus, tokenizer, sequence_length=32,
-                             batch_size=4, max_predictions=5)
+    ds = pretraining_dataset(
+        corpus, tokenizer, sequence_length=32, batch_size=4, max_predictions=5
+    )
     model = build_pretrainer(
-        vocabulary_size=tokenizer.vocabulary_size, hidden_dim=8,
-        num_layers=2, num_heads=2, intermediate_dim=16,
-        max_sequence_length=32)
+        vocabulary_size=tokenizer.vocabulary_size,
+        hidden_dim=8,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=32,
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0,
-                        shuffle=False)
+    history = model.fit(
+        ds, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False
+    )
     assert np.isfinite(history.history["loss"]).all()

@@ -28,8 +28,10 @@ def read(path):
 
 
 def doc_section(name):
-    pattern = (rf"<!-- section:{re.escape(name)} -->\n(.*?)"
-               rf"<!-- /section:{re.escape(name)} -->")
+    pattern = (
+        rf"<!-- section:{re.escape(name)} -->\n(.*?)"
+        rf"<!-- /section:{re.escape(name)} -->"
+    )
     for path in [os.path.join(ROOT, "README.md"), *PAGES]:
         match = re.search(pattern, read(path), re.S)
         if match:
@@ -39,9 +41,11 @@ def doc_section(name):
 
 def code_blocks(text, languages=("python",)):
     """[(language, code)] of the fenced blocks in `text`, in order."""
-    return [(lang, code) for lang, code in
-            re.findall(r"```(\w*)\n(.*?)```", text, re.S)
-            if lang in languages]
+    return [
+        (lang, code)
+        for lang, code in re.findall(r"```(\w*)\n(.*?)```", text, re.S)
+        if lang in languages
+    ]
 
 
 def environment(tmp_path, root=ROOT):
@@ -50,10 +54,12 @@ def environment(tmp_path, root=ROOT):
     return dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-        PATH=os.pathsep.join([os.path.dirname(sys.executable),
-                              os.environ.get("PATH", "")]),
+        PATH=os.pathsep.join(
+            [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+        ),
         KERASBERT_CACHE=str(tmp_path / "cache"),
-        TF_CPP_MIN_LOG_LEVEL="3")
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
 
 
 def run_example(code, tmp_path, cwd=None, env=None):
@@ -65,9 +71,13 @@ def run_example(code, tmp_path, cwd=None, env=None):
     script = tmp_path / "example.py"
     script.write_text(code, encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=cwd or tmp_path,
-        env=env or environment(tmp_path), capture_output=True, text=True,
-        timeout=300)
+        [sys.executable, str(script)],
+        cwd=cwd or tmp_path,
+        env=env or environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, code + result.stderr[-3000:]
     return result.stdout.splitlines()
 
@@ -92,8 +102,8 @@ def test_readme_is_short():
 
 
 @pytest.mark.parametrize(
-    "page", [p for p in PAGES if code_blocks(read(p))],
-    ids=os.path.basename)
+    "page", [p for p in PAGES if code_blocks(read(p))], ids=os.path.basename
+)
 def test_docs_python_examples_run(page, tmp_path):
     """A page's Python blocks run in order, in one empty directory."""
     for _, code in code_blocks(read(page)):
@@ -104,14 +114,21 @@ def test_docs_python_examples_run(page, tmp_path):
 
 
 def test_sizes_table_matches_config():
-    rows = re.findall(r"^\| (\w+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$",
-                      doc_section("model"), re.M)
+    rows = re.findall(
+        r"^\| (\w+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$",
+        doc_section("model"),
+        re.M,
+    )
     table = {name: tuple(map(int, values)) for name, *values in rows}
     want = {}
     for name in SIZES:
         c = ModelConfig.from_size(name)
-        want[name] = (c.num_layers, c.hidden_dim, c.num_heads,
-                      c.intermediate_dim)
+        want[name] = (
+            c.num_layers,
+            c.hidden_dim,
+            c.num_heads,
+            c.intermediate_dim,
+        )
     assert table == want
 
 
@@ -119,13 +136,13 @@ def test_sizes_table_matches_config():
 # last value of a flag wins), so the tour runs in a few minutes on 2 cores.
 FAST = {
     "kerasbert.fit": "--max-steps 4 --sequence-length 32 --batch-size 8 "
-                     "--vocab-size 2000 --max-predictions 5 "
-                     "--eval-batches 2 --quiet",
+    "--vocab-size 2000 --max-predictions 5 "
+    "--eval-batches 2 --quiet",
     "kerasbert.finetune": "--epochs 1 --max-examples 64 --max-length 32 "
-                          "--quiet",
+    "--quiet",
     "kerasbert.adapt": "--adapt-steps 3 --adapt-sequence-length 32 "
-                       "--adapt-batch-size 8 --epochs 1 --max-examples 64 "
-                       "--max-length 32 --quiet",
+    "--adapt-batch-size 8 --epochs 1 --max-examples 64 "
+    "--max-length 32 --quiet",
 }
 
 
@@ -133,8 +150,11 @@ def shell_commands(code):
     """The commands of a bash block: continuation lines joined, comments
     and blank lines dropped."""
     code = code.replace("\\\n", " ")
-    return [line for line in code.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line
+        for line in code.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def fast(command):
@@ -151,11 +171,26 @@ def fresh_clone(destination):
     (an unpacked archive) everything but runs/ and caches is copied."""
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard",
-             "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+            [
+                "git",
+                "ls-files",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+                "-z",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
-        shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(
-            ".git", "runs", "__pycache__", ".*cache"))
+        shutil.copytree(
+            ROOT,
+            destination,
+            ignore=shutil.ignore_patterns(
+                ".git", "runs", "__pycache__", ".*cache"
+            ),
+        )
         return
     for name in filter(None, listed.decode().split("\0")):
         source = os.path.join(ROOT, name)
@@ -179,19 +214,25 @@ def test_readme_tour_runs_on_a_fresh_clone(tmp_path):
             continue
         for command in shell_commands(code):
             result = subprocess.run(
-                ["bash", "-c", fast(command)], cwd=clone, env=env,
-                capture_output=True, text=True, timeout=600)
-            assert result.returncode == 0, (
-                f"{command}\n{result.stderr[-3000:]}")
+                ["bash", "-c", fast(command)],
+                cwd=clone,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
             if "kerasbert.predict" in command:  # label, probability, text
-                rows = [line.split("\t") for line in
-                        result.stdout.splitlines()]
+                rows = [line.split("\t") for line in result.stdout.splitlines()]
                 assert len(rows) == 2
                 assert {row[0] for row in rows} <= {"joy", "sadness"}
                 assert all(0.5 <= float(row[1]) <= 1 for row in rows)
     # What each step leaves behind, where the next step looks for it.
-    for path in ("runs/tiny/summary.json", "runs/emotion/model.keras",
-                 "runs/emotion-adapted/classifier/model.keras",
-                 "exported/emotion/saved_model.pb",
-                 "hf/tiny/model.safetensors"):
+    for path in (
+        "runs/tiny/summary.json",
+        "runs/emotion/model.keras",
+        "runs/emotion-adapted/classifier/model.keras",
+        "exported/emotion/saved_model.pb",
+        "hf/tiny/model.safetensors",
+    ):
         assert (clone / path).exists(), path

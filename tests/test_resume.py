@@ -22,18 +22,43 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-ARGS = ["--max-steps", "12", "--steps-per-epoch", "4", "--backup-every", "2",
-        "--log-every", "3", "--sequence-length", "32", "--batch-size", "8",
-        "--vocab-size", "1000", "--max-predictions", "5", "--eval-batches",
-        "2", "--final-eval-batches", "4", "--holdout-fraction", "0.2",
-        "--quiet"]
+ARGS = [
+    "--max-steps",
+    "12",
+    "--steps-per-epoch",
+    "4",
+    "--backup-every",
+    "2",
+    "--log-every",
+    "3",
+    "--sequence-length",
+    "32",
+    "--batch-size",
+    "8",
+    "--vocab-size",
+    "1000",
+    "--max-predictions",
+    "5",
+    "--eval-batches",
+    "2",
+    "--final-eval-batches",
+    "4",
+    "--holdout-fraction",
+    "0.2",
+    "--quiet",
+]
 TIMINGS = {"tokens_per_second", "seconds", "train_seconds"}
 # Where each interrupted session dies, in order; the backup it resumes
 # from is the newest one the previous session completed (the first kill's
 # is the epoch-end backup of step 4; rows close every 3 steps, so a window
 # spans each epoch boundary).
-FAULTS = ["train_step:5", "after_backup:1", "evaluation:1", "checkpoint:1",
-          "export:1"]
+FAULTS = [
+    "train_step:5",
+    "after_backup:1",
+    "evaluation:1",
+    "checkpoint:1",
+    "export:1",
+]
 
 
 def run_fit(run_dir, env, fault=None):
@@ -42,15 +67,27 @@ def run_fit(run_dir, env, fault=None):
     if fault:
         env["KERASBERT_FAULT"] = fault
     return subprocess.run(
-        [sys.executable, "-m", "kerasbert.fit", *ARGS, "--output-dir",
-         str(run_dir)], env=env, capture_output=True, text=True,
-        timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "kerasbert.fit",
+            *ARGS,
+            "--output-dir",
+            str(run_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def rows(run_dir):
     with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
-        return [{k: v for k, v in r.items() if k not in TIMINGS}
-                for r in csv.DictReader(f)]
+        return [
+            {k: v for k, v in r.items() if k not in TIMINGS}
+            for r in csv.DictReader(f)
+        ]
 
 
 def summary(run_dir):
@@ -62,13 +99,18 @@ def weights(path):
     import keras
 
     import kerasbert.modeling  # noqa: F401
+
     model = keras.saving.load_model(str(path), safe_mode=True)
     return [np.asarray(w) for w in model.get_weights()]
 
 
 def test_killed_anywhere_resumes_bit_exact(tmp_path):
-    env = dict(os.environ, KERASBERT_CACHE=str(tmp_path / "cache"),
-               TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        KERASBERT_CACHE=str(tmp_path / "cache"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("TF_CONFIG", None)
     clean = tmp_path / "clean"
     out = run_fit(clean, env)
@@ -88,8 +130,9 @@ def test_killed_anywhere_resumes_bit_exact(tmp_path):
     for name in ("model.keras", "checkpoints/best.keras"):
         for a, b in zip(weights(killed / name), weights(clean / name)):
             np.testing.assert_array_equal(a, b, err_msg=name)
-    assert (json.loads((killed / "checkpoints/best.json").read_text())
-            == json.loads((clean / "checkpoints/best.json").read_text()))
+    assert json.loads(
+        (killed / "checkpoints/best.json").read_text()
+    ) == json.loads((clean / "checkpoints/best.json").read_text())
     # Nothing the killed sessions were writing is left behind.
     leftovers = [p for p in killed.rglob("*") if ".tmp" in p.name]
     assert not leftovers, leftovers

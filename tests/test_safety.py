@@ -39,13 +39,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 TRAIN = os.path.join(FIXTURES, "finetune", "source_train.tsv")
 TEXT = os.path.join(FIXTURES, "wikitext_sample.raw")
-TINY = dict(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
-            max_sequence_length=64, hidden_dropout=0.0,
-            attention_dropout=0.0)
-FIT = ["--sequence-length", "32", "--max-predictions", "5", "--batch-size",
-       "8", "--eval-batches", "1"]
-FINETUNE = ["--max-examples", "48", "--epochs", "1", "--max-length", "32",
-            "--batch-size", "16", "--precision", "float32", "--quiet"]
+TINY = dict(
+    hidden_dim=16,
+    num_layers=1,
+    num_heads=2,
+    intermediate_dim=32,
+    max_sequence_length=64,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
+FIT = [
+    "--sequence-length",
+    "32",
+    "--max-predictions",
+    "5",
+    "--batch-size",
+    "8",
+    "--eval-batches",
+    "1",
+]
+FINETUNE = [
+    "--max-examples",
+    "48",
+    "--epochs",
+    "1",
+    "--max-length",
+    "32",
+    "--batch-size",
+    "16",
+    "--precision",
+    "float32",
+    "--quiet",
+]
 
 
 @pytest.fixture
@@ -60,6 +85,7 @@ def cli(tmp_path, monkeypatch, capsys):
             code = e.code
         out = capsys.readouterr()
         return code, out.out, out.err
+
     return run
 
 
@@ -94,7 +120,8 @@ def snapshot(path):
             full = os.path.join(root, name)
             with open(full, "rb") as f:
                 files[os.path.relpath(full, path)] = hashlib.sha256(
-                    f.read()).hexdigest()
+                    f.read()
+                ).hexdigest()
     return files
 
 
@@ -113,8 +140,11 @@ def write_model_dir(path, model, tok, extra=None):
     os.makedirs(path, exist_ok=True)
     tok.save(os.path.join(path, "tokenizer"))
     model.save(os.path.join(path, "model.keras"))
-    config = {k: v for k, v in backbone_of(model).get_config().items()
-              if k in ("vocabulary_size", *TINY)}
+    config = {
+        k: v
+        for k, v in backbone_of(model).get_config().items()
+        if k in ("vocabulary_size", *TINY)
+    }
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"model": config, **(extra or {})}, f)
     return str(path)
@@ -127,28 +157,35 @@ def model_dir(tmp_path_factory):
 
     tok = tokenizer()
     model = build_pretrainer(vocabulary_size=tok.vocabulary_size, **TINY)
-    return write_model_dir(tmp_path_factory.mktemp("m") / "model", model,
-                           tok)
+    return write_model_dir(tmp_path_factory.mktemp("m") / "model", model, tok)
 
 
 def classifier(tok, vocabulary_size=None):
     from kerasbert.modeling import BertBackbone, BertClassifier
 
     backbone = BertBackbone(
-        vocabulary_size=vocabulary_size or tok.vocabulary_size, **TINY)
+        vocabulary_size=vocabulary_size or tok.vocabulary_size, **TINY
+    )
     return BertClassifier(backbone, 2)
 
 
-CLASSIFIER_CONFIG = {"labels": ["tweet", "wiki"], "pair": False,
-                     "finetune": {"max_length": 32, "truncation": "head"}}
+CLASSIFIER_CONFIG = {
+    "labels": ["tweet", "wiki"],
+    "pair": False,
+    "finetune": {"max_length": 32, "truncation": "head"},
+}
 
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
     """A tiny fine-tuned classifier directory."""
     tok = tokenizer()
-    return write_model_dir(tmp_path_factory.mktemp("c") / "clf",
-                           classifier(tok), tok, CLASSIFIER_CONFIG)
+    return write_model_dir(
+        tmp_path_factory.mktemp("c") / "clf",
+        classifier(tok),
+        tok,
+        CLASSIFIER_CONFIG,
+    )
 
 
 def copy_tree(src, dst):
@@ -183,66 +220,121 @@ def command(name, model, out):
     """(main, argv, the input that `out` is laid out against) of a command
     writing `out` from model directory `model`."""
     if name == "finetune":
-        return finetune.main, ["--model", model, "--train", TRAIN,
-                               "--output-dir", out, *FINETUNE], model
+        return (
+            finetune.main,
+            [
+                "--model",
+                model,
+                "--train",
+                TRAIN,
+                "--output-dir",
+                out,
+                *FINETUNE,
+            ],
+            model,
+        )
     if name == "fit":
-        return fit.main, ["--init-from", model, "--output-dir", out,
-                          "--corpus", TEXT, "--max-steps", "1", *FIT,
-                          "--quiet"], model
+        return (
+            fit.main,
+            [
+                "--init-from",
+                model,
+                "--output-dir",
+                out,
+                "--corpus",
+                TEXT,
+                "--max-steps",
+                "1",
+                *FIT,
+                "--quiet",
+            ],
+            model,
+        )
     if name == "convert":
         return convert.main, [model, out], model
     if name == "export":
         return export.main, [model, "--output", out], model
     assert name == "prepare"
     tok = os.path.join(model, "tokenizer")
-    return prepare.main, ["--tokenizer", tok, "--corpus", TEXT,
-                          "--no-progress", "--tokenizer-out", out], tok
+    return (
+        prepare.main,
+        [
+            "--tokenizer",
+            tok,
+            "--corpus",
+            TEXT,
+            "--no-progress",
+            "--tokenizer-out",
+            out,
+        ],
+        tok,
+    )
 
 
-EXPECTED = {"same": "is the input", "contains": "contains the input",
-            "inside": "lies inside the input", "alias": "(resolved)",
-            "existing": "--overwrite"}
+EXPECTED = {
+    "same": "is the input",
+    "contains": "contains the input",
+    "inside": "lies inside the input",
+    "alias": "(resolved)",
+    "existing": "--overwrite",
+}
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED))
-@pytest.mark.parametrize("name", ["finetune", "fit", "convert", "export",
-                                  "prepare"])
-def test_every_writing_command_refuses_every_layout(cli, model_dir,
-                                                    tmp_path, name, kind):
+@pytest.mark.parametrize(
+    "name", ["finetune", "fit", "convert", "export", "prepare"]
+)
+def test_every_writing_command_refuses_every_layout(
+    cli, model_dir, tmp_path, name, kind
+):
     model = copy_tree(model_dir, tmp_path / "inputs" / "model")
     (tmp_path / "inputs" / "sibling.txt").write_text("a neighbour")
     before = snapshot(tmp_path / "inputs")
     src = command(name, model, "")[2]
     out = layout(kind, src, tmp_path)
     main, argv, _ = command(name, model, out)
-    code, _, err = cli(main, [*argv, *([] if kind == "existing" else
-                                       ["--overwrite"])])
+    code, _, err = cli(
+        main, [*argv, *([] if kind == "existing" else ["--overwrite"])]
+    )
     one_error(code, err, EXPECTED[kind])
     assert snapshot(tmp_path / "inputs") == before
     if kind == "existing":
-        assert snapshot(out) == {"keep.txt": snapshot(
-            tmp_path / "existing" / "keep.txt")["."]}
+        assert snapshot(out) == {
+            "keep.txt": snapshot(tmp_path / "existing" / "keep.txt")["."]
+        }
     assert sorted(set(os.listdir(tmp_path)) - {"cache"}) == sorted(
-        {"inputs", "alias", "existing"} & set(os.listdir(tmp_path)))
+        {"inputs", "alias", "existing"} & set(os.listdir(tmp_path))
+    )
 
 
 def test_export_of_a_keras_file_onto_itself(cli, model_dir, tmp_path):
     src = copy_tree(model_dir, tmp_path / "model")
     before = snapshot(src)
     path = os.path.join(src, "model.keras")
-    code, _, err = cli(export.main, [path, "--format", "keras", "--output",
-                                     path, "--overwrite"])
+    code, _, err = cli(
+        export.main,
+        [path, "--format", "keras", "--output", path, "--overwrite"],
+    )
     one_error(code, err, "is the input RUN_DIR")
     assert snapshot(src) == before
 
 
-def test_finetune_onto_its_own_model_keeps_the_model(cli, model_dir,
-                                                     tmp_path):
+def test_finetune_onto_its_own_model_keeps_the_model(cli, model_dir, tmp_path):
     src = copy_tree(model_dir, tmp_path / "model")
     before = snapshot(src)
-    code, _, err = cli(finetune.main, ["--model", src, "--train", TRAIN,
-                                       "--output-dir", src, "--overwrite",
-                                       *FINETUNE])
+    code, _, err = cli(
+        finetune.main,
+        [
+            "--model",
+            src,
+            "--train",
+            TRAIN,
+            "--output-dir",
+            src,
+            "--overwrite",
+            *FINETUNE,
+        ],
+    )
     one_error(code, err, f"--output-dir: {src} is the input --model")
     assert snapshot(src) == before
 
@@ -250,8 +342,19 @@ def test_finetune_onto_its_own_model_keeps_the_model(cli, model_dir,
 def test_fit_init_from_onto_itself_keeps_the_model(cli, model_dir, tmp_path):
     src = copy_tree(model_dir, tmp_path / "model")
     before = snapshot(src)
-    code, _, err = cli(fit.main, ["--init-from", src, "--output-dir", src,
-                                  "--overwrite", "--max-steps", "1", *FIT])
+    code, _, err = cli(
+        fit.main,
+        [
+            "--init-from",
+            src,
+            "--output-dir",
+            src,
+            "--overwrite",
+            "--max-steps",
+            "1",
+            *FIT,
+        ],
+    )
     one_error(code, err, f"--output-dir: {src} is the input --init-from")
     assert snapshot(src) == before
 
@@ -272,21 +375,25 @@ def test_export_replaces_only_with_overwrite(cli, model_dir, tmp_path):
     keras_file.write_text("mine")
     code, _, err = cli(export.main, [model_dir, "--output", folder])
     one_error(code, err, "exists (pass --overwrite")
-    code, _, err = cli(export.main, [model_dir, "--format", "keras",
-                                     "--output", keras_file])
+    code, _, err = cli(
+        export.main, [model_dir, "--format", "keras", "--output", keras_file]
+    )
     one_error(code, err, "exists (pass --overwrite")
     assert (folder / "keep.txt").read_text() == "mine"
     assert keras_file.read_text() == "mine"
-    code, _, err = cli(export.main, [model_dir, "--format", "keras",
-                                     "--output", keras_file, "--overwrite"])
+    code, _, err = cli(
+        export.main,
+        [model_dir, "--format", "keras", "--output", keras_file, "--overwrite"],
+    )
     assert code == 0, err
     from kerasbert.serving.modeldir import load_model
 
     assert hasattr(load_model(str(keras_file)), "mlm_head")
 
 
-def test_convert_into_the_parent_of_its_source_keeps_both(cli, model_dir,
-                                                          tmp_path):
+def test_convert_into_the_parent_of_its_source_keeps_both(
+    cli, model_dir, tmp_path
+):
     parent = tmp_path / "models"
     src = copy_tree(model_dir, parent / "model")
     (parent / "other").mkdir()
@@ -301,14 +408,14 @@ def test_convert_onto_a_symlink_of_its_source(cli, model_dir, tmp_path):
     src = copy_tree(model_dir, tmp_path / "model")
     (tmp_path / "alias").symlink_to(src)
     before = snapshot(src)
-    code, _, err = cli(convert.main, [src, tmp_path / "alias",
-                                      "--overwrite"])
+    code, _, err = cli(convert.main, [src, tmp_path / "alias", "--overwrite"])
     one_error(code, err, "is the input SRC", "(resolved)")
     assert snapshot(src) == before
 
 
-def test_failed_replacement_leaves_the_old_output(cli, model_dir, tmp_path,
-                                                  monkeypatch):
+def test_failed_replacement_leaves_the_old_output(
+    cli, model_dir, tmp_path, monkeypatch
+):
     """A disk that fills during `convert --overwrite`: one line naming the
     output, the old folder as it was, no temp folder left."""
     import kerasbert.interop.hf as hf
@@ -341,8 +448,10 @@ def test_disk_full_in_export_keras(cli, model_dir, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "save", full_disk)
-    code, _, err = cli(export.main, [model_dir, "--format", "keras",
-                                     "--output", out, "--overwrite"])
+    code, _, err = cli(
+        export.main,
+        [model_dir, "--format", "keras", "--output", out, "--overwrite"],
+    )
     one_error(code, err, f"{out}: no space left on device")
     assert out.read_text() == "old"
     assert left(tmp_path) == ["m.keras"]
@@ -354,15 +463,19 @@ def dead_pid():
     return child.pid
 
 
-def test_a_later_run_removes_what_a_killed_one_left(cli, model_dir,
-                                                    tmp_path):
+def test_a_later_run_removes_what_a_killed_one_left(cli, model_dir, tmp_path):
     pid = dead_pid()
     stale = tmp_path / f".hf.tmp{pid}"
     (stale / "half").mkdir(parents=True)
     (tmp_path / f".m.tmp{pid}.keras").write_text("half")
     assert cli(convert.main, [model_dir, tmp_path / "hf"])[0] == 0
-    assert cli(export.main, [model_dir, "--format", "keras", "--output",
-                             tmp_path / "m.keras"])[0] == 0
+    assert (
+        cli(
+            export.main,
+            [model_dir, "--format", "keras", "--output", tmp_path / "m.keras"],
+        )[0]
+        == 0
+    )
     assert left(tmp_path) == ["hf", "m.keras"]
 
 
@@ -384,34 +497,48 @@ def test_a_kill_inside_the_swap_keeps_the_old_folder(tmp_path):
 
 
 def finetuned(cli, model_dir, out, *extra):
-    code, _, err = cli(finetune.main, ["--model", model_dir, "--train",
-                                       TRAIN, "--output-dir", out,
-                                       *FINETUNE, *extra])
+    code, _, err = cli(
+        finetune.main,
+        [
+            "--model",
+            model_dir,
+            "--train",
+            TRAIN,
+            "--output-dir",
+            out,
+            *FINETUNE,
+            *extra,
+        ],
+    )
     return code, err
 
 
 def test_divergence_then_the_suggested_rerun_then_a_failed_overwrite(
-        cli, model_dir, tmp_path):
+    cli, model_dir, tmp_path
+):
     """A first run that diverges leaves no folder, so the rerun it
     suggests is a new run; an --overwrite run that diverges leaves the
     old run as it was."""
     out = tmp_path / "ft"
     code, err = finetuned(cli, model_dir, out, "--learning-rate", "1e30")
-    one_error(code, err, "non-finite loss", "try a lower --learning-rate",
-              logs=True)
+    one_error(
+        code, err, "non-finite loss", "try a lower --learning-rate", logs=True
+    )
     assert left(tmp_path) == []
     code, err = finetuned(cli, model_dir, out, "--learning-rate", "1e-3")
     assert code == 0, err
     before = snapshot(out)
-    code, err = finetuned(cli, model_dir, out, "--overwrite",
-                          "--learning-rate", "1e30")
+    code, err = finetuned(
+        cli, model_dir, out, "--overwrite", "--learning-rate", "1e30"
+    )
     one_error(code, err, "non-finite loss", logs=True)
     assert snapshot(out) == before
     assert left(tmp_path) == ["ft"]
 
 
-def test_disk_full_in_finetune_says_the_rerun_resumes(cli, model_dir,
-                                                      tmp_path, monkeypatch):
+def test_disk_full_in_finetune_says_the_rerun_resumes(
+    cli, model_dir, tmp_path, monkeypatch
+):
     import keras
 
     def full_disk(self, path, *args, **kwargs):
@@ -419,8 +546,13 @@ def test_disk_full_in_finetune_says_the_rerun_resumes(cli, model_dir,
 
     monkeypatch.setattr(keras.Model, "save_weights", full_disk)
     code, err = finetuned(cli, model_dir, tmp_path / "ft")
-    one_error(code, err, "epoch-1.weights.h5: no space left on device",
-              "the same command resumes", logs=True)
+    one_error(
+        code,
+        err,
+        "epoch-1.weights.h5: no space left on device",
+        "the same command resumes",
+        logs=True,
+    )
 
 
 # --- 2. Untrusted model directories -----------------------------------------
@@ -434,26 +566,46 @@ def hf_folder(path, config, tensors=None):
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"model_type": "bert", **config}, f)
     with open(os.path.join(path, "vocab.txt"), "w") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-                           "a", "b"]) + "\n")
-    save_file(tensors or {"x": np.zeros(1, "float32")},
-              os.path.join(path, "model.safetensors"))
+        f.write(
+            "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])
+            + "\n"
+        )
+    save_file(
+        tensors or {"x": np.zeros(1, "float32")},
+        os.path.join(path, "model.safetensors"),
+    )
     return str(path)
 
 
-HF_TINY = dict(vocab_size=7, hidden_size=16, num_hidden_layers=1,
-               num_attention_heads=2, intermediate_size=32,
-               max_position_embeddings=64)
+HF_TINY = dict(
+    vocab_size=7,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=64,
+)
 
 
-@pytest.mark.parametrize("sizes,needles", [
-    (dict(hidden_size=10**8), ["hidden_dim 100000000 is not in 1..16,384"]),
-    (dict(num_hidden_layers=10**6), ["num_layers 1000000", "limit"]),
-    (dict(num_hidden_layers=256, hidden_size=16384, num_attention_heads=16,
-          intermediate_size=65536), ["parameters needs about", "GB of memory"]),
-])
-def test_convert_refuses_absurd_sizes_before_building(cli, tmp_path, sizes,
-                                                      needles):
+@pytest.mark.parametrize(
+    "sizes,needles",
+    [
+        (dict(hidden_size=10**8), ["hidden_dim 100000000 is not in 1..16,384"]),
+        (dict(num_hidden_layers=10**6), ["num_layers 1000000", "limit"]),
+        (
+            dict(
+                num_hidden_layers=256,
+                hidden_size=16384,
+                num_attention_heads=16,
+                intermediate_size=65536,
+            ),
+            ["parameters needs about", "GB of memory"],
+        ),
+    ],
+)
+def test_convert_refuses_absurd_sizes_before_building(
+    cli, tmp_path, sizes, needles
+):
     src = hf_folder(tmp_path / "hf", {**HF_TINY, **sizes})
     code, _, err = cli(convert.main, [src, tmp_path / "out"])
     one_error(code, err, "config.json", *needles)
@@ -468,16 +620,18 @@ def test_parameter_count_is_the_models(model_dir):
     assert parameter_count(**config) == load_model(model_dir).count_params()
 
 
-def test_fit_init_from_an_oversized_config_leaves_nothing(cli, model_dir,
-                                                          tmp_path):
+def test_fit_init_from_an_oversized_config_leaves_nothing(
+    cli, model_dir, tmp_path
+):
     src = copy_tree(model_dir, tmp_path / "model")
     with open(os.path.join(src, "config.json")) as f:
         config = json.load(f)
     config["model"].update(hidden_dim=1_000_000, num_heads=2)
     with open(os.path.join(src, "config.json"), "w") as f:
         json.dump(config, f)
-    code, _, err = cli(fit.main, ["--init-from", src, "--output-dir",
-                                  tmp_path / "run", *FIT])
+    code, _, err = cli(
+        fit.main, ["--init-from", src, "--output-dir", tmp_path / "run", *FIT]
+    )
     one_error(code, err, "hidden_dim 1000000 is not in")
     assert left(tmp_path) == ["model"]
 
@@ -489,10 +643,23 @@ def test_a_keras_file_declaring_absurd_sizes_is_not_built(tmp_path):
 
     path = tmp_path / "model.keras"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("config.json", json.dumps({
-            "class_name": "BertPretrainer", "config": {"backbone": {
-                "class_name": "BertBackbone", "config": {
-                    "vocabulary_size": 10**9, "hidden_dim": 16}}}}))
+        archive.writestr(
+            "config.json",
+            json.dumps(
+                {
+                    "class_name": "BertPretrainer",
+                    "config": {
+                        "backbone": {
+                            "class_name": "BertBackbone",
+                            "config": {
+                                "vocabulary_size": 10**9,
+                                "hidden_dim": 16,
+                            },
+                        }
+                    },
+                }
+            ),
+        )
     with pytest.raises(UsageError, match="vocabulary_size 1000000000"):
         load_keras_model(str(path))
 
@@ -500,11 +667,15 @@ def test_a_keras_file_declaring_absurd_sizes_is_not_built(tmp_path):
 def test_convert_refuses_a_nan_tensor_naming_it(cli, tmp_path):
     table = np.zeros((7, 16), "float32")
     table[3, 5] = np.nan
-    src = hf_folder(tmp_path / "hf", HF_TINY,
-                    {"bert.embeddings.word_embeddings.weight": table})
+    src = hf_folder(
+        tmp_path / "hf",
+        HF_TINY,
+        {"bert.embeddings.word_embeddings.weight": table},
+    )
     code, _, err = cli(convert.main, [src, tmp_path / "out"])
-    one_error(code, err, "tensor bert.embeddings.word_embeddings.weight "
-              "holds NaN")
+    one_error(
+        code, err, "tensor bert.embeddings.word_embeddings.weight holds NaN"
+    )
     assert left(tmp_path) == ["hf"]
 
 
@@ -518,20 +689,36 @@ def nan_dir(model_dir, tmp_path_factory):
     value = np.array(kernel.numpy())
     value[0, 0] = np.nan
     kernel.assign(value)
-    return write_model_dir(tmp_path_factory.mktemp("nan") / "model", model,
-                           load_tokenizer(model_dir))
+    return write_model_dir(
+        tmp_path_factory.mktemp("nan") / "model",
+        model,
+        load_tokenizer(model_dir),
+    )
 
 
 @pytest.mark.parametrize("name", ["fill_mask", "finetune", "fit", "convert"])
 def test_nan_weights_are_refused_on_load(cli, nan_dir, tmp_path, name):
     argv = {
-        "fill_mask": (fill_mask.main, ["--model", nan_dir, "a [MASK] b",
-                                       "--json"]),
-        "finetune": (finetune.main, ["--model", nan_dir, "--train", TRAIN,
-                                     "--output-dir", tmp_path / "out",
-                                     *FINETUNE]),
-        "fit": (fit.main, ["--init-from", nan_dir, "--output-dir",
-                           tmp_path / "out", *FIT]),
+        "fill_mask": (
+            fill_mask.main,
+            ["--model", nan_dir, "a [MASK] b", "--json"],
+        ),
+        "finetune": (
+            finetune.main,
+            [
+                "--model",
+                nan_dir,
+                "--train",
+                TRAIN,
+                "--output-dir",
+                tmp_path / "out",
+                *FINETUNE,
+            ],
+        ),
+        "fit": (
+            fit.main,
+            ["--init-from", nan_dir, "--output-dir", tmp_path / "out", *FIT],
+        ),
         "convert": (convert.main, [nan_dir, tmp_path / "out"]),
     }[name]
     code, out, err = cli(*argv)
@@ -547,24 +734,28 @@ def test_non_utf8_command_line_text(cli, model_dir, classifier_dir):
     bad = b"caf\xe9 [MASK]".decode("utf-8", "surrogateescape")
     code, _, err = cli(fill_mask.main, ["--model", model_dir, bad])
     one_error(code, err, "text: not valid UTF-8", "caf\\xe9")
-    code, _, err = cli(predict.main, ["--model", classifier_dir, "fine",
-                                      bad])
+    code, _, err = cli(predict.main, ["--model", classifier_dir, "fine", bad])
     one_error(code, err, "text 2: not valid UTF-8")
 
 
 def test_predict_with_an_empty_file(cli, classifier_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
-    code, _, err = cli(predict.main, ["--model", classifier_dir, "--file",
-                                      tmp_path / "empty.txt"])
+    code, _, err = cli(
+        predict.main,
+        ["--model", classifier_dir, "--file", tmp_path / "empty.txt"],
+    )
     one_error(code, err, "empty.txt: no text in it")
 
 
 def test_tokenizer_with_more_ids_than_the_model(cli, tmp_path):
     tok = tokenizer()
-    src = write_model_dir(tmp_path / "clf", classifier(tok, 50), tok,
-                          CLASSIFIER_CONFIG)
-    message = f"the tokenizer has {tok.vocabulary_size} token ids but the " \
-              "model only 50"
+    src = write_model_dir(
+        tmp_path / "clf", classifier(tok, 50), tok, CLASSIFIER_CONFIG
+    )
+    message = (
+        f"the tokenizer has {tok.vocabulary_size} token ids but the "
+        "model only 50"
+    )
     code, _, err = cli(predict.main, ["--model", src, "some text"])
     one_error(code, err, message)
     code, _, err = cli(export.main, [src, "--output", tmp_path / "out"])
@@ -581,9 +772,12 @@ def test_truncated_google_shard(cli, tmp_path):
     (src / "bert_config.json").write_text(json.dumps(config))
     (src / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb")
     table = np.ones((7, 16), np.float32)
-    tf.raw_ops.SaveV2(prefix=str(src / "bert_model.ckpt"),
-                      tensor_names=["bert/embeddings/word_embeddings"],
-                      shape_and_slices=[""], tensors=[table])
+    tf.raw_ops.SaveV2(
+        prefix=str(src / "bert_model.ckpt"),
+        tensor_names=["bert/embeddings/word_embeddings"],
+        shape_and_slices=[""],
+        tensors=[table],
+    )
     data = src / "bert_model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:100])
     code, _, err = cli(convert.main, [src, tmp_path / "out"])
@@ -591,40 +785,63 @@ def test_truncated_google_shard(cli, tmp_path):
     assert left(tmp_path) == ["google"]
 
 
-def test_too_little_space_is_said_before_training(cli, model_dir, tmp_path,
-                                                  monkeypatch):
+def test_too_little_space_is_said_before_training(
+    cli, model_dir, tmp_path, monkeypatch
+):
     import collections
     import shutil
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage",
-                        lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000)
+    )
     code, err = finetuned(cli, model_dir, tmp_path / "ft")
     one_error(code, err, "--output-dir", "MB needed, 0 MB free", logs=True)
     assert left(tmp_path) == []
 
 
-def test_prepare_writes_tokenizer_out_for_a_given_tokenizer(cli, model_dir,
-                                                            tmp_path):
+def test_prepare_writes_tokenizer_out_for_a_given_tokenizer(
+    cli, model_dir, tmp_path
+):
     out = tmp_path / "tok"
-    code, stdout, err = cli(prepare.main, [
-        "--tokenizer", os.path.join(model_dir, "tokenizer"), "--corpus", TEXT,
-        "--no-progress", "--tokenizer-out", out])
+    code, stdout, err = cli(
+        prepare.main,
+        [
+            "--tokenizer",
+            os.path.join(model_dir, "tokenizer"),
+            "--corpus",
+            TEXT,
+            "--no-progress",
+            "--tokenizer-out",
+            out,
+        ],
+    )
     assert code == 0, err
     assert f"tokenizer: {out}" in stdout
     assert (out / "vocab.txt").read_text() == open(
-        os.path.join(model_dir, "tokenizer", "vocab.txt")).read()
+        os.path.join(model_dir, "tokenizer", "vocab.txt")
+    ).read()
 
 
 def test_fit_init_from_refuses_vocab_size(cli, model_dir, tmp_path):
-    code, _, err = cli(fit.main, ["--init-from", model_dir, "--vocab-size",
-                                  "500", "--output-dir", tmp_path / "run"])
+    code, _, err = cli(
+        fit.main,
+        [
+            "--init-from",
+            model_dir,
+            "--vocab-size",
+            "500",
+            "--output-dir",
+            tmp_path / "run",
+        ],
+    )
     one_error(code, err, "--vocab-size: not with --init-from")
     assert left(tmp_path) == []
 
 
-def test_convert_of_a_classifier_says_what_it_drops(cli, classifier_dir,
-                                                    tmp_path):
+def test_convert_of_a_classifier_says_what_it_drops(
+    cli, classifier_dir, tmp_path
+):
     code, _, err = cli(convert.main, [classifier_dir, tmp_path / "hf"])
     assert code == 0, err
     note = err.strip().splitlines()[0]
@@ -637,13 +854,30 @@ def test_no_absl_start_up_lines(model_dir):
     TF_CPP_MIN_LOG_LEVEL says) are filtered out. Not covered: what oneDNN
     logs later, when an op first runs, on some CPUs."""
     out = subprocess.run(
-        [sys.executable, "-m", "kerasbert.fill_mask", "--model", model_dir,
-         "a [MASK] b", "--top-k", "2", "--json"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": ROOT})
+        [
+            sys.executable,
+            "-m",
+            "kerasbert.fill_mask",
+            "--model",
+            model_dir,
+            "a [MASK] b",
+            "--top-k",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert out.returncode == 0, out.stderr
-    for noise in ("absl::InitializeLog", "port.cc", "cudart_stub.cc",
-                  "cpu_feature_guard.cc", "cuda_platform.cc"):
+    for noise in (
+        "absl::InitializeLog",
+        "port.cc",
+        "cudart_stub.cc",
+        "cpu_feature_guard.cc",
+        "cuda_platform.cc",
+    ):
         assert noise not in out.stderr, out.stderr
     assert len(json.loads(out.stdout)) == 2
 
@@ -662,7 +896,8 @@ def test_byte_order_marks_are_dropped(tmp_path):
     (tmp_path / "a.txt").write_text(f"{bom}text;label\ni am happy;joy\n")
     (tmp_path / "b.tsv").write_text(f"{bom}text\tlabel\nhello\tpos\n")
     (tmp_path / "c.jsonl").write_text(
-        f'{bom}{{"text": "hi", "label": "pos"}}\n')
+        f'{bom}{{"text": "hi", "label": "pos"}}\n'
+    )
     assert read(tmp_path / "a.txt").texts == ["i am happy"]
     assert read(tmp_path / "b.tsv").labels == ["pos"]
     assert read(tmp_path / "c.jsonl").texts == ["hi"]
@@ -670,8 +905,11 @@ def test_byte_order_marks_are_dropped(tmp_path):
 
 def test_a_list_label_is_refused(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "hi", "label": ["pos"]}\n')
-    with pytest.raises(UsageError, match=r"d.jsonl:1: label \['pos'\] is "
-                       "not a class name"):
+    with pytest.raises(
+        UsageError,
+        match=r"d.jsonl:1: label \['pos'\] is "
+        "not a class name",
+    ):
         read(tmp_path / "d.jsonl")
 
 
@@ -681,8 +919,11 @@ def test_class_folders(tmp_path):
         (tmp_path / label / "1.txt").write_text(f"a {label} text")
     assert sorted(set(read(tmp_path).labels)) == ["neg", "pos"]
     (tmp_path / "neutral").mkdir()
-    with pytest.raises(UsageError, match="neutral: no .txt files, so class "
-                       "'neutral' would have no examples"):
+    with pytest.raises(
+        UsageError,
+        match="neutral: no .txt files, so class "
+        "'neutral' would have no examples",
+    ):
         read(tmp_path)
 
 
@@ -691,13 +932,17 @@ def test_a_nan_label_is_named(tmp_path):
 
     (tmp_path / "e.tsv").write_text("text\tlabel\na\t0\nb\t1\nc\tNaN\n")
     ex = read(tmp_path / "e.tsv")
-    with pytest.raises(UsageError, match=r"real numbers \('NaN' at "
-                       r".*e.tsv:4\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"real numbers \('NaN' at "
+        r".*e.tsv:4\)",
+    ):
         label_names(ex.labels, "--train", ex.where)
 
 
-def test_a_killed_overwrite_resumes_then_replaces(cli, model_dir, tmp_path,
-                                                  monkeypatch):
+def test_a_killed_overwrite_resumes_then_replaces(
+    cli, model_dir, tmp_path, monkeypatch
+):
     """`finetune --overwrite` stopped after its epoch (as by a kill): the
     old run is whole; the same command resumes the replacement beside it,
     then swaps it in."""
@@ -727,13 +972,22 @@ def test_a_killed_overwrite_resumes_then_replaces(cli, model_dir, tmp_path,
     assert config["finetune"]["output_dir"] == str(out)
 
 
-def test_fit_overwrite_is_built_beside_the_old_run(cli, tmp_path,
-                                                   monkeypatch):
+def test_fit_overwrite_is_built_beside_the_old_run(cli, tmp_path, monkeypatch):
     from kerasbert.training.trainer import Trainer
 
     run = tmp_path / "run"
-    argv = ["--corpus", TEXT, "--vocab-size", "300", "--max-steps", "1",
-            "--output-dir", run, "--quiet", *FIT]
+    argv = [
+        "--corpus",
+        TEXT,
+        "--vocab-size",
+        "300",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        run,
+        "--quiet",
+        *FIT,
+    ]
     code, _, err = cli(fit.main, argv)
     assert code == 0, err
     before = snapshot(run)

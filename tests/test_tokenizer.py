@@ -9,8 +9,11 @@ from kerasbert.text.tokenizer import Tokenizer, train_wordpiece
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-TEXTS = ["The lobster [MASK] is blue, Ünique and héllo!",
-         "Homarus gammarus is a large crustacean.", "[CLS] 우리 [SEP] x"]
+TEXTS = [
+    "The lobster [MASK] is blue, Ünique and héllo!",
+    "Homarus gammarus is a large crustacean.",
+    "[CLS] 우리 [SEP] x",
+]
 
 
 def fixture_lines(name):
@@ -20,16 +23,27 @@ def fixture_lines(name):
 
 @pytest.fixture(scope="module")
 def english():
-    return train_wordpiece(fixture_lines("wikitext_sample.raw"), 300,
-                           progress=False)
+    return train_wordpiece(
+        fixture_lines("wikitext_sample.raw"), 300, progress=False
+    )
 
 
 def test_trained_special_ids(english):
     t = english
     assert (t.pad_id, t.unk_id, t.cls_id, t.sep_id, t.mask_id) == (
-        0, 1, 2, 3, 4)
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     assert [t.id_to_token(i) for i in range(5)] == [
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+    ]
     assert t.special_ids == [0, 1, 2, 3, 4]
     assert t.vocabulary_size == 300
     assert t.token_to_id("[MASK]") == 4 and t.token_to_id("nope##") is None
@@ -57,17 +71,24 @@ def test_encode_flat_fast_route_matches_encode_batch(english, lowercase):
 
         tokenizer = Tokenizer(
             _wordpiece_pipeline(english._backend.get_vocab(), False, False),
-            "wordpiece", lowercase=False, strip_accents=False)
+            "wordpiece",
+            lowercase=False,
+            strip_accents=False,
+        )
     rng = np.random.default_rng(0)
     printable = [chr(c) for c in range(32, 127)]
-    alphabet = printable + list("aeiou     ") + ["[MASK]", "[UNK]", "é",
-                                                  "\t", "\x00", "—", "″", "ﬁ"]
+    alphabet = (
+        printable
+        + list("aeiou     ")
+        + ["[MASK]", "[UNK]", "é", "\t", "\x00", "—", "″", "ﬁ"]
+    )
     texts = fixture_lines("wikitext_sample.raw")[:200]
     texts += printable + [f"ab{c}cd Ef" for c in printable]
     # HF's 100-character word limit against tensorflow-text's 100 bytes.
     texts += ["the" + "e" * n for n in (95, 96, 97, 98)] + ["", " "]
-    texts += ["".join(rng.choice(alphabet, rng.integers(0, 40)))
-              for _ in range(2000)]
+    texts += [
+        "".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(2000)
+    ]
     ids, lengths = tokenizer.encode_flat(texts, fast=True)
     want = tokenizer.encode_batch(texts)
     assert ids.dtype == np.int32 and lengths.tolist() == list(map(len, want))
@@ -82,9 +103,23 @@ def test_encode_flat_keeps_odd_vocabularies_on_hf(tmp_path):
     such a vocabulary never takes the fast route."""
     pytest.importorskip("tensorflow_text")
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a b",
-         "##s", "cat"]) + "\n", encoding="utf-8")
+    vocab.write_text(
+        "\n".join(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[CLS]",
+                "[SEP]",
+                "[MASK]",
+                "the",
+                "a b",
+                "##s",
+                "cat",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     tokenizer = Tokenizer.load(str(vocab))
     texts = ["the cats", "a b", "dog"]
     ids, lengths = tokenizer.encode_flat(texts, fast=True)
@@ -97,14 +132,18 @@ def test_save_loads_in_transformers_with_same_ids(english, tmp_path):
     transformers = pytest.importorskip("transformers")
     english.save(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
-        "vocab.txt"]
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
     hf = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))
     assert len(hf) == english.vocabulary_size
     assert hf.mask_token_id == english.mask_id
     for text in TEXTS:
-        assert hf(text, add_special_tokens=False)["input_ids"] == \
-            english.encode(text)
+        assert hf(text, add_special_tokens=False)[
+            "input_ids"
+        ] == english.encode(text)
     pair = hf("a b", "c")["input_ids"]
     assert pair == [2, *english.encode("a b"), 3, *english.encode("c"), 3]
 
@@ -125,15 +164,15 @@ def test_load_dir_and_vocab_txt(english, tmp_path):
 def test_korean_vocabulary_keeps_syllables(tmp_path):
     transformers = pytest.importorskip("transformers")
     lines = fixture_lines("kowiki_sample.txt")[:60]
-    t = train_wordpiece(lines, 400, lowercase=True, strip_accents=False,
-                        progress=False)
+    t = train_wordpiece(
+        lines, 400, lowercase=True, strip_accents=False, progress=False
+    )
     ids = t.encode("전기장은 전하")
     assert "".join(t.id_to_token(i).lstrip("#") for i in ids) == "전기장은전하"
     t.save(str(tmp_path))
     hf = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))
     for text in ["전기장은 전하가 받는 힘이다.", "Miami 말린스 [MASK]."]:
-        assert hf(text, add_special_tokens=False)["input_ids"] == \
-            t.encode(text)
+        assert hf(text, add_special_tokens=False)["input_ids"] == t.encode(text)
 
 
 def test_word_start_mask(english):
@@ -149,8 +188,11 @@ def test_word_start_mask(english):
 def test_vocabulary_without_special_tokens(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n##s\n")
-    with pytest.raises(UsageError, match=r"vocab\.txt: vocabulary has no "
-                       r"\[MASK\] token"):
+    with pytest.raises(
+        UsageError,
+        match=r"vocab\.txt: vocabulary has no "
+        r"\[MASK\] token",
+    ):
         Tokenizer.load(str(vocab))
     vocab.write_text("[PAD]\n[UNK]\n[MASK]\n[SEP]\nthe\n")
     with pytest.raises(UsageError, match=r"has no \[CLS\]"):
@@ -169,9 +211,16 @@ def train_spm(tmp_path, user_symbols=("[CLS]", "[SEP]", "[MASK]")):
     # then [CLS] [SEP] [MASK] as user-defined symbols.
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(fixture_lines("wikitext_sample.raw")),
-        model_prefix=prefix, vocab_size=200, model_type="unigram",
-        unk_id=0, pad_id=1, bos_id=-1, eos_id=-1,
-        user_defined_symbols=list(user_symbols), minloglevel=2)
+        model_prefix=prefix,
+        vocab_size=200,
+        model_type="unigram",
+        unk_id=0,
+        pad_id=1,
+        bos_id=-1,
+        eos_id=-1,
+        user_defined_symbols=list(user_symbols),
+        minloglevel=2,
+    )
     return prefix + ".model"
 
 
@@ -179,13 +228,22 @@ def test_sentencepiece_model(tmp_path):
     t = Tokenizer.load(train_spm(tmp_path))
     assert t.kind == "sentencepiece" and t.vocabulary_size == 200
     assert (t.unk_id, t.pad_id, t.cls_id, t.sep_id, t.mask_id) == (
-        0, 1, 2, 3, 4)
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     ids = t.encode("the lobster [MASK] is blue")
     assert ids.count(4) == 1
     # No stray bare "▁" piece in front of [MASK].
     assert t.id_to_token(ids[ids.index(4) - 1]) != "▁"
     assert t.decode([i for i in ids if i != 4]).split() == [
-        "the", "lobster", "is", "blue"]
+        "the",
+        "lobster",
+        "is",
+        "blue",
+    ]
     mask = t.word_start_mask()
     assert mask[t.special_ids].all()
     for i in range(5, t.vocabulary_size):
@@ -197,22 +255,38 @@ def test_sentencepiece_model(tmp_path):
 
 
 def test_sentencepiece_without_mask(tmp_path):
-    with pytest.raises(UsageError, match=r"spm\.model: vocabulary has no "
-                       r"\[MASK\] token"):
+    with pytest.raises(
+        UsageError,
+        match=r"spm\.model: vocabulary has no "
+        r"\[MASK\] token",
+    ):
         Tokenizer.load(train_spm(tmp_path, ("[CLS]", "[SEP]")))
 
 
 @pytest.mark.slow
 def test_emotion_comment_model():
-    path = os.path.join(SHARED, "emotion_comment_tokenizers",
-                        "mini_emotion_tokenizer_7k.model")
+    path = os.path.join(
+        SHARED, "emotion_comment_tokenizers", "mini_emotion_tokenizer_7k.model"
+    )
     if not os.path.exists(path):
         pytest.skip("shared/data not present")
     t = Tokenizer.load(path)
     assert t.vocabulary_size == 7000
     assert (t.unk_id, t.pad_id, t.cls_id, t.sep_id, t.mask_id) == (
-        0, 1, 2, 3, 4)
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     ids = t.encode("i feel so happy and loved today")
     assert [t.id_to_token(i) for i in ids] == [
-        "▁i", "▁feel", "▁so", "▁happy", "▁and", "▁loved", "▁today"]
+        "▁i",
+        "▁feel",
+        "▁so",
+        "▁happy",
+        "▁and",
+        "▁loved",
+        "▁today",
+    ]
     assert np.all(t.word_start_mask()[ids])

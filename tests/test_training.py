@@ -32,8 +32,7 @@ def test_plan_fit_calls(total, per_epoch, start, expected):
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    schedule = WarmupLinearDecay(1e-3, warmup_steps=10,
-                                       total_steps=100)
+    schedule = WarmupLinearDecay(1e-3, warmup_steps=10, total_steps=100)
     lrs = np.array([float(schedule(s)) for s in range(101)])
     assert lrs[0] == pytest.approx(1e-4)
     assert lrs[9] == pytest.approx(1e-3)
@@ -48,12 +47,20 @@ def test_schedule_warms_up_then_decays_to_zero():
 def test_optimizer_skips_decay_for_layernorm_and_bias():
     from kerasbert.modeling import build_pretrainer
 
-    model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
-                             num_heads=2, intermediate_dim=16,
-                             max_sequence_length=16)
+    model = build_pretrainer(
+        vocabulary_size=31,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=16,
+    )
     optimizer = optimization.make_optimizer("adamw", 1e-3, total_steps=10)
-    decayed = {v.path for v in model.trainable_variables
-               if optimizer._use_weight_decay(v)}
+    decayed = {
+        v.path
+        for v in model.trainable_variables
+        if optimizer._use_weight_decay(v)
+    }
     assert decayed, "kernels and embeddings must be decayed"
     for v in model.trainable_variables:
         short = v.path.split("/")[-1]
@@ -84,16 +91,25 @@ def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
     assert np.exp(prior.astype(np.float64)).sum() == pytest.approx(1.0)
     assert np.argmax(prior) == 5 and prior[5] > prior[24] > prior[0]
 
-    model = build_pretrainer(vocabulary_size=vocab, hidden_dim=16,
-                             num_layers=1, num_heads=2, intermediate_dim=32,
-                             max_sequence_length=16)
-    x = {"token_ids": rng.integers(5, 25, (64, 16)).astype("int32"),
-         "segment_ids": np.zeros((64, 16), "int32"),
-         "padding_mask": np.ones((64, 16), "int32"),
-         "mask_positions": rng.integers(1, 16, (64, 3)).astype("int32")}
-    y = {"mask_ids": rng.choice(vocab, size=(64, 3), p=freqs).astype("int32"),
-         "mask_weights": np.ones((64, 3), "float32"),
-         "next_sentence_label": np.zeros(64, "int32")}
+    model = build_pretrainer(
+        vocabulary_size=vocab,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    x = {
+        "token_ids": rng.integers(5, 25, (64, 16)).astype("int32"),
+        "segment_ids": np.zeros((64, 16), "int32"),
+        "padding_mask": np.ones((64, 16), "int32"),
+        "mask_positions": rng.integers(1, 16, (64, 3)).astype("int32"),
+    }
+    y = {
+        "mask_ids": rng.choice(vocab, size=(64, 3), p=freqs).astype("int32"),
+        "mask_weights": np.ones((64, 3), "float32"),
+        "next_sentence_label": np.zeros(64, "int32"),
+    }
 
     def mlm_loss():
         out = model(x, training=False)
@@ -148,26 +164,41 @@ def _tiny_pretrainer():
     from kerasbert.modeling import build_pretrainer
 
     keras.utils.set_random_seed(0)
-    model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
-                             num_heads=2, intermediate_dim=16,
-                             max_sequence_length=16, hidden_dropout=0.2)
+    model = build_pretrainer(
+        vocabulary_size=31,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=16,
+        hidden_dropout=0.2,
+    )
     model.compile(optimizer=optimization.make_optimizer("adamw", 1e-2, 10))
-    x = {"token_ids": np.ones((2, 9), "int32"),
-         "segment_ids": np.zeros((2, 9), "int32"),
-         "padding_mask": np.ones((2, 9), "int32"),
-         "mask_positions": np.array([[1, 2], [3, 4]], "int32")}
-    y = {"mask_ids": np.array([[5, 6], [7, 8]], "int32"),
-         "mask_weights": np.ones((2, 2), "float32"),
-         "next_sentence_label": np.array([0, 1], "int32")}
+    x = {
+        "token_ids": np.ones((2, 9), "int32"),
+        "segment_ids": np.zeros((2, 9), "int32"),
+        "padding_mask": np.ones((2, 9), "int32"),
+        "mask_positions": np.array([[1, 2], [3, 4]], "int32"),
+    }
+    y = {
+        "mask_ids": np.array([[5, 6], [7, 8]], "int32"),
+        "mask_weights": np.ones((2, 2), "float32"),
+        "next_sentence_label": np.array([0, 1], "int32"),
+    }
     model(x)
     model.optimizer.build(model.trainable_variables)
     return model, x, y
 
 
 def _state(model):
-    return [keras.ops.convert_to_numpy(v.value) for v in
-            [*model.variables, *model.optimizer.variables,
-             *model.metrics_variables]]
+    return [
+        keras.ops.convert_to_numpy(v.value)
+        for v in [
+            *model.variables,
+            *model.optimizer.variables,
+            *model.metrics_variables,
+        ]
+    ]
 
 
 def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
@@ -183,10 +214,10 @@ def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
 
     messages = []
     fresh, _, _ = _tiny_pretrainer()
-    assert not all(np.array_equal(a, b)
-                   for a, b in zip(saved, _state(fresh)))
-    restore = callbacks.StepBackup(str(backup_dir), every=1,
-                                   log=messages.append)
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, _state(fresh)))
+    restore = callbacks.StepBackup(
+        str(backup_dir), every=1, log=messages.append
+    )
     restore.set_model(fresh)
     assert restore.restore()["step"] == 4
     # Weights, optimizer slots and step, dropout seed states, metric sums.
@@ -199,8 +230,9 @@ def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
     weights = backup_dir / "step-4" / "weights.weights.h5"
     weights.write_bytes(weights.read_bytes()[:100])
     other, _, _ = _tiny_pretrainer()
-    restore = callbacks.StepBackup(str(backup_dir), every=1,
-                                   log=messages.append)
+    restore = callbacks.StepBackup(
+        str(backup_dir), every=1, log=messages.append
+    )
     restore.set_model(other)
     assert restore.restore()["step"] == 3
     assert len(messages) == 1 and "step-4: damaged backup" in messages[0]
@@ -209,21 +241,35 @@ def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
 def test_gradient_accumulation_updates_every_k_steps():
     from kerasbert.modeling import build_pretrainer
 
-    model = build_pretrainer(vocabulary_size=31, hidden_dim=8, num_layers=1,
-                             num_heads=2, intermediate_dim=16,
-                             max_sequence_length=16, hidden_dropout=0.0,
-                             attention_dropout=0.0)
-    optimizer = optimization.make_optimizer("adamw", 1e-2, total_steps=10,
-                                     warmup_ratio=0.0,
-                                     gradient_accumulation_steps=2)
+    model = build_pretrainer(
+        vocabulary_size=31,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=16,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    optimizer = optimization.make_optimizer(
+        "adamw",
+        1e-2,
+        total_steps=10,
+        warmup_ratio=0.0,
+        gradient_accumulation_steps=2,
+    )
     model.compile(optimizer=optimizer)
-    x = {"token_ids": np.array([[2, 7, 8, 3, 9, 3, 0]], "int32"),
-         "segment_ids": np.array([[0, 0, 0, 0, 1, 1, 0]], "int32"),
-         "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 0]], "int32"),
-         "mask_positions": np.array([[1, 4]], "int32")}
-    y = {"mask_ids": np.array([[7, 9]], "int32"),
-         "mask_weights": np.ones((1, 2), "float32"),
-         "next_sentence_label": np.array([0], "int32")}
+    x = {
+        "token_ids": np.array([[2, 7, 8, 3, 9, 3, 0]], "int32"),
+        "segment_ids": np.array([[0, 0, 0, 0, 1, 1, 0]], "int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 0]], "int32"),
+        "mask_positions": np.array([[1, 4]], "int32"),
+    }
+    y = {
+        "mask_ids": np.array([[7, 9]], "int32"),
+        "mask_weights": np.ones((1, 2), "float32"),
+        "next_sentence_label": np.array([0], "int32"),
+    }
     kernel = model.backbone.token_embedding.embeddings
 
     def snapshot():
@@ -240,8 +286,9 @@ def test_gradient_accumulation_updates_every_k_steps():
 
 def test_checkpoints_never_saved_with_a_non_finite_loss(tmp_path):
     model, _, _ = _tiny_pretrainer()
-    saver = callbacks.CheckpointSaver(str(tmp_path / "latest.keras"),
-                                      str(tmp_path / "best.keras"))
+    saver = callbacks.CheckpointSaver(
+        str(tmp_path / "latest.keras"), str(tmp_path / "best.keras")
+    )
     saver.set_model(model)
     saver.save(float("nan"))
     saver.save(float("inf"))
@@ -250,14 +297,20 @@ def test_checkpoints_never_saved_with_a_non_finite_loss(tmp_path):
     kept = [np.array(w) for w in model.get_weights()]
     model.set_weights([w + 1 for w in kept])
     saver.save(3.0)  # worse: latest only
-    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras",
-                                            "latest.keras"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "best.json",
+        "best.keras",
+        "latest.keras",
+    ]
     assert json.loads((tmp_path / "best.json").read_text()) == {
-        "loss": 2.5, "step": 0}
+        "loss": 2.5,
+        "step": 0,
+    }
     # best.keras (a link to the latest of its time) kept its weights when
     # latest.keras was replaced.
     load = lambda name: keras.saving.load_model(  # noqa: E731
-        str(tmp_path / name), safe_mode=True).get_weights()
+        str(tmp_path / name), safe_mode=True
+    ).get_weights()
     for a, b in zip(load("best.keras"), kept):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(load("latest.keras"), kept):
@@ -274,11 +327,15 @@ def test_heldout_evaluation_matches_keras_evaluate():
     batches = []
     for _ in range(3):
         bx = dict(x, token_ids=rng.integers(0, 31, (2, 9)).astype("int32"))
-        by = dict(y, mask_ids=rng.integers(0, 31, (2, 2)).astype("int32"),
-                  mask_weights=rng.integers(0, 2, (2, 2)).astype("float32"))
+        by = dict(
+            y,
+            mask_ids=rng.integers(0, 31, (2, 2)).astype("int32"),
+            mask_weights=rng.integers(0, 2, (2, 2)).astype("float32"),
+        )
         batches.append((bx, by))
     ds = tf.data.Dataset.from_tensor_slices(
-        tf.nest.map_structure(lambda *a: np.stack(a), *batches))
+        tf.nest.map_structure(lambda *a: np.stack(a), *batches)
+    )
     held = evaluation.HeldoutSet(ds, 10)
     assert len(held) == 3
     ours = held.evaluate(model)
@@ -296,17 +353,22 @@ def test_resume_accepts_only_bookkeeping_changes():
     from kerasbert.training.rundir import config_changes, run_config
 
     def configs(**train):
-        return run_config(ModelConfig.from_size("tiny"), DataConfig(),
-                          TrainConfig(**train))
+        return run_config(
+            ModelConfig.from_size("tiny"), DataConfig(), TrainConfig(**train)
+        )
 
     saved = configs()
-    for free in (dict(log_every=3), dict(backup_every=7),
-                 dict(eval_batches=4), dict(jit_compile="off"),
-                 dict(output_dir="elsewhere"), dict(overwrite=True)):
+    for free in (
+        dict(log_every=3),
+        dict(backup_every=7),
+        dict(eval_batches=4),
+        dict(jit_compile="off"),
+        dict(output_dir="elsewhere"),
+        dict(overwrite=True),
+    ):
         assert config_changes(saved, configs(**free)) == [], free
     changed = config_changes(saved, configs(learning_rate=1e-3, seed=2))
-    assert sorted(c.split(":")[0] for c in changed) == ["learning_rate",
-                                                        "seed"]
+    assert sorted(c.split(":")[0] for c in changed) == ["learning_rate", "seed"]
 
 
 def test_run_saved_before_the_activation_field_was_exact_gelu():
@@ -314,15 +376,17 @@ def test_run_saved_before_the_activation_field_was_exact_gelu():
     from kerasbert.training.rundir import config_changes, run_config
 
     def configs(**model):
-        return run_config(ModelConfig.from_size("tiny", **model),
-                          DataConfig(), TrainConfig())
+        return run_config(
+            ModelConfig.from_size("tiny", **model), DataConfig(), TrainConfig()
+        )
 
     old = configs()
     del old["model"]["activation"]
     assert config_changes(old, configs(activation="gelu")) == []
     # The new default would change what the backup's weights compute.
     assert config_changes(old, configs()) == [
-        "activation: 'gelu' -> 'gelu_tanh'"]
+        "activation: 'gelu' -> 'gelu_tanh'"
+    ]
 
 
 def test_heldout_documents_never_enter_the_unigram_prior(bundled):
@@ -336,9 +400,17 @@ def test_heldout_documents_never_enter_the_unigram_prior(bundled):
     training_plan = make_plan(corpus, data_cfg, train_cfg)
     assert len(training_plan.heldout_ids) >= 2
     model_cfg = ModelConfig.from_size(
-        "tiny", vocabulary_size=tokenizer.vocabulary_size)
-    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus,
-                      training_plan, run_dir=None)
+        "tiny", vocabulary_size=tokenizer.vocabulary_size
+    )
+    trainer = Trainer(
+        model_cfg,
+        data_cfg,
+        train_cfg,
+        tokenizer,
+        corpus,
+        training_plan,
+        run_dir=None,
+    )
     counts = trainer.train_token_counts()
     train_tokens = corpus.select_documents(training_plan.train_ids).tokens
     expected = np.bincount(train_tokens, minlength=len(counts))
@@ -352,8 +424,11 @@ def test_gradient_accumulation_survives_backup_and_restore(tmp_path):
     model has the same step (batches, not updates) and the same partial
     gradient sums, so the next update is the uninterrupted one."""
     model, x, y = _tiny_pretrainer()
-    model.compile(optimizer=optimization.make_optimizer(
-        "adamw", 1e-2, 10, gradient_accumulation_steps=3))
+    model.compile(
+        optimizer=optimization.make_optimizer(
+            "adamw", 1e-2, 10, gradient_accumulation_steps=3
+        )
+    )
     model.optimizer.build(model.trainable_variables)
     backup = callbacks.StepBackup(str(tmp_path / "backup"), every=4)
     model.fit(x, y, epochs=4, verbose=0, callbacks=[backup])
@@ -362,18 +437,23 @@ def test_gradient_accumulation_survives_backup_and_restore(tmp_path):
     saved = _state(model)
 
     fresh, _, _ = _tiny_pretrainer()
-    fresh.compile(optimizer=optimization.make_optimizer(
-        "adamw", 1e-2, 10, gradient_accumulation_steps=3))
+    fresh.compile(
+        optimizer=optimization.make_optimizer(
+            "adamw", 1e-2, 10, gradient_accumulation_steps=3
+        )
+    )
     fresh.optimizer.build(fresh.trainable_variables)
     restore = callbacks.StepBackup(str(tmp_path / "backup"), every=4)
     restore.set_model(fresh)
     assert restore.restore()["step"] == 4
     for a, b in zip(saved, _state(fresh)):
         np.testing.assert_array_equal(a, b)
-    accumulators = [v for v in fresh.optimizer.variables
-                    if "accumulat" in v.path]
+    accumulators = [
+        v for v in fresh.optimizer.variables if "accumulat" in v.path
+    ]
     assert accumulators and any(
-        np.abs(keras.ops.convert_to_numpy(v)).sum() > 0 for v in accumulators)
+        np.abs(keras.ops.convert_to_numpy(v)).sum() > 0 for v in accumulators
+    )
     # Two more batches: both finish the second update identically.
     model.fit(x, y, epochs=2, verbose=0)
     fresh.fit(x, y, epochs=2, verbose=0)

@@ -250,8 +250,11 @@ def _read_folder(path, flag, text_pair_column):
         folder = os.path.join(path, label)
         if not os.path.isdir(folder) or label.startswith("."):
             continue  # hidden: editor and notebook state, no class
-        names = [n for n in sorted(os.listdir(folder))
-                 if n.endswith(".txt") and not n.startswith(".")]
+        names = [
+            n
+            for n in sorted(os.listdir(folder))
+            if n.endswith(".txt") and not n.startswith(".")
+        ]
         if not names:
             raise UsageError(
                 f"{flag}: {folder}: no .txt files, so class {label!r} "

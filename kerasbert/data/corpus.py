@@ -105,9 +105,11 @@ class TokenCorpus:
                 tokens.extend(s)
                 sentence_offsets.append(sentence_offsets[-1] + len(s))
             document_offsets.append(document_offsets[-1] + len(sentences))
-        return cls(np.asarray(tokens, np.int32),
-                   np.asarray(sentence_offsets, np.int64),
-                   np.asarray(document_offsets, np.int64))
+        return cls(
+            np.asarray(tokens, np.int32),
+            np.asarray(sentence_offsets, np.int64),
+            np.asarray(document_offsets, np.int64),
+        )
 
     def select_documents(self, doc_ids) -> "TokenCorpus":
         """A new in-memory corpus with only these documents, in this order."""
@@ -122,7 +124,8 @@ class TokenCorpus:
         return TokenCorpus(
             tokens.astype(np.int32),
             np.concatenate([zero, np.cumsum(t_count)]),
-            np.concatenate([zero, np.cumsum(s_count)]))
+            np.concatenate([zero, np.cumsum(s_count)]),
+        )
 
 
 # Writing and loading the cache.
@@ -134,8 +137,10 @@ class _TokenWriter:
     def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
-        self._files = {name: open(os.path.join(directory, f"{name}.bin"), "wb")
-                       for name in _ARRAYS}
+        self._files = {
+            name: open(os.path.join(directory, f"{name}.bin"), "wb")
+            for name in _ARRAYS
+        }
         self.num_tokens = self.num_sentences = self.num_documents = 0
         zero = np.zeros(1, np.int64).tobytes()
         self._files["sentence_offsets"].write(zero)
@@ -167,25 +172,36 @@ class _TokenWriter:
 
     def finish(self, meta: dict) -> None:
         self.close()
-        shapes = {"tokens": self.num_tokens,
-                  "sentence_offsets": self.num_sentences + 1,
-                  "document_offsets": self.num_documents + 1}
+        shapes = {
+            "tokens": self.num_tokens,
+            "sentence_offsets": self.num_sentences + 1,
+            "document_offsets": self.num_documents + 1,
+        }
         for name in _ARRAYS:
             raw = os.path.join(self.directory, f"{name}.bin")
             dtype = np.int32 if name == "tokens" else np.int64
             with open(os.path.join(self.directory, f"{name}.npy"), "wb") as f:
-                np.lib.format.write_array_header_1_0(f, {
-                    "descr": np.dtype(dtype).str, "fortran_order": False,
-                    "shape": (shapes[name],)})
+                np.lib.format.write_array_header_1_0(
+                    f,
+                    {
+                        "descr": np.dtype(dtype).str,
+                        "fortran_order": False,
+                        "shape": (shapes[name],),
+                    },
+                )
                 with open(raw, "rb") as src:
                     shutil.copyfileobj(src, f, 1 << 22)
             os.remove(raw)
-        meta = {**meta, "format_version": FORMAT_VERSION,
-                "num_tokens": self.num_tokens,
-                "num_sentences": self.num_sentences,
-                "num_documents": self.num_documents}
-        with open(os.path.join(self.directory, "meta.json"), "w",
-                  encoding="utf-8") as f:
+        meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "num_tokens": self.num_tokens,
+            "num_sentences": self.num_sentences,
+            "num_documents": self.num_documents,
+        }
+        with open(
+            os.path.join(self.directory, "meta.json"), "w", encoding="utf-8"
+        ) as f:
             json.dump(meta, f, indent=2, sort_keys=True)
 
 
@@ -194,15 +210,19 @@ def load_token_cache(path: str) -> TokenCorpus:
     try:
         with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
-        arrays = {name: np.load(os.path.join(path, f"{name}.npy"),
-                                mmap_mode="r") for name in _ARRAYS}
+        arrays = {
+            name: np.load(os.path.join(path, f"{name}.npy"), mmap_mode="r")
+            for name in _ARRAYS
+        }
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: not a complete token cache ({e})") from None
     result = TokenCorpus(**arrays, path=path)
-    if (meta.get("format_version") != FORMAT_VERSION
-            or result.num_tokens != meta["num_tokens"]
-            or result.num_sentences != meta["num_sentences"]
-            or result.num_documents != meta["num_documents"]):
+    if (
+        meta.get("format_version") != FORMAT_VERSION
+        or result.num_tokens != meta["num_tokens"]
+        or result.num_sentences != meta["num_sentences"]
+        or result.num_documents != meta["num_documents"]
+    ):
         raise UsageError(f"{path}: token cache does not match its meta.json")
     return result
 
@@ -212,20 +232,26 @@ def load_token_cache(path: str) -> TokenCorpus:
 
 def default_cache_dir() -> str:
     return os.environ.get("KERASBERT_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "kerasbert")
+        os.path.expanduser("~"), ".cache", "kerasbert"
+    )
 
 
 def corpus_fingerprint(data_config) -> list:
     """What identifies the corpus input without reading it."""
     c = data_config.corpus
-    if (data_config.corpus_format == "hf" and c is not None
-            and not os.path.exists(c)):
+    if (
+        data_config.corpus_format == "hf"
+        and c is not None
+        and not os.path.exists(c)
+    ):
         # A hub dataset: name, config and split (a new upstream revision
         # under the same name is not noticed; clear the cache for that).
         return ["hf", c, data_config.hf_config, data_config.hf_split]
     files = readers.corpus_files(c)
-    return [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns]
-            for p in files]
+    return [
+        [os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns]
+        for p in files
+    ]
 
 
 def _hash(*parts) -> str:
@@ -273,7 +299,8 @@ def _check_documents(data_config, num_documents):
         raise UsageError(
             f"{name}: corpus has 1 document; next-sentence pairs need at "
             "least 2 (separate documents with a blank line, or set "
-            "--one-doc-per-line)")
+            "--one-doc-per-line)"
+        )
 
 
 # Cleaning and sentence splitting are pure Python (punkt, kss): a corpus
@@ -334,11 +361,13 @@ def _split_in_pool(documents, language, clean, workers, name):
                 raise UsageError(
                     f"{name}: splitting {_TASK_CHARS:,} characters into "
                     f"sentences took over {_TASK_SECONDS:g} s (text that "
-                    "makes punkt's regexes backtrack?)") from None
+                    "makes punkt's regexes backtrack?)"
+                ) from None
 
         for batch in _document_batches(documents, _TASK_CHARS):
-            pending.append(pool.apply_async(
-                _split_task, ((batch, language, clean),)))
+            pending.append(
+                pool.apply_async(_split_task, ((batch, language, clean),))
+            )
             if len(pending) >= 2 * workers:
                 yield from oldest()
         while pending:
@@ -347,11 +376,15 @@ def _split_in_pool(documents, language, clean, workers, name):
 
 def _corpus_bytes(data_config):
     """Size of the corpus files; None for a hub dataset (unknown)."""
-    if data_config.corpus_format == "hf" and data_config.corpus and \
-            not os.path.exists(data_config.corpus):
+    if (
+        data_config.corpus_format == "hf"
+        and data_config.corpus
+        and not os.path.exists(data_config.corpus)
+    ):
         return None
-    return sum(os.path.getsize(p)
-               for p in readers.corpus_files(data_config.corpus))
+    return sum(
+        os.path.getsize(p) for p in readers.corpus_files(data_config.corpus)
+    )
 
 
 def _at_least(data_config, limit) -> bool:
@@ -362,7 +395,8 @@ def _at_least(data_config, limit) -> bool:
 
 def _tokenize_fast(data_config) -> bool:
     return "tensorflow" in sys.modules or _at_least(
-        data_config, _FAST_TOKENIZE_BYTES)
+        data_config, _FAST_TOKENIZE_BYTES
+    )
 
 
 def split_workers(data_config) -> int:
@@ -386,11 +420,15 @@ def example_documents(data_config):
 
     dc = data_config
     if dc.corpus is None:
-        raise UsageError(f"--corpus-format {dc.corpus_format}: needs "
-                         "--corpus")
+        raise UsageError(f"--corpus-format {dc.corpus_format}: needs --corpus")
     examples = read_examples(
-        dc.corpus, flag="--corpus", data_format=dc.corpus_format,
-        text_column=dc.text_field, label_column=None, columns=dc.columns)
+        dc.corpus,
+        flag="--corpus",
+        data_format=dc.corpus_format,
+        text_column=dc.text_field,
+        label_column=None,
+        columns=dc.columns,
+    )
     for text in examples.texts:
         paragraphs = [p for p in text.splitlines() if p.strip()]
         if paragraphs:
@@ -409,8 +447,10 @@ def halve_lone_sentences(documents):
                 words = sentences[0].split()
                 if len(words) >= 2:
                     middle = len(words) // 2
-                    sentences = [" ".join(words[:middle]),
-                                 " ".join(words[middle:])]
+                    sentences = [
+                        " ".join(words[:middle]),
+                        " ".join(words[middle:]),
+                    ]
             yield sentences
     finally:
         if hasattr(documents, "close"):
@@ -428,13 +468,19 @@ def read_documents_as_sentences(data_config):
         documents = example_documents(dc)
     else:
         documents = readers.iter_documents(
-            dc.corpus, dc.corpus_format, dc.one_doc_per_line, dc.text_field,
-            dc.hf_config, dc.hf_split)
+            dc.corpus,
+            dc.corpus_format,
+            dc.one_doc_per_line,
+            dc.text_field,
+            dc.hf_config,
+            dc.hf_split,
+        )
     language, documents = resolve_language(documents, dc.language)
     workers = split_workers(dc)
     if workers > 1:
-        split = _split_in_pool(documents, language, dc.clean, workers,
-                               _corpus_name(dc))
+        split = _split_in_pool(
+            documents, language, dc.clean, workers, _corpus_name(dc)
+        )
     else:
         split = iter_sentences(documents, language, dc.clean)
     if dc.corpus_format in EXAMPLE_FORMATS:
@@ -450,7 +496,8 @@ def write_sentences(data_config, path, progress=True) -> tuple[str, int]:
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for sentences in _progress(
-                split, progress, desc="sentences", unit=" docs"):
+            split, progress, desc="sentences", unit=" docs"
+        ):
             f.write("\n".join(sentences))
             f.write("\n\n")
             count += 1
@@ -479,18 +526,30 @@ def _sentence_lines(path):
                 yield line.rstrip("\n")
 
 
-def tokenize_documents(documents, tokenizer, out_dir, meta, fast=False,
-                       progress=True, total=None, batch_chars=_TASK_CHARS):
+def tokenize_documents(
+    documents,
+    tokenizer,
+    out_dir,
+    meta,
+    fast=False,
+    progress=True,
+    total=None,
+    batch_chars=_TASK_CHARS,
+):
     """Documents (lists of sentences) -> token cache files in `out_dir`
     (not yet in place); returns the number of documents written. `fast`:
     see `Tokenizer.encode_flat`."""
     writer = _TokenWriter(out_dir)
     try:
         for batch in _document_batches(
-                _progress(documents, progress, desc="tokens", unit=" docs",
-                          total=total), batch_chars):
+            _progress(
+                documents, progress, desc="tokens", unit=" docs", total=total
+            ),
+            batch_chars,
+        ):
             ids, lengths = tokenizer.encode_flat(
-                [s for doc in batch for s in doc], fast=fast)
+                [s for doc in batch for s in doc], fast=fast
+            )
             writer.add(ids, lengths, [len(doc) for doc in batch])
     finally:
         writer.close()
@@ -500,8 +559,9 @@ def tokenize_documents(documents, tokenizer, out_dir, meta, fast=False,
     return writer.num_documents
 
 
-def prepare_corpus(data_config, tokenizer_dir: str | None = None,
-                   progress: bool = True) -> tuple[Tokenizer, TokenCorpus]:
+def prepare_corpus(
+    data_config, tokenizer_dir: str | None = None, progress: bool = True
+) -> tuple[Tokenizer, TokenCorpus]:
     """Reads, splits, tokenizes and caches the corpus; returns both parts.
 
     With `data_config.tokenizer` None a WordPiece vocabulary of
@@ -514,16 +574,25 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
     readers.check_choices(dc.corpus_format, dc.language)
     cache_dir = dc.cache_dir or default_cache_dir()
     fingerprint = corpus_fingerprint(dc)
-    text_key = [FORMAT_VERSION, fingerprint, dc.corpus_format,
-                dc.one_doc_per_line, dc.text_field, dc.hf_config,
-                dc.hf_split, dc.language, dc.clean]
+    text_key = [
+        FORMAT_VERSION,
+        fingerprint,
+        dc.corpus_format,
+        dc.one_doc_per_line,
+        dc.text_field,
+        dc.hf_config,
+        dc.hf_split,
+        dc.language,
+        dc.clean,
+    ]
     if dc.corpus_format in EXAMPLE_FORMATS:  # keys of older caches unchanged
         text_key.append(dc.columns)
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"--cache-dir: cannot create {cache_dir} ({e})") \
-            from None
+        raise UsageError(
+            f"--cache-dir: cannot create {cache_dir} ({e})"
+        ) from None
     remove_stale_scratch(cache_dir, "tmp")
     work = None
     sentences_path = num_documents = None
@@ -538,29 +607,36 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
         if dc.tokenizer is not None:
             tokenizer = Tokenizer.load(dc.tokenizer)
         else:
-            tok_dir = os.path.join(cache_dir, "tokenizer-" + _hash(
-                text_key, dc.vocab_size, dc.lowercase, dc.strip_accents))
+            tok_dir = os.path.join(
+                cache_dir,
+                "tokenizer-"
+                + _hash(
+                    text_key, dc.vocab_size, dc.lowercase, dc.strip_accents
+                ),
+            )
             if os.path.isdir(tok_dir):
                 tokenizer = Tokenizer.load(tok_dir)
             else:
                 sentences_path = os.path.join(workspace(), "sentences.txt")
                 language, num_documents = write_sentences(
-                    dc, sentences_path, progress)
+                    dc, sentences_path, progress
+                )
                 strip = dc.strip_accents
                 if strip is None:
                     strip = False if language == "ko" else dc.lowercase
                 # A re-iterable: the trainer reads the lines twice.
                 lines = _Lines(sentences_path)
                 tokenizer = train_wordpiece(
-                    lines, dc.vocab_size,
-                    dc.lowercase, strip, progress)
+                    lines, dc.vocab_size, dc.lowercase, strip, progress
+                )
                 tokenizer.save(os.path.join(work, "tokenizer"))
                 _move_into_place(os.path.join(work, "tokenizer"), tok_dir)
             if tokenizer_dir:
                 tokenizer.save(tokenizer_dir)
 
-        out = os.path.join(cache_dir, "tokens-" + _hash(
-            text_key, tokenizer.fingerprint()))
+        out = os.path.join(
+            cache_dir, "tokens-" + _hash(text_key, tokenizer.fingerprint())
+        )
         if os.path.isdir(out):
             try:
                 return tokenizer, load_token_cache(out)
@@ -574,9 +650,14 @@ def prepare_corpus(data_config, tokenizer_dir: str | None = None,
             documents = _read_sentence_documents(sentences_path)
         built = os.path.join(workspace(), "tokens")
         count = tokenize_documents(
-            documents, tokenizer, built,
+            documents,
+            tokenizer,
+            built,
             {"corpus": _corpus_name(dc), "tokenizer": tokenizer.source},
-            _tokenize_fast(dc), progress, num_documents)
+            _tokenize_fast(dc),
+            progress,
+            num_documents,
+        )
         _check_documents(dc, count)
         _move_into_place(built, out)
         return tokenizer, load_token_cache(out)

@@ -37,20 +37,24 @@ import tensorflow as tf
 from kerasbert.errors import UsageError
 
 
-def validate_masking(*, sequence_length: int, max_predictions: int,
-                     mask_rate: float) -> None:
+def validate_masking(
+    *, sequence_length: int, max_predictions: int, mask_rate: float
+) -> None:
     """Raises `UsageError` naming the flag for out-of-range settings."""
     if sequence_length < 8:
         raise UsageError(
-            f"--sequence-length: must be >= 8, got {sequence_length}")
+            f"--sequence-length: must be >= 8, got {sequence_length}"
+        )
     if max_predictions < 1:
         raise UsageError(
-            f"--max-predictions: must be >= 1, got {max_predictions}")
+            f"--max-predictions: must be >= 1, got {max_predictions}"
+        )
     if max_predictions > sequence_length - 3:
         raise UsageError(
             f"--max-predictions: {max_predictions} is more than the "
             f"{sequence_length - 3} maskable tokens of --sequence-length "
-            f"{sequence_length}")
+            f"{sequence_length}"
+        )
     if not 0 <= mask_rate <= 1:
         raise UsageError(f"--mask-rate: must be in [0, 1], got {mask_rate}")
 
@@ -62,8 +66,13 @@ def noise_width(sequence_length: int, max_predictions: int) -> int:
 
 def draw_noise(seed, rows, sequence_length: int, max_predictions: int):
     """Uniforms [*rows, noise_width] from a stateless seed of shape [2]."""
-    shape = tf.concat([tf.reshape(tf.cast(rows, tf.int32), [-1]),
-                       [noise_width(sequence_length, max_predictions)]], 0)
+    shape = tf.concat(
+        [
+            tf.reshape(tf.cast(rows, tf.int32), [-1]),
+            [noise_width(sequence_length, max_predictions)],
+        ],
+        0,
+    )
     return tf.random.stateless_uniform(shape, seed=seed)
 
 
@@ -86,11 +95,18 @@ class DynamicMasker:
     exactly the rows that masking the whole batch gives.
     """
 
-    def __init__(self, tokenizer, *, max_predictions: int = 20,
-                 mask_rate: float = 0.15, whole_word: bool = False):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_predictions: int = 20,
+        mask_rate: float = 0.15,
+        whole_word: bool = False,
+    ):
         if max_predictions < 1:
             raise UsageError(
-                f"--max-predictions: must be >= 1, got {max_predictions}")
+                f"--max-predictions: must be >= 1, got {max_predictions}"
+            )
         if not 0 <= mask_rate <= 1:
             raise UsageError(f"--mask-rate: must be in [0, 1], got {mask_rate}")
         self.max_predictions = int(max_predictions)
@@ -98,8 +114,13 @@ class DynamicMasker:
         self.whole_word = bool(whole_word)
         vocab = int(tokenizer.vocabulary_size)
         special = np.zeros(vocab, dtype=bool)
-        ids = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id,
-               tokenizer.mask_id, *tokenizer.special_ids]
+        ids = [
+            tokenizer.pad_id,
+            tokenizer.cls_id,
+            tokenizer.sep_id,
+            tokenizer.mask_id,
+            *tokenizer.special_ids,
+        ]
         special[[i for i in ids if i is not None and 0 <= i < vocab]] = True
         if special.all():
             raise UsageError("tokenizer: every token id is special")
@@ -117,7 +138,8 @@ class DynamicMasker:
             if starts.shape != (vocab,):
                 raise UsageError(
                     f"tokenizer: word_start_mask has shape {starts.shape}, "
-                    f"expected ({vocab},)")
+                    f"expected ({vocab},)"
+                )
             self.word_start_table = tf.constant(starts)
 
     def __call__(self, token_ids, padding_mask, noise):
@@ -131,9 +153,9 @@ class DynamicMasker:
         # whole-word masking, per word), a decision and a replacement draw
         # per prediction slot.
         order_noise = noise[:, :length]
-        word_decision_noise = noise[:, length:2 * length]
-        slot_decision_noise = noise[:, 2 * length:2 * length + p]
-        token_noise = noise[:, 2 * length + p:]
+        word_decision_noise = noise[:, length : 2 * length]
+        slot_decision_noise = noise[:, 2 * length : 2 * length + p]
+        token_noise = noise[:, 2 * length + p :]
 
         if self.specials_below is not None:
             normal = token_ids >= self.specials_below
@@ -145,14 +167,17 @@ class DynamicMasker:
             n = tf.zeros_like(num_eligible)
         else:
             # tf.round is round-half-to-even, like Google's Python round().
-            n = tf.cast(tf.round(tf.cast(num_eligible, tf.float32) *
-                                 self.mask_rate), tf.int32)
+            n = tf.cast(
+                tf.round(tf.cast(num_eligible, tf.float32) * self.mask_rate),
+                tf.int32,
+            )
             n = tf.minimum(tf.maximum(n, 1), p)
             n = tf.minimum(n, num_eligible)
 
         if self.whole_word:
-            selected, word = self._select_words(token_ids, eligible, n,
-                                                order_noise)
+            selected, word = self._select_words(
+                token_ids, eligible, n, order_noise
+            )
             # Ascending positions: top_k of (length - position) over the
             # selected ones; empty slots get 0.
             key = tf.where(selected, length - tf.range(length)[None, :], 0)
@@ -162,7 +187,9 @@ class DynamicMasker:
             # One 80/10/10 decision per word: every token reads its word's.
             decision = tf.gather(
                 word_decision_noise,
-                tf.gather(word, positions, batch_dims=1), batch_dims=1)
+                tf.gather(word, positions, batch_dims=1),
+                batch_dims=1,
+            )
         else:
             # The p eligible positions with the largest random keys, in
             # random order; the first n of them are predicted. (top_k of p
@@ -178,17 +205,27 @@ class DynamicMasker:
 
         original = tf.gather(token_ids, positions, batch_dims=1)
         num_normal = tf.shape(self.normal_ids)[0]
-        random_ids = tf.gather(self.normal_ids, tf.minimum(
-            tf.cast(token_noise * tf.cast(num_normal, tf.float32), tf.int32),
-            num_normal - 1))
-        new = tf.where(decision < 0.8, self.mask_id,
-                       tf.where(decision < 0.9, random_ids, original))
+        random_ids = tf.gather(
+            self.normal_ids,
+            tf.minimum(
+                tf.cast(
+                    token_noise * tf.cast(num_normal, tf.float32), tf.int32
+                ),
+                num_normal - 1,
+            ),
+        )
+        new = tf.where(
+            decision < 0.8,
+            self.mask_id,
+            tf.where(decision < 0.9, random_ids, original),
+        )
         # Empty slots point at position 0 ([CLS], never eligible) and write
         # its own id back: a no-op that keeps the scatter dense.
         new = tf.where(weights, new, token_ids[:, :1])
         index = tf.stack(
             [tf.broadcast_to(tf.range(rows)[:, None], [rows, p]), positions],
-            axis=-1)
+            axis=-1,
+        )
         return {
             "token_ids": tf.tensor_scatter_nd_update(token_ids, index, new),
             "mask_positions": positions,
@@ -200,9 +237,13 @@ class DynamicMasker:
         """Where words begin: a word-start token, or text after a non-text
         position (a `##` piece left first by truncation starts a word)."""
         previous = tf.pad(eligible[:, :-1], [[0, 0], [1, 0]])
-        return tf.logical_and(eligible, tf.logical_or(
-            tf.gather(self.word_start_table, token_ids),
-            tf.logical_not(previous)))
+        return tf.logical_and(
+            eligible,
+            tf.logical_or(
+                tf.gather(self.word_start_table, token_ids),
+                tf.logical_not(previous),
+            ),
+        )
 
     def _select_words(self, token_ids, eligible, n, order_noise):
         """Whole words in random order while the running count is <= n.
@@ -213,36 +254,44 @@ class DynamicMasker:
         starts = self._word_starts(token_ids, eligible)
         # word[i]: index of the word holding position i (-1 before the first
         # word); only meaningful where eligible.
-        word = tf.maximum(
-            tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1, 0)
+        word = tf.maximum(tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1, 0)
         # Word lengths by word id, with a segment sum over row-offset ids.
         flat = word + tf.range(rows)[:, None] * length
-        word_len = tf.reshape(tf.math.unsorted_segment_sum(
-            tf.reshape(tf.cast(eligible, tf.int32), [-1]),
-            tf.reshape(flat, [-1]), rows * length), [rows, length])
+        word_len = tf.reshape(
+            tf.math.unsorted_segment_sum(
+                tf.reshape(tf.cast(eligible, tf.int32), [-1]),
+                tf.reshape(flat, [-1]),
+                rows * length,
+            ),
+            [rows, length],
+        )
         # Each word's random key is the noise at its id; words that can never
         # fit (longer than n) go after all others, missing ids last.
-        score = tf.where(word_len > n[:, None], order_noise - 1.0,
-                         order_noise)
+        score = tf.where(word_len > n[:, None], order_noise - 1.0, order_noise)
         score = tf.where(word_len > 0, score, -2.0)
         order = tf.argsort(score, axis=1, direction="DESCENDING", stable=True)
         lengths_in_order = tf.gather(word_len, order, batch_dims=1)
         taken_in_order = tf.logical_and(
             tf.cumsum(lengths_in_order, axis=1) <= n[:, None],
-            lengths_in_order > 0)
+            lengths_in_order > 0,
+        )
         # The prefix usually stops a token or two short of n (the next word
         # did not fit); single-token words further down the order fill the
         # gap, close to Google's skip-and-continue walk.
         left = n - tf.reduce_sum(
-            tf.where(taken_in_order, lengths_in_order, 0), axis=1)
-        single = tf.logical_and(tf.logical_not(taken_in_order),
-                                tf.equal(lengths_in_order, 1))
+            tf.where(taken_in_order, lengths_in_order, 0), axis=1
+        )
+        single = tf.logical_and(
+            tf.logical_not(taken_in_order), tf.equal(lengths_in_order, 1)
+        )
         fill = tf.logical_and(
-            single, tf.cumsum(tf.cast(single, tf.int32), axis=1)
-            <= left[:, None])
+            single,
+            tf.cumsum(tf.cast(single, tf.int32), axis=1) <= left[:, None],
+        )
         taken_in_order = tf.logical_or(taken_in_order, fill)
         rank = tf.argsort(order, axis=1, stable=True)
         word_taken = tf.gather(taken_in_order, rank, batch_dims=1)
         selected = tf.logical_and(
-            eligible, tf.gather(word_taken, word, batch_dims=1))
+            eligible, tf.gather(word_taken, word, batch_dims=1)
+        )
         return selected, word

@@ -29,16 +29,24 @@ def truncate(ids: list[int], length: int, truncation: str) -> list[int]:
     if truncation == "head":
         return list(ids[:length])
     if truncation == "tail":
-        return list(ids[len(ids) - length:])
+        return list(ids[len(ids) - length :])
     if truncation == "head+tail":
         head = length // 4
-        return list(ids[:head]) + list(ids[len(ids) - (length - head):])
-    raise ValueError(f"truncation must be one of {TRUNCATIONS}, "
-                     f"got {truncation!r}")
+        return list(ids[:head]) + list(ids[len(ids) - (length - head) :])
+    raise ValueError(
+        f"truncation must be one of {TRUNCATIONS}, got {truncation!r}"
+    )
 
 
-def pack(ids_a, ids_b=None, *, max_length: int, truncation: str = "head",
-         cls_id: int, sep_id: int) -> tuple[list[int], list[int]]:
+def pack(
+    ids_a,
+    ids_b=None,
+    *,
+    max_length: int,
+    truncation: str = "head",
+    cls_id: int,
+    sep_id: int,
+) -> tuple[list[int], list[int]]:
     """`(token_ids, segment_ids)` of `[CLS] A [SEP] (B [SEP])`, at most
     `max_length` long (no padding: batching pads)."""
     if ids_b is None:
@@ -47,5 +55,7 @@ def pack(ids_a, ids_b=None, *, max_length: int, truncation: str = "head",
     keep_a, keep_b = pair_lengths(len(ids_a), len(ids_b), max_length - 3)
     a = truncate(ids_a, keep_a, truncation)
     b = truncate(ids_b, keep_b, truncation)
-    return ([cls_id, *a, sep_id, *b, sep_id],
-            [0] * (len(a) + 2) + [1] * (len(b) + 1))
+    return (
+        [cls_id, *a, sep_id, *b, sep_id],
+        [0] * (len(a) + 2) + [1] * (len(b) + 1),
+    )

@@ -53,7 +53,8 @@ def split_train_heldout(num_documents: int, holdout_fraction: float, seed: int):
         raise UsageError(
             f"--holdout-fraction: the corpus has {num_documents} document(s); "
             f"holding some out needs at least {MIN_DOCUMENTS_TO_HOLD_OUT} "
-            "(2 to train on, 2 to evaluate), or --holdout-fraction 0")
+            "(2 to train on, 2 to evaluate), or --holdout-fraction 0"
+        )
     num_heldout = max(2, round(num_documents * holdout_fraction))
     num_heldout = min(num_heldout, num_documents - 2)
     return np.sort(ids[num_heldout:]), np.sort(ids[:num_heldout])
@@ -70,14 +71,21 @@ def usable_documents(corpus, document_ids):
         if len(ids) and (ids[0] < 0 or ids[-1] >= len(do) - 1):
             raise UsageError(
                 f"document_ids: ids must be in [0, {len(do) - 1}), got "
-                f"{ids[0]}..{ids[-1]}")
+                f"{ids[0]}..{ids[-1]}"
+            )
     num_tokens = so[do[ids + 1]] - so[do[ids]]
     return ids[num_tokens > 0]
 
 
-def create_pairs(corpus, *, max_num_tokens: int, short_seq_prob: float,
-                 nsp_probability: float, rng: np.random.Generator,
-                 document_ids=None) -> np.ndarray:
+def create_pairs(
+    corpus,
+    *,
+    max_num_tokens: int,
+    short_seq_prob: float,
+    nsp_probability: float,
+    rng: np.random.Generator,
+    document_ids=None,
+) -> np.ndarray:
     """Pairs for one pass over the documents, in visiting order.
 
     Args:
@@ -95,8 +103,10 @@ def create_pairs(corpus, *, max_num_tokens: int, short_seq_prob: float,
     """
     if max_num_tokens < 2:
         raise UsageError("--sequence-length: must leave room for A and B")
-    for flag, p in (("--short-seq-prob", short_seq_prob),
-                    ("--nsp-probability", nsp_probability)):
+    for flag, p in (
+        ("--short-seq-prob", short_seq_prob),
+        ("--nsp-probability", nsp_probability),
+    ):
         if not 0 <= p <= 1:
             raise UsageError(f"{flag}: must be in [0, 1], got {p}")
     pool = usable_documents(corpus, document_ids)
@@ -104,7 +114,8 @@ def create_pairs(corpus, *, max_num_tokens: int, short_seq_prob: float,
     if len(pool) < 2:
         raise UsageError(
             f"corpus: next-sentence pairs need at least 2 non-empty "
-            f"documents, got {len(pool)}")
+            f"documents, got {len(pool)}"
+        )
     so = np.asarray(corpus.sentence_offsets, dtype=np.int64)
     do = np.asarray(corpus.document_offsets, dtype=np.int64)
     # Flat lists of ints, cheaper than tuples: (a_start, a_len, b_start,
@@ -116,7 +127,7 @@ def create_pairs(corpus, *, max_num_tokens: int, short_seq_prob: float,
     for p in rng.permutation(len(pool)).tolist():
         doc = int(pool[p])
         first, last = int(do[doc]), int(do[doc + 1])
-        off = so[first:last + 1].tolist()  # this document's sentence offsets
+        off = so[first : last + 1].tolist()  # this document's sentence offsets
         n = last - first
         # Three uniforms per chunk (target, split, next), and a chunk moves
         # on by at least one sentence: drawing them per document beats a
@@ -184,18 +195,27 @@ def create_pairs(corpus, *, max_num_tokens: int, short_seq_prob: float,
     # searchsorted and a clip give it.
     end = np.searchsorted(so, b_start + random_next[:, 2], side="left")
     end = np.clip(end, s + 1, b_last)
-    pairs = np.concatenate([
-        np.column_stack([follow, np.zeros(len(follow), np.int64)]),
-        np.column_stack([random_next[:, :2], b_start, so[end] - b_start,
-                         np.ones(len(q), np.int64)]),
-    ])
+    pairs = np.concatenate(
+        [
+            np.column_stack([follow, np.zeros(len(follow), np.int64)]),
+            np.column_stack(
+                [
+                    random_next[:, :2],
+                    b_start,
+                    so[end] - b_start,
+                    np.ones(len(q), np.int64),
+                ]
+            ),
+        ]
+    )
     # Empty sentences could leave a side empty; such a pair teaches nothing.
     pairs = pairs[(pairs[:, 1] > 0) & (pairs[:, 3] > 0)]
     return truncate_pairs(pairs, max_num_tokens, rng)
 
 
-def truncate_pairs(pairs: np.ndarray, max_num_tokens: int,
-                   rng: np.random.Generator) -> np.ndarray:
+def truncate_pairs(
+    pairs: np.ndarray, max_num_tokens: int, rng: np.random.Generator
+) -> np.ndarray:
     """Google's `truncate_seq_pair` on all pairs at once.
 
     Google removes one token at a time from the longer side (B on a tie),
@@ -227,16 +247,24 @@ def truncate_pairs(pairs: np.ndarray, max_num_tokens: int,
     return pairs
 
 
-def assemble(tokens, pairs: np.ndarray, sequence_length: int, *, cls_id: int,
-             sep_id: int, pad_id: int):
+def assemble(
+    tokens,
+    pairs: np.ndarray,
+    sequence_length: int,
+    *,
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+):
     """Rows `[CLS] A [SEP] B [SEP] [PAD]...` for a block of pairs.
 
     Returns int32 arrays token_ids, segment_ids, padding_mask of shape
     [len(pairs), sequence_length] and next_sentence_label [len(pairs)].
     Segment 0 covers `[CLS] A [SEP]`, segment 1 `B [SEP]`, padding is 0.
     """
-    a_start, a_len, b_start, b_len, label = (pairs[:, i:i + 1] for i in
-                                             range(5))
+    a_start, a_len, b_start, b_len, label = (
+        pairs[:, i : i + 1] for i in range(5)
+    )
     j = np.arange(sequence_length, dtype=np.int64)[None, :]
     sep_a = a_len + 1  # position of the first [SEP]
     end = sep_a + b_len + 1  # position of the second [SEP]
@@ -250,14 +278,24 @@ def assemble(tokens, pairs: np.ndarray, sequence_length: int, *, cls_id: int,
     ids[(j == sep_a) | (j == end)] = sep_id  # broadcast: both [N, S]
     ids[:, 0] = cls_id
     segments = (j > sep_a) & padding
-    return (ids, segments.astype(np.int32), padding.astype(np.int32),
-            label[:, 0].astype(np.int32))
+    return (
+        ids,
+        segments.astype(np.int32),
+        padding.astype(np.int32),
+        label[:, 0].astype(np.int32),
+    )
 
 
-def epoch_pairs(corpus, *, sequence_length: int = 128,
-                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
-                seed: int = 0, document_ids=None,
-                epoch: int = 0) -> np.ndarray:
+def epoch_pairs(
+    corpus,
+    *,
+    sequence_length: int = 128,
+    short_seq_prob: float = 0.1,
+    nsp_probability: float = 0.5,
+    seed: int = 0,
+    document_ids=None,
+    epoch: int = 0,
+) -> np.ndarray:
     """The shuffled pairs [num_pairs, 5] of one epoch; see `pairing`.
 
     Pairs of one document come out together; shuffling them (as Google's
@@ -265,17 +303,35 @@ def epoch_pairs(corpus, *, sequence_length: int = 128,
     """
     rng = np.random.default_rng([seed, epoch])
     pairs = create_pairs(
-        corpus, max_num_tokens=sequence_length - 3,
-        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
-        rng=rng, document_ids=document_ids)
+        corpus,
+        max_num_tokens=sequence_length - 3,
+        short_seq_prob=short_seq_prob,
+        nsp_probability=nsp_probability,
+        rng=rng,
+        document_ids=document_ids,
+    )
     return pairs[rng.permutation(len(pairs))]
 
 
-def count_pairs(corpus, *, sequence_length: int = 128,
-                short_seq_prob: float = 0.1, nsp_probability: float = 0.5,
-                seed: int = 0, document_ids=None, epoch: int = 0) -> int:
+def count_pairs(
+    corpus,
+    *,
+    sequence_length: int = 128,
+    short_seq_prob: float = 0.1,
+    nsp_probability: float = 0.5,
+    seed: int = 0,
+    document_ids=None,
+    epoch: int = 0,
+) -> int:
     """Sequences in one epoch (batches: this // batch_size)."""
-    return len(epoch_pairs(
-        corpus, sequence_length=sequence_length,
-        short_seq_prob=short_seq_prob, nsp_probability=nsp_probability,
-        seed=seed, document_ids=document_ids, epoch=epoch))
+    return len(
+        epoch_pairs(
+            corpus,
+            sequence_length=sequence_length,
+            short_seq_prob=short_seq_prob,
+            nsp_probability=nsp_probability,
+            seed=seed,
+            document_ids=document_ids,
+            epoch=epoch,
+        )
+    )

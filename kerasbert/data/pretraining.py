@@ -45,8 +45,14 @@ def block_batches(batch_size: int) -> int:
     return max(1, _BLOCK_ROWS // batch_size)
 
 
-def mask_noise(seed: int, batch_index: int, *, batch_size: int,
-               sequence_length: int, max_predictions: int):
+def mask_noise(
+    seed: int,
+    batch_index: int,
+    *,
+    batch_size: int,
+    sequence_length: int,
+    max_predictions: int,
+):
     """The masking noise [batch_size, width] of one global batch.
 
     Masking runs on blocks of `block_batches(batch_size)` global batches:
@@ -57,19 +63,33 @@ def mask_noise(seed: int, batch_index: int, *, batch_size: int,
     This helper gives the noise of one batch, as the pipeline draws it.
     """
     block = block_batches(batch_size)
-    noise = draw_noise(tf.constant([seed, batch_index // block], tf.int64),
-                       [block, batch_size], sequence_length, max_predictions)
+    noise = draw_noise(
+        tf.constant([seed, batch_index // block], tf.int64),
+        [block, batch_size],
+        sequence_length,
+        max_predictions,
+    )
     return noise[batch_index % block]
 
 
-def pretraining_dataset(corpus, tokenizer, *, sequence_length: int = 128,
-                        batch_size: int = 32, max_predictions: int = 20,
-                        mask_rate: float = 0.15, whole_word: bool = False,
-                        nsp_probability: float = 0.5,
-                        short_seq_prob: float = 0.1, seed: int = 0,
-                        document_ids=None, repeat: bool = True,
-                        start_batch: int = 0, num_workers: int = 1,
-                        worker_index: int = 0) -> tf.data.Dataset:
+def pretraining_dataset(
+    corpus,
+    tokenizer,
+    *,
+    sequence_length: int = 128,
+    batch_size: int = 32,
+    max_predictions: int = 20,
+    mask_rate: float = 0.15,
+    whole_word: bool = False,
+    nsp_probability: float = 0.5,
+    short_seq_prob: float = 0.1,
+    seed: int = 0,
+    document_ids=None,
+    repeat: bool = True,
+    start_batch: int = 0,
+    num_workers: int = 1,
+    worker_index: int = 0,
+) -> tf.data.Dataset:
     """`(x, y)` batches for `BertPretrainer.fit`; see the module docstring.
 
     x: token_ids, segment_ids, padding_mask [rows, sequence_length] int32,
@@ -77,72 +97,104 @@ def pretraining_dataset(corpus, tokenizer, *, sequence_length: int = 128,
     mask_weights float32 [rows, max_predictions], next_sentence_label
     [rows] int32, where rows = batch_size / num_workers.
     """
-    validate_masking(sequence_length=sequence_length,
-                     max_predictions=max_predictions, mask_rate=mask_rate)
+    validate_masking(
+        sequence_length=sequence_length,
+        max_predictions=max_predictions,
+        mask_rate=mask_rate,
+    )
     if not 0 <= nsp_probability <= 1:
         raise UsageError(
-            f"--nsp-probability: must be in [0, 1], got {nsp_probability}")
+            f"--nsp-probability: must be in [0, 1], got {nsp_probability}"
+        )
     if not 0 <= short_seq_prob <= 1:
         raise UsageError(
-            f"--short-seq-prob: must be in [0, 1], got {short_seq_prob}")
+            f"--short-seq-prob: must be in [0, 1], got {short_seq_prob}"
+        )
     if batch_size < 1:
         raise UsageError(f"--batch-size: must be >= 1, got {batch_size}")
     if num_workers < 1 or not 0 <= worker_index < num_workers:
         raise UsageError(
             f"num_workers/worker_index: need 0 <= {worker_index} < "
-            f"{num_workers}")
+            f"{num_workers}"
+        )
     if batch_size % num_workers:
         raise UsageError(
             f"--batch-size: the global batch {batch_size} does not divide "
-            f"among {num_workers} workers")
+            f"among {num_workers} workers"
+        )
     if start_batch < 0:
         raise UsageError(f"start_batch: must be >= 0, got {start_batch}")
     if len(usable_documents(corpus, document_ids)) < 2:
         raise UsageError(
             "corpus: next-sentence pairs need at least 2 non-empty "
-            "documents (a random B must come from another document)")
-    masker = DynamicMasker(tokenizer, max_predictions=max_predictions,
-                           mask_rate=mask_rate, whole_word=whole_word)
-    pair_args = dict(sequence_length=sequence_length,
-                     short_seq_prob=short_seq_prob,
-                     nsp_probability=nsp_probability, seed=seed,
-                     document_ids=document_ids)
+            "documents (a random B must come from another document)"
+        )
+    masker = DynamicMasker(
+        tokenizer,
+        max_predictions=max_predictions,
+        mask_rate=mask_rate,
+        whole_word=whole_word,
+    )
+    pair_args = dict(
+        sequence_length=sequence_length,
+        short_seq_prob=short_seq_prob,
+        nsp_probability=nsp_probability,
+        seed=seed,
+        document_ids=document_ids,
+    )
     first_epoch = epoch_pairs(corpus, epoch=0, **pair_args)
     if len(first_epoch) < batch_size:
         raise UsageError(
             f"--batch-size: an epoch has only {len(first_epoch)} sequences, "
-            f"fewer than one batch of {batch_size}")
+            f"fewer than one batch of {batch_size}"
+        )
     rows = batch_size // num_workers
     lo = worker_index * rows
     block = block_batches(batch_size)
-    special = dict(cls_id=int(tokenizer.cls_id), sep_id=int(tokenizer.sep_id),
-                   pad_id=int(tokenizer.pad_id))
+    special = dict(
+        cls_id=int(tokenizer.cls_id),
+        sep_id=int(tokenizer.sep_id),
+        pad_id=int(tokenizer.pad_id),
+    )
     tokens = corpus.tokens
 
     def pieces():
         """Runs of global batches that lie within one masking block."""
         skip, base, epoch = start_batch, 0, 0
         while True:
-            pairs = (first_epoch if epoch == 0 else
-                     epoch_pairs(corpus, epoch=epoch, **pair_args))
+            pairs = (
+                first_epoch
+                if epoch == 0
+                else epoch_pairs(corpus, epoch=epoch, **pair_args)
+            )
             num_batches = len(pairs) // batch_size
             if num_batches == 0:  # never spin without yielding
                 raise UsageError(
                     f"--batch-size: epoch {epoch} has only {len(pairs)} "
-                    f"sequences, fewer than one batch of {batch_size}")
-            pairs = pairs[:num_batches * batch_size].reshape(
-                num_batches, batch_size, 5)[:, lo:lo + rows]
+                    f"sequences, fewer than one batch of {batch_size}"
+                )
+            pairs = pairs[: num_batches * batch_size].reshape(
+                num_batches, batch_size, 5
+            )[:, lo : lo + rows]
             start = min(skip, num_batches)
             while start < num_batches:
-                end = min(num_batches,
-                          ((base + start) // block + 1) * block - base)
+                end = min(
+                    num_batches, ((base + start) // block + 1) * block - base
+                )
                 g = end - start
                 ids, seg, pad, label = assemble(
-                    tokens, pairs[start:end].reshape(-1, 5), sequence_length,
-                    **special)
-                yield (np.arange(base + start, base + end),
-                       ids.reshape(g, rows, -1), seg.reshape(g, rows, -1),
-                       pad.reshape(g, rows, -1), label.reshape(g, rows))
+                    tokens,
+                    pairs[start:end].reshape(-1, 5),
+                    sequence_length,
+                    **special,
+                )
+                yield (
+                    np.arange(base + start, base + end),
+                    ids.reshape(g, rows, -1),
+                    seg.reshape(g, rows, -1),
+                    pad.reshape(g, rows, -1),
+                    label.reshape(g, rows),
+                )
                 start = end
             skip = max(0, skip - num_batches)
             base += num_batches
@@ -151,30 +203,48 @@ def pretraining_dataset(corpus, tokenizer, *, sequence_length: int = 128,
                 return
 
     seq = tf.TensorSpec([None, rows, sequence_length], tf.int32)
-    ds = tf.data.Dataset.from_generator(pieces, output_signature=(
-        tf.TensorSpec([None], tf.int64), seq, seq, seq,
-        tf.TensorSpec([None, rows], tf.int32)))
+    ds = tf.data.Dataset.from_generator(
+        pieces,
+        output_signature=(
+            tf.TensorSpec([None], tf.int64),
+            seq,
+            seq,
+            seq,
+            tf.TensorSpec([None, rows], tf.int32),
+        ),
+    )
 
     def finish(index, token_ids, segment_ids, padding_mask, label):
         g = tf.shape(index)[0]
-        noise = draw_noise(tf.stack([tf.constant(seed, tf.int64),
-                                     index[0] // block]),
-                           [block, batch_size], sequence_length,
-                           max_predictions)
+        noise = draw_noise(
+            tf.stack([tf.constant(seed, tf.int64), index[0] // block]),
+            [block, batch_size],
+            sequence_length,
+            max_predictions,
+        )
         # A piece is a run of consecutive batches of one block.
         first = tf.cast(index[0] % block, tf.int32)
-        noise = noise[first:first + g]
+        noise = noise[first : first + g]
         if num_workers > 1:
-            noise = noise[:, lo:lo + rows]
+            noise = noise[:, lo : lo + rows]
         flat = [-1, sequence_length]
-        m = masker(tf.reshape(token_ids, flat), tf.reshape(padding_mask, flat),
-                   tf.reshape(noise, [g * rows, -1]))
+        m = masker(
+            tf.reshape(token_ids, flat),
+            tf.reshape(padding_mask, flat),
+            tf.reshape(noise, [g * rows, -1]),
+        )
         m = {k: tf.reshape(v, [g, rows, -1]) for k, v in m.items()}
-        x = {"token_ids": m["token_ids"], "segment_ids": segment_ids,
-             "padding_mask": padding_mask,
-             "mask_positions": m["mask_positions"]}
-        y = {"mask_ids": m["mask_ids"], "mask_weights": m["mask_weights"],
-             "next_sentence_label": label}
+        x = {
+            "token_ids": m["token_ids"],
+            "segment_ids": segment_ids,
+            "padding_mask": padding_mask,
+            "mask_positions": m["mask_positions"],
+        }
+        y = {
+            "mask_ids": m["mask_ids"],
+            "mask_weights": m["mask_weights"],
+            "next_sentence_label": label,
+        }
         return x, y
 
     # Mask whole blocks (per-op overhead dominates at 32 rows), then split

@@ -60,12 +60,18 @@ def _note_dropped_head(src: str, model) -> None:
 
     path = os.path.join(src, "config.json")
     labels = read_json_object(path, path).get("labels") or []
-    named = f" and its labels ({', '.join(map(str, labels[:5]))}" + (
-        ", ...)" if len(labels) > 5 else ")") if labels else ""
+    named = (
+        f" and its labels ({', '.join(map(str, labels[:5]))}"
+        + (", ...)" if len(labels) > 5 else ")")
+        if labels
+        else ""
+    )
     verb = "are" if labels else "is"
-    print(f"note: {src}: a {type(model).__name__}; its head{named} {verb} "
-          "not in the Hugging Face folder, only its BertModel",
-          file=sys.stderr)
+    print(
+        f"note: {src}: a {type(model).__name__}; its head{named} {verb} "
+        "not in the Hugging Face folder, only its BertModel",
+        file=sys.stderr,
+    )
 
 
 def convert(
@@ -118,9 +124,7 @@ def convert(
         ckpt = read_google_folder(src)
     from kerasbert.config import parameter_count
 
-    check_free_space(
-        dst, 4 * parameter_count(**ckpt.config.to_dict()), "DST"
-    )
+    check_free_space(dst, 4 * parameter_count(**ckpt.config.to_dict()), "DST")
     with atomic_dir(dst) as tmp:
         model = write_model_dir(ckpt, tmp, precision)
     return f"kerasbert {type(model).__name__}"

@@ -65,8 +65,7 @@ HF_ACTIVATIONS = {
 }
 
 
-def model_config(values: dict, label: str, google: bool = False
-                 ) -> ModelConfig:
+def model_config(values: dict, label: str, google: bool = False) -> ModelConfig:
     """A validated `ModelConfig` from an HF (or, `google`, a Google BERT)
     config dict."""
     missing = [k for k in REQUIRED if k not in values]

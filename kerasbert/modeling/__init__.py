@@ -23,8 +23,17 @@ from kerasbert.modeling.pretrainer import (
 from kerasbert.modeling.schedules import WarmupLinearDecay
 
 __all__ = [
-    "BertBackbone", "BertClassifier", "BertEmbedding", "BertPretrainer",
-    "EncoderBlock", "MaskedLMHead", "NSPHead", "Pooler", "WarmupLinearDecay",
-    "build_pretrainer", "default_initializer_range", "pretraining_losses",
+    "BertBackbone",
+    "BertClassifier",
+    "BertEmbedding",
+    "BertPretrainer",
+    "EncoderBlock",
+    "MaskedLMHead",
+    "NSPHead",
+    "Pooler",
+    "WarmupLinearDecay",
+    "build_pretrainer",
+    "default_initializer_range",
+    "pretraining_losses",
     "pretraining_sums",
 ]

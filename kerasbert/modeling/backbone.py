@@ -71,47 +71,75 @@ class BertBackbone(keras.Model):
     `pooled_output` `[batch, hidden]` (tanh dense on [CLS]).
     """
 
-    def __init__(self, vocabulary_size, hidden_dim, num_layers, num_heads,
-                 intermediate_dim, max_sequence_length=512, num_segments=2,
-                 hidden_dropout=0.1, attention_dropout=0.1,
-                 layer_norm_epsilon=1e-12, initializer_range=None,
-                 activation="gelu_tanh", return_hidden_states=False,
-                 return_attention_scores=False,
-                 dtype=None, **kwargs):
+    def __init__(
+        self,
+        vocabulary_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        max_sequence_length=512,
+        num_segments=2,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        initializer_range=None,
+        activation="gelu_tanh",
+        return_hidden_states=False,
+        return_attention_scores=False,
+        dtype=None,
+        **kwargs,
+    ):
         # Functional models drop a `dtype` kwarg, so resolve the policy here,
         # hand it to every layer and set it on the model after `__init__`.
         policy = keras.dtype_policies.get(
-            dtype if dtype is not None else keras.config.dtype_policy())
+            dtype if dtype is not None else keras.config.dtype_policy()
+        )
         dtype = policy
         if initializer_range is None:
             initializer_range = default_initializer_range(hidden_dim)
         embedding = BertEmbedding(
-            vocabulary_size, hidden_dim,
+            vocabulary_size,
+            hidden_dim,
             max_sequence_length=max_sequence_length,
-            num_segments=num_segments, dropout=hidden_dropout,
+            num_segments=num_segments,
+            dropout=hidden_dropout,
             layer_norm_epsilon=layer_norm_epsilon,
-            initializer_range=initializer_range, dtype=dtype,
-            name="embedding")
+            initializer_range=initializer_range,
+            dtype=dtype,
+            name="embedding",
+        )
         blocks = [
             EncoderBlock(
-                num_heads, intermediate_dim, hidden_dropout=hidden_dropout,
+                num_heads,
+                intermediate_dim,
+                hidden_dropout=hidden_dropout,
                 attention_dropout=attention_dropout,
                 layer_norm_epsilon=layer_norm_epsilon,
-                initializer_range=initializer_range, activation=activation,
-                dtype=dtype, name=f"encoder_block_{i}")
+                initializer_range=initializer_range,
+                activation=activation,
+                dtype=dtype,
+                name=f"encoder_block_{i}",
+            )
             for i in range(num_layers)
         ]
-        pooler = Pooler(initializer_range=initializer_range, dtype=dtype,
-                        name="pooler")
+        pooler = Pooler(
+            initializer_range=initializer_range, dtype=dtype, name="pooler"
+        )
 
-        inputs = {name: int_input(name)
-                  for name in ("token_ids", "segment_ids", "padding_mask")}
+        inputs = {
+            name: int_input(name)
+            for name in ("token_ids", "segment_ids", "padding_mask")
+        }
         x = embedding(inputs["token_ids"], inputs["segment_ids"])
         hidden_states, attention_scores = [x], []
         for block in blocks:
             if return_attention_scores:
-                x, probs = block(x, padding_mask=inputs["padding_mask"],
-                                 return_attention_scores=True)
+                x, probs = block(
+                    x,
+                    padding_mask=inputs["padding_mask"],
+                    return_attention_scores=True,
+                )
                 attention_scores.append(probs)
             else:
                 x = block(x, padding_mask=inputs["padding_mask"])

@@ -25,14 +25,21 @@ class BertClassifier(keras.Model):
 
     def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
         dropout_layer = keras.layers.Dropout(
-            dropout, dtype=backbone.dtype_policy, name="dropout")
+            dropout, dtype=backbone.dtype_policy, name="dropout"
+        )
         # float32 logits whatever the policy.
         head = keras.layers.Dense(
-            num_classes, dtype="float32", name="logits",
+            num_classes,
+            dtype="float32",
+            name="logits",
             kernel_initializer=keras.initializers.TruncatedNormal(
-                stddev=backbone.initializer_range))
-        inputs = {name: int_input(name)
-                  for name in ("token_ids", "segment_ids", "padding_mask")}
+                stddev=backbone.initializer_range
+            ),
+        )
+        inputs = {
+            name: int_input(name)
+            for name in ("token_ids", "segment_ids", "padding_mask")
+        }
         pooled = backbone(inputs)["pooled_output"]
         outputs = head(dropout_layer(pooled))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -57,5 +64,6 @@ class BertClassifier(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"])
+            config["backbone"]
+        )
         return cls(**config)

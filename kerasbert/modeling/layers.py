@@ -23,8 +23,9 @@ def gelu(x, activation):
 
 def _check_activation(activation):
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation {activation!r} is not one of "
-                         f"{', '.join(ACTIVATIONS)}")
+        raise ValueError(
+            f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
 
 
 def _initializer(stddev):
@@ -56,9 +57,17 @@ class BertEmbedding(keras.layers.Layer):
     `keras.layers.Embedding`) so that an MLM decoder can share it.
     """
 
-    def __init__(self, vocabulary_size, hidden_dim, max_sequence_length=512,
-                 num_segments=2, dropout=0.1, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, **kwargs):
+    def __init__(
+        self,
+        vocabulary_size,
+        hidden_dim,
+        max_sequence_length=512,
+        num_segments=2,
+        dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        initializer_range=0.02,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
@@ -68,25 +77,33 @@ class BertEmbedding(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
         self.token_embedding = keras.layers.Embedding(
-            vocabulary_size, hidden_dim,
+            vocabulary_size,
+            hidden_dim,
             embeddings_initializer=_initializer(initializer_range),
-            dtype=self.dtype_policy, name="token_embedding")
+            dtype=self.dtype_policy,
+            name="token_embedding",
+        )
         self.layer_norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=self.dtype_policy,
-            name="layer_norm")
+            epsilon=layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="layer_norm",
+        )
         self.dropout_layer = keras.layers.Dropout(
-            dropout, dtype=self.dtype_policy, name="dropout")
+            dropout, dtype=self.dtype_policy, name="dropout"
+        )
 
     def build(self, token_ids_shape):
         self.token_embedding.build(token_ids_shape)
         self.position_embeddings = self.add_weight(
             name="position_embeddings",
             shape=(self.max_sequence_length, self.hidden_dim),
-            initializer=_initializer(self.initializer_range))
+            initializer=_initializer(self.initializer_range),
+        )
         self.segment_embeddings = self.add_weight(
             name="segment_embeddings",
             shape=(self.num_segments, self.hidden_dim),
-            initializer=_initializer(self.initializer_range))
+            initializer=_initializer(self.initializer_range),
+        )
         self.layer_norm.build((*token_ids_shape, self.hidden_dim))
         self.built = True
 
@@ -94,8 +111,10 @@ class BertEmbedding(keras.layers.Layer):
         x = self.token_embedding(token_ids)
         # A tensor, not the variable: JAX's slice refuses a Keras variable.
         positions = ops.slice(
-            ops.convert_to_tensor(self.position_embeddings), (0, 0),
-            (ops.shape(token_ids)[1], self.hidden_dim))
+            ops.convert_to_tensor(self.position_embeddings),
+            (0, 0),
+            (ops.shape(token_ids)[1], self.hidden_dim),
+        )
         x = x + ops.cast(positions, x.dtype)[None]
         if segment_ids is not None:
             segments = ops.take(self.segment_embeddings, segment_ids, axis=0)
@@ -160,9 +179,17 @@ class EncoderBlock(keras.layers.Layer):
             forces the slower explicit path).
     """
 
-    def __init__(self, num_heads, intermediate_dim, hidden_dropout=0.1,
-                 attention_dropout=0.1, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, activation="gelu_tanh", **kwargs):
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        initializer_range=0.02,
+        activation="gelu_tanh",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         _check_activation(activation)
         self.activation = activation
@@ -175,43 +202,61 @@ class EncoderBlock(keras.layers.Layer):
 
     def _dense(self, units, name):
         return keras.layers.Dense(
-            units, kernel_initializer=_initializer(self.initializer_range),
-            dtype=self.dtype_policy, name=name)
+            units,
+            kernel_initializer=_initializer(self.initializer_range),
+            dtype=self.dtype_policy,
+            name=name,
+        )
 
     def build(self, inputs_shape):
         hidden_dim = inputs_shape[-1]
         if hidden_dim % self.num_heads:
             raise ValueError(
                 f"hidden width {hidden_dim} is not divisible by num_heads "
-                f"{self.num_heads}")
+                f"{self.num_heads}"
+            )
         self.head_dim = hidden_dim // self.num_heads
         # One [hidden, 3 * hidden] matmul instead of three [hidden, hidden]
         # ones: fewer, larger kernels, and one bias add.
         self.qkv_kernel = self.add_weight(
-            name="qkv_kernel", shape=(hidden_dim, 3 * hidden_dim),
-            initializer=_initializer(self.initializer_range))
+            name="qkv_kernel",
+            shape=(hidden_dim, 3 * hidden_dim),
+            initializer=_initializer(self.initializer_range),
+        )
         self.qkv_bias = self.add_weight(
-            name="qkv_bias", shape=(3 * hidden_dim,), initializer="zeros")
+            name="qkv_bias", shape=(3 * hidden_dim,), initializer="zeros"
+        )
         self.attention_output = self._dense(hidden_dim, "attention_output")
         self.attention_layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-            name="attention_layer_norm")
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="attention_layer_norm",
+        )
         self.intermediate = self._dense(self.intermediate_dim, "intermediate")
         self.output_dense = self._dense(hidden_dim, "output_dense")
         self.output_layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-            name="output_layer_norm")
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="output_layer_norm",
+        )
         self.attention_probs_dropout = keras.layers.Dropout(
-            self.attention_dropout, dtype=self.dtype_policy,
-            name="attention_probs_dropout")
+            self.attention_dropout,
+            dtype=self.dtype_policy,
+            name="attention_probs_dropout",
+        )
         self.attention_output_dropout = keras.layers.Dropout(
-            self.hidden_dropout, dtype=self.dtype_policy,
-            name="attention_output_dropout")
+            self.hidden_dropout,
+            dtype=self.dtype_policy,
+            name="attention_output_dropout",
+        )
         self.output_dropout = keras.layers.Dropout(
-            self.hidden_dropout, dtype=self.dtype_policy,
-            name="output_dropout")
-        for layer in (self.attention_output, self.attention_layer_norm,
-                      self.output_layer_norm):
+            self.hidden_dropout, dtype=self.dtype_policy, name="output_dropout"
+        )
+        for layer in (
+            self.attention_output,
+            self.attention_layer_norm,
+            self.output_layer_norm,
+        ):
             layer.build(inputs_shape)
         self.intermediate.build(inputs_shape)
         self.output_dense.build((*inputs_shape[:-1], self.intermediate_dim))
@@ -226,12 +271,19 @@ class EncoderBlock(keras.layers.Layer):
         h5 = getattr(store, "h5_file", None)
         path = getattr(store, "_h5_entry_path", None)
         parts = ("query", "key", "value")
-        if (len(store.keys()) or h5 is None or path is None or not all(
-                f"{path}/{p}/vars" in h5 for p in parts)):
+        if (
+            len(store.keys())
+            or h5 is None
+            or path is None
+            or not all(f"{path}/{p}/vars" in h5 for p in parts)
+        ):
             return super().load_own_variables(store)  # Keras' own error
-        kernels, biases = zip(*[(h5[f"{path}/{p}/vars/0"][()],
-                                 h5[f"{path}/{p}/vars/1"][()])
-                                for p in parts])
+        kernels, biases = zip(
+            *[
+                (h5[f"{path}/{p}/vars/0"][()], h5[f"{path}/{p}/vars/1"][()])
+                for p in parts
+            ]
+        )
         self.qkv_kernel.assign(np.concatenate(kernels, axis=-1))
         self.qkv_bias.assign(np.concatenate(biases, axis=-1))
 
@@ -239,7 +291,8 @@ class EncoderBlock(keras.layers.Layer):
         qkv = ops.matmul(x, self.qkv_kernel) + self.qkv_bias
         # [b, s, 3 * hidden] -> [b, s, 3, heads, head_dim]: q, k, v.
         qkv = ops.reshape(
-            qkv, ops.shape(x)[:-1] + (3, self.num_heads, self.head_dim))
+            qkv, ops.shape(x)[:-1] + (3, self.num_heads, self.head_dim)
+        )
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None
         if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
@@ -248,7 +301,7 @@ class EncoderBlock(keras.layers.Layer):
             out = ops.dot_product_attention(q, k, v, mask=mask)
             return ops.reshape(out, ops.shape(x)), None
         scores = ops.einsum("btnh,bsnh->bnts", q, k)
-        scores = ops.cast(scores, "float32") / (self.head_dim ** 0.5)
+        scores = ops.cast(scores, "float32") / (self.head_dim**0.5)
         if mask is not None:
             # A large finite negative keeps fully padded rows finite.
             scores = ops.where(mask, scores, -1e9)
@@ -257,10 +310,16 @@ class EncoderBlock(keras.layers.Layer):
         out = ops.einsum("bnts,bsnh->btnh", dropped, v)
         return ops.reshape(out, ops.shape(x)), probs
 
-    def call(self, inputs, padding_mask=None, training=None,
-             return_attention_scores=False):
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        training=None,
+        return_attention_scores=False,
+    ):
         attended, probs = self._attention(
-            inputs, padding_mask, training, return_attention_scores)
+            inputs, padding_mask, training, return_attention_scores
+        )
         attended = self.attention_output(attended)
         attended = self.attention_output_dropout(attended, training=training)
         x = self.attention_layer_norm(inputs + attended)
@@ -303,9 +362,12 @@ class Pooler(keras.layers.Layer):
 
     def build(self, inputs_shape):
         self.dense = keras.layers.Dense(
-            inputs_shape[-1], activation="tanh",
+            inputs_shape[-1],
+            activation="tanh",
             kernel_initializer=_initializer(self.initializer_range),
-            dtype=self.dtype_policy, name="dense")
+            dtype=self.dtype_policy,
+            name="dense",
+        )
         self.dense.build((inputs_shape[0], inputs_shape[-1]))
         self.built = True
 
@@ -313,8 +375,10 @@ class Pooler(keras.layers.Layer):
         return self.dense(inputs[:, 0, :])
 
     def get_config(self):
-        return {**super().get_config(),
-                "initializer_range": self.initializer_range}
+        return {
+            **super().get_config(),
+            "initializer_range": self.initializer_range,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kerasbert")
@@ -344,9 +408,15 @@ class MaskedLMHead(keras.layers.Layer):
     Returns float32 logits `[batch, max_predictions, vocabulary_size]`.
     """
 
-    def __init__(self, vocabulary_size, token_embedding=None,
-                 layer_norm_epsilon=1e-12, initializer_range=0.02,
-                 activation="gelu_tanh", **kwargs):
+    def __init__(
+        self,
+        vocabulary_size,
+        token_embedding=None,
+        layer_norm_epsilon=1e-12,
+        initializer_range=0.02,
+        activation="gelu_tanh",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         _check_activation(activation)
         self.activation = activation
@@ -358,11 +428,16 @@ class MaskedLMHead(keras.layers.Layer):
     def build(self, inputs_shape, mask_positions_shape=None):
         hidden_dim = inputs_shape[-1]
         self.dense = keras.layers.Dense(
-            hidden_dim, kernel_initializer=_initializer(self.initializer_range),
-            dtype=self.dtype_policy, name="dense")
+            hidden_dim,
+            kernel_initializer=_initializer(self.initializer_range),
+            dtype=self.dtype_policy,
+            name="dense",
+        )
         self.layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-            name="layer_norm")
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="layer_norm",
+        )
         self.dense.build(inputs_shape)
         self.layer_norm.build(inputs_shape)
         if self.token_embedding is None:
@@ -370,16 +445,22 @@ class MaskedLMHead(keras.layers.Layer):
             self.decoder_kernel = self.add_weight(
                 name="decoder_kernel",
                 shape=(self.vocabulary_size, hidden_dim),
-                initializer=_initializer(self.initializer_range))
+                initializer=_initializer(self.initializer_range),
+            )
         # float32 and not autocast: it is added to float32 logits.
         self.output_bias = self.add_weight(
-            name="output_bias", shape=(self.vocabulary_size,),
-            initializer="zeros", dtype="float32", autocast=False)
+            name="output_bias",
+            shape=(self.vocabulary_size,),
+            initializer="zeros",
+            dtype="float32",
+            autocast=False,
+        )
         self.built = True
 
     def call(self, inputs, mask_positions):
         x = ops.take_along_axis(
-            inputs, ops.cast(mask_positions, "int32")[:, :, None], axis=1)
+            inputs, ops.cast(mask_positions, "int32")[:, :, None], axis=1
+        )
         x = self.layer_norm(gelu(self.dense(x), self.activation))
         if self.token_embedding is not None:
             table = self.token_embedding.embeddings
@@ -387,7 +468,6 @@ class MaskedLMHead(keras.layers.Layer):
             table = self.decoder_kernel
         logits = ops.matmul(x, ops.transpose(ops.cast(table, x.dtype)))
         return ops.cast(logits, "float32") + self.output_bias
-
 
     def get_config(self):
         return {
@@ -419,8 +499,11 @@ class NSPHead(keras.layers.Layer):
         self.initializer_range = initializer_range
         # float32, not the policy: logits feed a softmax cross-entropy.
         self.dense = keras.layers.Dense(
-            2, kernel_initializer=_initializer(initializer_range),
-            dtype="float32", name="dense")
+            2,
+            kernel_initializer=_initializer(initializer_range),
+            dtype="float32",
+            name="dense",
+        )
 
     def build(self, inputs_shape):
         self.dense.build(inputs_shape)
@@ -429,7 +512,8 @@ class NSPHead(keras.layers.Layer):
     def call(self, inputs):
         return self.dense(inputs)
 
-
     def get_config(self):
-        return {**super().get_config(),
-                "initializer_range": self.initializer_range}
+        return {
+            **super().get_config(),
+            "initializer_range": self.initializer_range,
+        }

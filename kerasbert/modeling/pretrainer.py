@@ -39,13 +39,17 @@ def _per_prediction(y, y_pred):
     mask_ids = ops.cast(y["mask_ids"], "int32")
     nsp_label = ops.reshape(ops.cast(y["next_sentence_label"], "int32"), (-1,))
     mlm_ce = ops.sparse_categorical_crossentropy(
-        mask_ids, mlm_logits, from_logits=True)
+        mask_ids, mlm_logits, from_logits=True
+    )
     nsp_ce = ops.sparse_categorical_crossentropy(
-        nsp_label, nsp_logits, from_logits=True)
+        nsp_label, nsp_logits, from_logits=True
+    )
     mlm_hit = ops.cast(
-        ops.equal(ops.argmax(mlm_logits, axis=-1), mask_ids), "float32")
+        ops.equal(ops.argmax(mlm_logits, axis=-1), mask_ids), "float32"
+    )
     nsp_hit = ops.cast(
-        ops.equal(ops.argmax(nsp_logits, axis=-1), nsp_label), "float32")
+        ops.equal(ops.argmax(nsp_logits, axis=-1), nsp_label), "float32"
+    )
     return mlm_ce, nsp_ce, mlm_hit, nsp_hit
 
 
@@ -81,8 +85,9 @@ def _reduce(y, mlm_ce, nsp_ce, mlm_hit, nsp_hit, nsp=True):
         "loss": mlm_loss + nsp_loss if nsp else mlm_loss,
         "mlm_loss": mlm_loss,
         "nsp_loss": nsp_loss,
-        "mlm_accuracy": ops.divide_no_nan(ops.sum(mlm_hit * weights),
-                                          weight_sum),
+        "mlm_accuracy": ops.divide_no_nan(
+            ops.sum(mlm_hit * weights), weight_sum
+        ),
         "nsp_accuracy": ops.mean(nsp_hit),
     }
 
@@ -132,22 +137,36 @@ class BertPretrainer(keras.Model):
 
     def __init__(self, backbone, nsp=True, **kwargs):
         mlm_head = MaskedLMHead(
-            backbone.vocabulary_size, token_embedding=backbone.token_embedding,
+            backbone.vocabulary_size,
+            token_embedding=backbone.token_embedding,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
             initializer_range=backbone.initializer_range,
-            activation=backbone.activation, dtype=backbone.dtype_policy,
-            name="mlm_head")
-        nsp_head = NSPHead(initializer_range=backbone.initializer_range,
-                           dtype=backbone.dtype_policy, name="nsp_head")
+            activation=backbone.activation,
+            dtype=backbone.dtype_policy,
+            name="mlm_head",
+        )
+        nsp_head = NSPHead(
+            initializer_range=backbone.initializer_range,
+            dtype=backbone.dtype_policy,
+            name="nsp_head",
+        )
 
-        inputs = {name: int_input(name)
-                  for name in ("token_ids", "segment_ids", "padding_mask",
-                               "mask_positions")}
-        encoded = backbone({k: inputs[k] for k in
-                            ("token_ids", "segment_ids", "padding_mask")})
+        inputs = {
+            name: int_input(name)
+            for name in (
+                "token_ids",
+                "segment_ids",
+                "padding_mask",
+                "mask_positions",
+            )
+        }
+        encoded = backbone(
+            {k: inputs[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+        )
         outputs = {
-            "mlm_logits": mlm_head(encoded["sequence_output"],
-                                   inputs["mask_positions"]),
+            "mlm_logits": mlm_head(
+                encoded["sequence_output"], inputs["mask_positions"]
+            ),
             "nsp_logits": nsp_head(encoded["pooled_output"]),
         }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -164,8 +183,9 @@ class BertPretrainer(keras.Model):
         self.mlm_accuracy_tracker = keras.metrics.Mean(name="mlm_accuracy")
         self.nsp_accuracy_tracker = keras.metrics.Mean(name="nsp_accuracy")
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
-                     training=True):
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
         """MLM + NSP loss (`pretraining_losses`) plus layer losses.
 
         Stateless: metrics are updated in `compute_metrics`. Scaled by
@@ -175,7 +195,8 @@ class BertPretrainer(keras.Model):
         if sample_weight is not None:
             raise ValueError(
                 "BertPretrainer: sample_weight is not supported; weight "
-                "masked positions with y['mask_weights']")
+                "masked positions with y['mask_weights']"
+            )
         loss = pretraining_losses(y, y_pred, nsp=self.nsp)["loss"]
         for extra in self.losses:  # regularisers, add_loss()
             loss = loss + ops.cast(ops.sum(extra), "float32")
@@ -202,7 +223,8 @@ class BertPretrainer(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"])
+            config["backbone"]
+        )
         return cls(**config)
 
 

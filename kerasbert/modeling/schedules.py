@@ -17,12 +17,16 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         step = keras.ops.cast(step, "float32")
         warmup = keras.ops.maximum(float(self.warmup_steps), 1.0)
         decay = keras.ops.maximum(
-            float(self.total_steps - self.warmup_steps), 1.0)
+            float(self.total_steps - self.warmup_steps), 1.0
+        )
         up = (step + 1.0) / warmup
         down = (float(self.total_steps) - step) / decay
         factor = keras.ops.where(step < self.warmup_steps, up, down)
         return self.peak * keras.ops.clip(factor, 0.0, 1.0)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps}
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }

@@ -50,7 +50,8 @@ def export_saved_model(pretrainer, path: str) -> str:
         raise UsageError(
             f"{path}: the model has no MLM/NSP heads (a converted BertModel"
             "?): export it with --format keras, convert it to Hugging Face "
-            "or fine-tune it")
+            "or fine-tune it"
+        )
     pretrainer = float32_copy(pretrainer)
     backbone = pretrainer.backbone
 

@@ -98,8 +98,7 @@ def check_finite(model, label: str) -> None:
         value = keras.ops.convert_to_numpy(variable)
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise UsageError(
-                f"{label}: weight {variable.path} holds NaN or infinite "
-                "values"
+                f"{label}: weight {variable.path} holds NaN or infinite values"
             )
 
 

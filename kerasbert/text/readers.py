@@ -30,11 +30,16 @@ import re
 from kerasbert.config import DataConfig, check_field
 from kerasbert.errors import UsageError
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                        "corpus_data")
+DATA_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "corpus_data"
+)
 BUNDLED_CORPUS = os.path.join(DATA_DIR, "wiki.valid.raw")
-_HF_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv",
-                ".json": "json"}
+_HF_BUILDERS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+    ".json": "json",
+}
 
 
 def check_choices(corpus_format: str, language: str) -> None:
@@ -51,9 +56,10 @@ def corpus_files(corpus: str | None) -> list[str]:
         return [BUNDLED_CORPUS]
     if os.path.isdir(corpus):
         files = sorted(
-            p for p in glob.glob(os.path.join(corpus, "**", "*"),
-                                 recursive=True)
-            if os.path.isfile(p))
+            p
+            for p in glob.glob(os.path.join(corpus, "**", "*"), recursive=True)
+            if os.path.isfile(p)
+        )
         if not files:
             raise UsageError(f"{corpus}: folder has no files")
         return files
@@ -71,7 +77,8 @@ def _read_lines(path):
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise UsageError(
-                    f"{path}: not UTF-8 at byte {offset + e.start}") from None
+                    f"{path}: not UTF-8 at byte {offset + e.start}"
+                ) from None
             if offset == 0:
                 line = line.removeprefix("\ufeff")
             offset += len(raw)
@@ -193,8 +200,8 @@ def read_jsonl(path, text_field="text"):
             raise UsageError(f"{path}: line {n}: not valid JSON") from None
         if not isinstance(record, dict) or text_field not in record:
             raise UsageError(
-                f"{path}: line {n}: no field {text_field!r} "
-                "(set --text-field)")
+                f"{path}: line {n}: no field {text_field!r} (set --text-field)"
+            )
         paragraphs = _split_paragraphs(record[text_field] or "")
         if paragraphs:
             yield paragraphs
@@ -211,7 +218,8 @@ def read_hf(corpus, text_field="text", hf_config=None, hf_split="train"):
         import datasets
     except ImportError:
         raise UsageError(
-            "--corpus-format hf: needs the `datasets` package") from None
+            "--corpus-format hf: needs the `datasets` package"
+        ) from None
     ext = os.path.splitext(corpus)[1].lower()
     try:
         if os.path.exists(corpus):
@@ -219,25 +227,29 @@ def read_hf(corpus, text_field="text", hf_config=None, hf_split="train"):
             if builder is None:
                 raise UsageError(
                     f"{corpus}: unknown data file type for --corpus-format "
-                    f"hf (use {', '.join(_HF_BUILDERS)})")
+                    f"hf (use {', '.join(_HF_BUILDERS)})"
+                )
             # streaming: no Arrow copy in ~/.cache, and bounded memory.
-            ds = datasets.load_dataset(builder, data_files=corpus,
-                                       split="train", streaming=True)
+            ds = datasets.load_dataset(
+                builder, data_files=corpus, split="train", streaming=True
+            )
         else:
             ds = datasets.load_dataset(corpus, hf_config, split=hf_split)
     except UsageError:
         raise
     except Exception as e:  # network, missing dataset, bad file ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UsageError(f"{corpus}: cannot load with datasets "
-                         f"({type(e).__name__}: {first})") from None
+        raise UsageError(
+            f"{corpus}: cannot load with datasets ({type(e).__name__}: {first})"
+        ) from None
 
     def texts():
         for n, example in enumerate(ds):
             if text_field not in example:
                 raise UsageError(
                     f"{corpus}: example {n} has no field {text_field!r} "
-                    f"(fields: {', '.join(example)}; set --text-field)")
+                    f"(fields: {', '.join(example)}; set --text-field)"
+                )
             yield example[text_field] or ""
 
     stream = texts()
@@ -252,12 +264,21 @@ def read_hf(corpus, text_field="text", hf_config=None, hf_split="train"):
             yield paragraphs
 
 
-def iter_documents(corpus=None, corpus_format="auto", one_doc_per_line=False,
-                   text_field="text", hf_config=None, hf_split="train"):
+def iter_documents(
+    corpus=None,
+    corpus_format="auto",
+    one_doc_per_line=False,
+    text_field="text",
+    hf_config=None,
+    hf_split="train",
+):
     """Yields documents (lists of raw paragraphs) from a corpus path."""
     check_choices(corpus_format, "auto")
-    if corpus_format == "hf" and corpus is not None and \
-            not os.path.exists(corpus):
+    if (
+        corpus_format == "hf"
+        and corpus is not None
+        and not os.path.exists(corpus)
+    ):
         yield from read_hf(corpus, text_field, hf_config, hf_split)
         return
     for path in corpus_files(corpus):

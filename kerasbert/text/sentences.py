@@ -22,14 +22,16 @@ from kerasbert.text.readers import DATA_DIR, check_choices
 # Cleaning.
 
 # Trailing punctuation belongs to the sentence, not the URL.
-_URL = re.compile(r"(?:https?://|ftp://|www\.)\S*[^\s.,;:!?)\]'\"]",
-                  re.IGNORECASE)
+_URL = re.compile(
+    r"(?:https?://|ftp://|www\.)\S*[^\s.,;:!?)\]'\"]", re.IGNORECASE
+)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # One character (not a digit, space or '.') repeated 3+ times -> 2.
 _REPEAT = re.compile(r"([^\d\s.])\1{2,}")
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0e\ufe0f"
-    "\U0001f3fb-\U0001f3ff\u200d\u20e3]+")
+    "\U0001f3fb-\U0001f3ff\u200d\u20e3]+"
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -49,8 +51,10 @@ def clean_text(text: str, clean: bool = False) -> str:
         # when no character is a control/format (C*) or a space other than
         # " " -- the usual line of prose, which skips this loop.
         text = "".join(
-            " " if c.isspace() else c for c in text
-            if c.isspace() or unicodedata.category(c)[0] != "C")
+            " " if c.isspace() else c
+            for c in text
+            if c.isspace() or unicodedata.category(c)[0] != "C"
+        )
     return _SPACES.sub(" ", text).strip()
 
 
@@ -58,12 +62,15 @@ def clean_text(text: str, clean: bool = False) -> str:
 
 
 def _is_hangul(c):
-    return ("\uac00" <= c <= "\ud7a3" or "\u1100" <= c <= "\u11ff"
-            or "\u3130" <= c <= "\u318f")
+    return (
+        "\uac00" <= c <= "\ud7a3"
+        or "\u1100" <= c <= "\u11ff"
+        or "\u3130" <= c <= "\u318f"
+    )
 
 
 def detect_language(texts) -> str:
-    """"ko" when Hangul is at least 30% of the letters, else "en".
+    """ "ko" when Hangul is at least 30% of the letters, else "en".
 
     A Hangul syllable is one letter but a whole Latin syllable takes
     several, so Korean text with English names in it sits well above 30%.
@@ -82,20 +89,43 @@ _warned_no_punkt = False
 # Rule-based fallback: split after . ! ? (plus closing quotes/brackets)
 # followed by space and an upper-case letter, digit or opening quote,
 # except after common abbreviations and single-letter initials.
-_ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs",
-                  "etc", "e.g", "i.e", "no", "fig", "inc", "ltd", "co",
-                  "mt", "gen", "col", "lt", "sgt", "capt", "u.s")
+_ABBREVIATIONS = (
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "jr",
+    "sr",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "no",
+    "fig",
+    "inc",
+    "ltd",
+    "co",
+    "mt",
+    "gen",
+    "col",
+    "lt",
+    "sgt",
+    "capt",
+    "u.s",
+)
 _RULE_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def _rule_split(text):
     sentences, start = [], 0
     for m in _RULE_BOUNDARY.finditer(text):
-        head = text[start:m.start()].rstrip("\"')]")
+        head = text[start : m.start()].rstrip("\"')]")
         last = head.rsplit(None, 1)[-1].lower().rstrip(".") if head else ""
         if last in _ABBREVIATIONS or re.fullmatch(r"[a-z]", last):
             continue
-        sentences.append(text[start:m.start()].strip())
+        sentences.append(text[start : m.start()].strip())
         start = m.start()
     sentences.append(text[start:].strip())
     return [s for s in sentences if s]
@@ -119,7 +149,9 @@ def _get_punkt():
                 _warned_no_punkt = True
                 warnings.warn(
                     "NLTK punkt_tab English data not found; splitting "
-                    "sentences with a rule-based splitter", stacklevel=3)
+                    "sentences with a rule-based splitter",
+                    stacklevel=3,
+                )
     return _punkt or None
 
 

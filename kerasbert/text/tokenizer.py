@@ -38,11 +38,17 @@ def _wordpiece_pipeline(vocab, lowercase, strip_accents):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-    tok = HFTokenizer(models.WordPiece(
-        vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
+    tok = HFTokenizer(
+        models.WordPiece(
+            vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS
+        )
+    )
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True,
-        strip_accents=strip_accents, lowercase=lowercase)
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     # Added (special) tokens are matched on the raw text before
@@ -60,8 +66,14 @@ class Tokenizer:
     SentencePiece, whose normalisation lives in the .model).
     """
 
-    def __init__(self, backend, kind, source="tokenizer", lowercase=None,
-                 strip_accents=None):
+    def __init__(
+        self,
+        backend,
+        kind,
+        source="tokenizer",
+        lowercase=None,
+        strip_accents=None,
+    ):
         self._backend = backend
         self.kind = kind  # "wordpiece" | "sentencepiece"
         self.source = source
@@ -76,9 +88,12 @@ class Tokenizer:
         else:
             n = backend.get_piece_size()
             self._tokens = [backend.id_to_piece(i) for i in range(n)]
-            names = {"pad": backend.id_to_piece(backend.pad_id())
-                     if backend.pad_id() >= 0 else "[PAD]",
-                     "unk": backend.id_to_piece(backend.unk_id())}
+            names = {
+                "pad": backend.id_to_piece(backend.pad_id())
+                if backend.pad_id() >= 0
+                else "[PAD]",
+                "unk": backend.id_to_piece(backend.unk_id()),
+            }
         self._index = {t: i for i, t in enumerate(self._tokens)}
         for name in ("cls", "sep", "mask"):
             names[name] = f"[{name.upper()}]"
@@ -86,20 +101,37 @@ class Tokenizer:
             if token not in self._index:
                 raise UsageError(f"{source}: vocabulary has no {token} token")
             setattr(self, f"{name}_id", self._index[token])
-        special = {self.pad_id, self.unk_id, self.cls_id, self.sep_id,
-                   self.mask_id}
+        special = {
+            self.pad_id,
+            self.unk_id,
+            self.cls_id,
+            self.sep_id,
+            self.mask_id,
+        }
         if kind == "wordpiece":
             # [unused0] and friends are reserved slots, special by intent.
-            special |= {i for i, t in enumerate(self._tokens)
-                        if re.fullmatch(r"\[[A-Za-z0-9_]+\]", t)}
+            special |= {
+                i
+                for i, t in enumerate(self._tokens)
+                if re.fullmatch(r"\[[A-Za-z0-9_]+\]", t)
+            }
         else:
-            special |= {i for i in range(len(self._tokens))
-                        if backend.is_control(i) or backend.is_unknown(i)
-                        or self._tokens[i] in names.values()}
+            special |= {
+                i
+                for i in range(len(self._tokens))
+                if backend.is_control(i)
+                or backend.is_unknown(i)
+                or self._tokens[i] in names.values()
+            }
         self.special_ids = sorted(special)
-        self._special_re = re.compile("(" + "|".join(
-            re.escape(self._tokens[i]) for i in
-            (self.cls_id, self.sep_id, self.mask_id, self.pad_id)) + ")")
+        self._special_re = re.compile(
+            "("
+            + "|".join(
+                re.escape(self._tokens[i])
+                for i in (self.cls_id, self.sep_id, self.mask_id, self.pad_id)
+            )
+            + ")"
+        )
 
     # Interface used by the data pipeline.
 
@@ -114,7 +146,8 @@ class Tokenizer:
         texts = list(texts)
         if self.kind == "wordpiece":
             encodings = self._backend.encode_batch(
-                texts, add_special_tokens=False)
+                texts, add_special_tokens=False
+            )
             return [e.ids for e in encodings]
         return [self._encode_spm(t) for t in texts]
 
@@ -138,21 +171,28 @@ class Tokenizer:
         model = self._fast_wordpiece() if fast else None
         simple = np.zeros(len(texts), bool)
         if model is not None:
-            simple[:] = [t.isascii() and t.isprintable()
-                         and not ("[" in t and _SPECIAL_LITERAL.search(t))
-                         for t in texts]
+            simple[:] = [
+                t.isascii()
+                and t.isprintable()
+                and not ("[" in t and _SPECIAL_LITERAL.search(t))
+                for t in texts
+            ]
         rest = [t for t, s in zip(texts, simple) if not s]
         rest_ids = self.encode_batch(rest) if rest else []
         lengths = np.zeros(len(texts), np.int64)
         lengths[~simple] = [len(i) for i in rest_ids]
-        rest_flat = np.fromiter(itertools.chain.from_iterable(rest_ids),
-                                np.int32, int(lengths.sum()))
+        rest_flat = np.fromiter(
+            itertools.chain.from_iterable(rest_ids),
+            np.int32,
+            int(lengths.sum()),
+        )
         if not simple.any():
             return rest_flat, lengths
         import tensorflow as tf
 
-        ragged = model.tokenize(tf.constant(
-            [t for t, s in zip(texts, simple) if s]))
+        ragged = model.tokenize(
+            tf.constant([t for t, s in zip(texts, simple) if s])
+        )
         lengths[simple] = ragged.row_lengths().numpy()
         ids = np.empty(int(lengths.sum()), np.int32)
         from_fast = np.repeat(simple, lengths)
@@ -168,7 +208,8 @@ class Tokenizer:
         if not hasattr(self, "_fast"):
             self._fast = None
             if self.kind != "wordpiece" or not all(
-                    t.isprintable() and " " not in t for t in self._tokens):
+                t.isprintable() and " " not in t for t in self._tokens
+            ):
                 return None
             try:
                 import tensorflow as tf
@@ -176,10 +217,13 @@ class Tokenizer:
             except ImportError:
                 return None
             self._fast = tf_text.FastBertTokenizer(
-                vocab=self._tokens, suffix_indicator="##",
-                max_bytes_per_word=MAX_WORD_CHARS, token_out_type=tf.int32,
+                vocab=self._tokens,
+                suffix_indicator="##",
+                max_bytes_per_word=MAX_WORD_CHARS,
+                token_out_type=tf.int32,
                 unknown_token="[UNK]",
-                lower_case_nfd_strip_accents=bool(self.lowercase))
+                lower_case_nfd_strip_accents=bool(self.lowercase),
+            )
         return self._fast
 
     def _encode_spm(self, text):
@@ -239,37 +283,61 @@ class Tokenizer:
             with atomic_path(os.path.join(directory, _SPM_FILE)) as tmp:
                 with open(tmp, "wb") as f:
                     f.write(self._backend.serialized_model_proto())
-            write_text_atomic(os.path.join(directory, _SPM_META), json.dumps(
-                {"kind": "sentencepiece", "model_file": _SPM_FILE},
-                indent=2) + "\n")
+            write_text_atomic(
+                os.path.join(directory, _SPM_META),
+                json.dumps(
+                    {"kind": "sentencepiece", "model_file": _SPM_FILE}, indent=2
+                )
+                + "\n",
+            )
             return
         from tokenizers import processors
 
-        write_text_atomic(os.path.join(directory, "vocab.txt"),
-                      "\n".join(self._tokens) + "\n")
+        write_text_atomic(
+            os.path.join(directory, "vocab.txt"), "\n".join(self._tokens) + "\n"
+        )
         # The saved pipeline adds [CLS] A [SEP] (B [SEP]) like HF's BERT;
         # our own encode() keeps calling with add_special_tokens=False.
         hf = type(self._backend).from_str(self._backend.to_str())
         hf.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
-        write_text_atomic(os.path.join(directory, "tokenizer.json"), hf.to_str())
-        specials = {"pad_token": "[PAD]", "unk_token": "[UNK]",
-                    "cls_token": "[CLS]", "sep_token": "[SEP]",
-                    "mask_token": "[MASK]"}
-        config = {"tokenizer_class": "BertTokenizer",
-                  "do_lower_case": self.lowercase,
-                  "strip_accents": self.strip_accents,
-                  "tokenize_chinese_chars": True,
-                  "model_max_length": 512, **specials}
-        write_text_atomic(os.path.join(directory, "tokenizer_config.json"),
-                      json.dumps(config, indent=2) + "\n")
-        write_text_atomic(os.path.join(directory, "special_tokens_map.json"),
-                      json.dumps(specials, indent=2) + "\n")
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)],
+        )
+        write_text_atomic(
+            os.path.join(directory, "tokenizer.json"), hf.to_str()
+        )
+        specials = {
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        }
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.lowercase,
+            "strip_accents": self.strip_accents,
+            "tokenize_chinese_chars": True,
+            "model_max_length": 512,
+            **specials,
+        }
+        write_text_atomic(
+            os.path.join(directory, "tokenizer_config.json"),
+            json.dumps(config, indent=2) + "\n",
+        )
+        write_text_atomic(
+            os.path.join(directory, "special_tokens_map.json"),
+            json.dumps(specials, indent=2) + "\n",
+        )
 
     @classmethod
-    def load(cls, path: str, lowercase: bool | None = None,
-             strip_accents: bool | None = None) -> "Tokenizer":
+    def load(
+        cls,
+        path: str,
+        lowercase: bool | None = None,
+        strip_accents: bool | None = None,
+    ) -> "Tokenizer":
         """Loads a saved directory, an HF BERT dir, a vocab.txt or a .model.
 
         `lowercase`/`strip_accents` override the WordPiece normaliser; by
@@ -286,12 +354,14 @@ class Tokenizer:
                 with open(meta, encoding="utf-8") as f:
                     path = os.path.join(path, json.load(f)["model_file"])
             else:
-                models = sorted(n for n in os.listdir(path)
-                                if n.endswith(".model"))
+                models = sorted(
+                    n for n in os.listdir(path) if n.endswith(".model")
+                )
                 if len(models) != 1:
                     raise UsageError(
                         f"{path}: no vocab.txt or single SentencePiece "
-                        ".model in this directory")
+                        ".model in this directory"
+                    )
                 path = os.path.join(path, models[0])
         if path.endswith(".model"):
             return cls._load_sentencepiece(path)
@@ -305,7 +375,8 @@ class Tokenizer:
             sp = spm.SentencePieceProcessor(model_file=path)
         except (OSError, RuntimeError) as e:
             raise UsageError(
-                f"{path}: not a SentencePiece model ({e})") from None
+                f"{path}: not a SentencePiece model ({e})"
+            ) from None
         return cls(sp, "sentencepiece", source=path)
 
     @classmethod
@@ -314,14 +385,14 @@ class Tokenizer:
             with open(path, encoding="utf-8") as f:
                 tokens = [line.rstrip("\n").rstrip("\r") for line in f]
         except UnicodeDecodeError as e:
-            raise UsageError(
-                f"{path}: not UTF-8 at byte {e.start}") from None
+            raise UsageError(f"{path}: not UTF-8 at byte {e.start}") from None
         while tokens and not tokens[-1]:
             tokens.pop()
         if any("\t" in t for t in tokens[:10]):
             raise UsageError(
                 f"{path}: looks like a SentencePiece .vocab (piece<TAB>"
-                "score); pass the .model file instead")
+                "score); pass the .model file instead"
+            )
         vocab = {}
         for t in tokens:
             vocab.setdefault(t, len(vocab))
@@ -335,18 +406,28 @@ class Tokenizer:
         if lowercase is None:
             lowercase = saved.get("do_lower_case")
         if lowercase is None:
-            lowercase = not any(t != t.lower() for t in tokens
-                                if not t.startswith("["))
+            lowercase = not any(
+                t != t.lower() for t in tokens if not t.startswith("[")
+            )
         if strip_accents is None:
             strip_accents = saved.get("strip_accents")
         backend = _wordpiece_pipeline(vocab, lowercase, strip_accents)
-        return cls(backend, "wordpiece", source=path, lowercase=lowercase,
-                   strip_accents=strip_accents)
+        return cls(
+            backend,
+            "wordpiece",
+            source=path,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+        )
 
 
-def train_wordpiece(texts, vocab_size: int, lowercase: bool = True,
-                    strip_accents: bool | None = None,
-                    progress: bool = True) -> Tokenizer:
+def train_wordpiece(
+    texts,
+    vocab_size: int,
+    lowercase: bool = True,
+    strip_accents: bool | None = None,
+    progress: bool = True,
+) -> Tokenizer:
     """Trains a BERT WordPiece vocabulary on an iterable of strings.
 
     Special tokens come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
@@ -363,8 +444,11 @@ def train_wordpiece(texts, vocab_size: int, lowercase: bool = True,
         raise UsageError(f"--vocab-size: {vocab_size} is too small")
     tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True,
-        strip_accents=strip_accents, lowercase=lowercase)
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     if iter(texts) is texts:  # one pass only: keep it for the second
@@ -375,25 +459,34 @@ def train_wordpiece(texts, vocab_size: int, lowercase: bool = True,
     # Listing every "##c" up front (as reserved tokens) fixes the numbers.
     reserved = _continuation_pieces(texts, tok.normalizer)
     trainer = WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + reserved,
-        show_progress=progress, continuing_subword_prefix="##")
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS + reserved,
+        show_progress=progress,
+        continuing_subword_prefix="##",
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     trained = tok.get_vocab()
     if len(trained) <= len(SPECIAL_TOKENS):
         raise UsageError("corpus: no text to train a vocabulary on")
     # Ids in sorted order too: the trainer's order also follows hash maps.
-    rest = sorted((t for t in trained if t not in SPECIAL_TOKENS),
-                  key=lambda t: (t.startswith("##"), t))
+    rest = sorted(
+        (t for t in trained if t not in SPECIAL_TOKENS),
+        key=lambda t: (t.startswith("##"), t),
+    )
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + rest)}
     # Rebuild through the loading path so trained and loaded tokenizers are
     # the same object in every detail.
     return Tokenizer(
-        _wordpiece_pipeline(vocab, lowercase, strip_accents), "wordpiece",
-        source="trained", lowercase=lowercase, strip_accents=strip_accents)
+        _wordpiece_pipeline(vocab, lowercase, strip_accents),
+        "wordpiece",
+        source="trained",
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+    )
 
 
 def _continuation_pieces(texts, normalizer) -> list[str]:
-    """"##c" for every character c that can continue a word, sorted."""
+    """ "##c" for every character c that can continue a word, sorted."""
     import unicodedata
 
     chars = set()
@@ -404,8 +497,12 @@ def _continuation_pieces(texts, normalizer) -> list[str]:
         for n in normalizer.normalize_str(c):
             # Whitespace, punctuation and CJK characters always stand
             # alone after BERT's pre-tokenizer: never a continuation.
-            if n.isspace() or unicodedata.category(n).startswith("P") or \
-                    n in _ASCII_PUNCTUATION or 0x4E00 <= ord(n) <= 0x9FFF:
+            if (
+                n.isspace()
+                or unicodedata.category(n).startswith("P")
+                or n in _ASCII_PUNCTUATION
+                or 0x4E00 <= ord(n) <= 0x9FFF
+            ):
                 continue
             pieces.add("##" + n)
     return sorted(pieces)

@@ -38,64 +38,91 @@ from kerasbert.files import check_output
 STAGES = ("heads", "adapted", "classifier")
 
 
-def corpus_config(adapt_cfg: AdaptConfig, cfg: FinetuneConfig,
-                  tokenizer: str) -> DataConfig:
+def corpus_config(
+    adapt_cfg: AdaptConfig, cfg: FinetuneConfig, tokenizer: str
+) -> DataConfig:
     """The `DataConfig` that reads --train's texts as a corpus."""
     fmt = cfg.data_format
     if fmt == "auto":
         from kerasbert.data.classification import detect_format
+
         fmt = detect_format(cfg.train, "--train")
     seq = adapt_cfg.adapt_sequence_length
     return DataConfig(
-        corpus=cfg.train, corpus_format=fmt, text_field=cfg.text_column,
-        columns=cfg.columns, hf_config=cfg.hf_config,
-        tokenizer=tokenizer, sequence_length=seq,
+        corpus=cfg.train,
+        corpus_format=fmt,
+        text_field=cfg.text_column,
+        columns=cfg.columns,
+        hf_config=cfg.hf_config,
+        tokenizer=tokenizer,
+        sequence_length=seq,
         # BERT's 15% of the sequence, as the default 20 is of 128.
-        max_predictions=min(seq - 3, max(1, round(0.15 * seq) + 1)))
+        max_predictions=min(seq - 3, max(1, round(0.15 * seq) + 1)),
+    )
 
 
 def _has_heads(directory: str) -> bool:
     from kerasbert.serving.modeldir import load_model
+
     model = load_model(directory)
     return hasattr(model, "mlm_head") and hasattr(model, "nsp_head")
 
 
-def adapt(adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1,
-          log=print) -> dict:
+def adapt(
+    adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1, log=print
+) -> dict:
     """Runs (or resumes) the three stages; returns their summaries."""
     from kerasbert.serving.modeldir import read_model_config
 
     adapt_cfg.validate()
     cfg.validate()
     if cfg.from_scratch:
-        raise UsageError("--from-scratch: adaptation starts from a trained "
-                         "--model")
+        raise UsageError(
+            "--from-scratch: adaptation starts from a trained --model"
+        )
     if cfg.data_format not in ("auto", *EXAMPLE_FORMATS):
         raise UsageError(
             f"--data-format: {cfg.data_format} is not read as a corpus here;"
-            f" use one of {', '.join(EXAMPLE_FORMATS)}")
+            f" use one of {', '.join(EXAMPLE_FORMATS)}"
+        )
     # The stages' own checks see only their part; this one sees them all.
-    check_output(cfg.output_dir, "--output-dir", {
-        "--model": cfg.model, "--train": cfg.train,
-        "--validation": cfg.validation, "--test": cfg.test})
+    check_output(
+        cfg.output_dir,
+        "--output-dir",
+        {
+            "--model": cfg.model,
+            "--train": cfg.train,
+            "--validation": cfg.validation,
+            "--test": cfg.test,
+        },
+    )
     model_cfg = read_model_config(cfg.model)
-    data_cfg = corpus_config(adapt_cfg, cfg,
-                             os.path.join(cfg.model, "tokenizer"))
+    data_cfg = corpus_config(
+        adapt_cfg, cfg, os.path.join(cfg.model, "tokenizer")
+    )
     if data_cfg.corpus_format not in EXAMPLE_FORMATS:
         raise UsageError(
             f"--train: {cfg.train}: read as {data_cfg.corpus_format}; "
-            f"adaptation reads {', '.join(EXAMPLE_FORMATS)} data")
+            f"adaptation reads {', '.join(EXAMPLE_FORMATS)} data"
+        )
     paths = {s: os.path.join(cfg.output_dir, s) for s in STAGES}
     train = TrainConfig(
-        batch_size=adapt_cfg.adapt_batch_size, nsp=adapt_cfg.nsp,
-        precision=cfg.precision, jit_compile=cfg.jit_compile, seed=cfg.seed,
-        overwrite=cfg.overwrite, log_every=10, eval_batches=10)
+        batch_size=adapt_cfg.adapt_batch_size,
+        nsp=adapt_cfg.nsp,
+        precision=cfg.precision,
+        jit_compile=cfg.jit_compile,
+        seed=cfg.seed,
+        overwrite=cfg.overwrite,
+        log_every=10,
+        eval_batches=10,
+    )
     validate_pretraining(model_cfg, data_cfg, train)
     new = not os.path.exists(cfg.output_dir)
     os.makedirs(cfg.output_dir, exist_ok=True)
     try:
-        return _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths,
-                       verbose, log)
+        return _stages(
+            adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log
+        )
     except BaseException:
         # A first stage refused (a bad flag, too little text): leave no
         # empty folder behind that the corrected command would trip on.
@@ -111,27 +138,45 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
     summaries = {}
     start = cfg.model
     if adapt_cfg.head_steps and not _has_heads(cfg.model):
-        log(f"stage 1/3: heads ({adapt_cfg.head_steps} steps, encoder "
-            "frozen)")
+        log(f"stage 1/3: heads ({adapt_cfg.head_steps} steps, encoder frozen)")
         summaries["heads"] = pretrain(
-            model_cfg, data_cfg, dataclasses.replace(
-                train, init_from=cfg.model, heads_only=True,
+            model_cfg,
+            data_cfg,
+            dataclasses.replace(
+                train,
+                init_from=cfg.model,
+                heads_only=True,
                 max_steps=adapt_cfg.head_steps,
                 learning_rate=adapt_cfg.head_learning_rate,
-                output_dir=paths["heads"]),
-            verbose=verbose, log=log)
+                output_dir=paths["heads"],
+            ),
+            verbose=verbose,
+            log=log,
+        )
         start = paths["heads"]
-    log(f"stage 2/3: adaptation ({adapt_cfg.adapt_steps} steps, "
-        f"{'masked LM + NSP' if adapt_cfg.nsp else 'masked LM only'})")
+    log(
+        f"stage 2/3: adaptation ({adapt_cfg.adapt_steps} steps, "
+        f"{'masked LM + NSP' if adapt_cfg.nsp else 'masked LM only'})"
+    )
     summaries["adapted"] = pretrain(
-        model_cfg, data_cfg, dataclasses.replace(
-            train, init_from=start, max_steps=adapt_cfg.adapt_steps,
+        model_cfg,
+        data_cfg,
+        dataclasses.replace(
+            train,
+            init_from=start,
+            max_steps=adapt_cfg.adapt_steps,
             learning_rate=adapt_cfg.adapt_learning_rate,
-            output_dir=paths["adapted"]),
-        verbose=verbose, log=log)
+            output_dir=paths["adapted"],
+        ),
+        verbose=verbose,
+        log=log,
+    )
     log("stage 3/3: fine-tuning")
     summaries["classifier"] = finetune(
-        dataclasses.replace(cfg, model=paths["adapted"],
-                            output_dir=paths["classifier"]),
-        verbose=verbose, log=log)
+        dataclasses.replace(
+            cfg, model=paths["adapted"], output_dir=paths["classifier"]
+        ),
+        verbose=verbose,
+        log=log,
+    )
     return summaries

@@ -40,9 +40,11 @@ def global_step(model) -> int:
 
 def weights_finite(model) -> bool:
     """False if any weight is NaN/inf: such a model is never saved."""
-    return all(bool(tf.reduce_all(tf.math.is_finite(v.value)))
-               for v in model.weights
-               if v.dtype in ("float16", "bfloat16", "float32", "float64"))
+    return all(
+        bool(tf.reduce_all(tf.math.is_finite(v.value)))
+        for v in model.weights
+        if v.dtype in ("float16", "bfloat16", "float32", "float64")
+    )
 
 
 def save_model_atomic(model, path: str, fault: str | None = None) -> None:
@@ -82,8 +84,9 @@ def save_hidden_state(model, path: str, metrics: bool = True) -> None:
     np.savez(path, *[_local_value(v) for v in _hidden_state(model, metrics)])
 
 
-def load_hidden_state(model, path: str,
-                      metrics: bool = True) -> list[np.ndarray]:
+def load_hidden_state(
+    model, path: str, metrics: bool = True
+) -> list[np.ndarray]:
     """Assigns what `save_hidden_state` wrote; returns the values."""
     with np.load(path) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -109,8 +112,15 @@ class StepBackup(keras.callbacks.Callback):
 
     KEEP = 2
 
-    def __init__(self, backup_dir, every, restore_dir=None, metrics=None,
-                 checkpoints=None, log=print):
+    def __init__(
+        self,
+        backup_dir,
+        every,
+        restore_dir=None,
+        metrics=None,
+        checkpoints=None,
+        log=print,
+    ):
         super().__init__()
         self.dir = backup_dir
         self.restore_dir = restore_dir or backup_dir
@@ -148,15 +158,17 @@ class StepBackup(keras.callbacks.Callback):
             meta = {
                 "step": step,
                 "epoch_end": epoch_end,
-                "metrics_rows": (len(self.metrics.rows)
-                                 if self.metrics else 0),
-                "best": (self.checkpoints.record()
-                         if self.checkpoints else None),
-                "sha256": {name: sha256_file(os.path.join(tmp, name))
-                           for name in ("weights.weights.h5", "state.npz")},
+                "metrics_rows": (len(self.metrics.rows) if self.metrics else 0),
+                "best": (
+                    self.checkpoints.record() if self.checkpoints else None
+                ),
+                "sha256": {
+                    name: sha256_file(os.path.join(tmp, name))
+                    for name in ("weights.weights.h5", "state.npz")
+                },
             }
             write_json_atomic(os.path.join(tmp, "meta.json"), meta)
-        for _, old in self.backups()[self.KEEP:]:
+        for _, old in self.backups()[self.KEEP :]:
             shutil.rmtree(old, ignore_errors=True)
         fault_point("after_backup")
         return True
@@ -177,8 +189,7 @@ class StepBackup(keras.callbacks.Callback):
 
     def _check(self, folder):
         try:
-            with open(os.path.join(folder, "meta.json"),
-                      encoding="utf-8") as f:
+            with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
                 meta = json.load(f)
             for name, digest in meta["sha256"].items():
                 if sha256_file(os.path.join(folder, name)) != digest:
@@ -201,21 +212,22 @@ class StepBackup(keras.callbacks.Callback):
             if not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(folder, "weights.weights.h5"))
-            values = load_hidden_state(model, os.path.join(folder,
-                                                           "state.npz"))
+            values = load_hidden_state(model, os.path.join(folder, "state.npz"))
             hidden = _hidden_state(model)
             # `fit` resets the metrics as an epoch begins: put the saved sums
             # back after that, in on_epoch_begin.
             if not meta.get("epoch_end"):
-                self._pending_state = values[len(hidden) - len(
-                    model.metrics_variables):]
+                self._pending_state = values[
+                    len(hidden) - len(model.metrics_variables) :
+                ]
             if global_step(model) != step:
                 # Keras skips (with a warning) optimizer state of another
                 # shape, e.g. a backup from before the fused QKV kernel.
                 raise UsageError(
                     f"{folder}: the optimizer state does not fit this model "
                     "(a backup written by another kerasbert version?); pass "
-                    "--overwrite to start the run afresh")
+                    "--overwrite to start the run afresh"
+                )
             assert int(meta["step"]) == step
             return meta
         if self.backups(self.restore_dir):
@@ -224,8 +236,9 @@ class StepBackup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._pending_state is not None:
-            for v, value in zip(self.model.metrics_variables,
-                                self._pending_state):
+            for v, value in zip(
+                self.model.metrics_variables, self._pending_state
+            ):
                 v.assign(value)
             self._pending_state = None
 
@@ -254,10 +267,22 @@ class DivergenceGuard(keras.callbacks.Callback):
                 backup.enabled = False
 
 
-METRIC_COLUMNS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy",
-                  "nsp_accuracy")
-CSV_COLUMNS = ("step", "epoch", "split", *METRIC_COLUMNS, "learning_rate",
-               "tokens_per_second", "seconds")
+METRIC_COLUMNS = (
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_accuracy",
+    "nsp_accuracy",
+)
+CSV_COLUMNS = (
+    "step",
+    "epoch",
+    "split",
+    *METRIC_COLUMNS,
+    "learning_rate",
+    "tokens_per_second",
+    "seconds",
+)
 
 
 class MetricsLogger(keras.callbacks.Callback):
@@ -268,8 +293,9 @@ class MetricsLogger(keras.callbacks.Callback):
     resume, `keep_rows(n)` cuts the file back to the rows the backup saw.
     """
 
-    def __init__(self, path, every, tokens_per_step, guard=None,
-                 total_steps=None):
+    def __init__(
+        self, path, every, tokens_per_step, guard=None, total_steps=None
+    ):
         super().__init__()
         self.path = path
         self.every = every
@@ -289,11 +315,15 @@ class MetricsLogger(keras.callbacks.Callback):
                 with open(self.path, newline="", encoding="utf-8") as f:
                     rows = list(csv.DictReader(f))[:count]
             except (OSError, csv.Error, UnicodeDecodeError) as e:
-                raise UsageError(f"{self.path}: unreadable ({e}); pass "
-                                 "--overwrite to start afresh") from None
+                raise UsageError(
+                    f"{self.path}: unreadable ({e}); pass "
+                    "--overwrite to start afresh"
+                ) from None
         if len(rows) < count:
-            raise UsageError(f"{self.path}: {len(rows)} rows, the backup "
-                             f"expects {count}; pass --overwrite")
+            raise UsageError(
+                f"{self.path}: {len(rows)} rows, the backup "
+                f"expects {count}; pass --overwrite"
+            )
         self.rows = rows
         with atomic_path(self.path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -331,11 +361,17 @@ class MetricsLogger(keras.callbacks.Callback):
         if step % self.every and step != self.total_steps:
             return  # the run's last step always closes a row
         seconds = time.perf_counter() - self._window_start
-        lr = float(keras.ops.convert_to_numpy(
-            self.model.optimizer.learning_rate))
-        self.log_row(step, "train", logs or {}, seconds=seconds,
-                     tps=self._window_steps * self.tokens_per_step / seconds,
-                     lr=lr)
+        lr = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
+        self.log_row(
+            step,
+            "train",
+            logs or {},
+            seconds=seconds,
+            tps=self._window_steps * self.tokens_per_step / seconds,
+            lr=lr,
+        )
         steps_in_epoch = (self.params or {}).get("steps") or 0
         if batch + 1 < steps_in_epoch:
             # Not at an epoch's end: there Keras reports the epoch's logs
@@ -347,8 +383,9 @@ class MetricsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.guard is not None and self.guard.diverged_at is not None:
             return
-        held_out = {k[4:]: v for k, v in (logs or {}).items()
-                    if k.startswith("val_")}
+        held_out = {
+            k[4:]: v for k, v in (logs or {}).items() if k.startswith("val_")
+        }
         if held_out:
             self.log_row(global_step(self.model), "heldout", held_out)
 
@@ -368,8 +405,10 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.best_step = None
 
     def record(self) -> dict:
-        return {"loss": None if math.isinf(self.best) else self.best,
-                "step": self.best_step}
+        return {
+            "loss": None if math.isinf(self.best) else self.best,
+            "step": self.best_step,
+        }
 
     def set_record(self, record) -> None:
         if record and record.get("loss") is not None:
@@ -382,13 +421,17 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.save(logs.get("val_loss", logs.get("loss")))
 
     def save(self, loss):
-        if loss is None or not math.isfinite(loss) or \
-                not weights_finite(self.model):
+        if (
+            loss is None
+            or not math.isfinite(loss)
+            or not weights_finite(self.model)
+        ):
             return
         save_model_atomic(self.model, self.latest, fault="checkpoint")
         if loss < self.best:
             self.best, self.best_step = float(loss), global_step(self.model)
             # The model just written: link it rather than serialise again.
             copy_atomic(self.latest, self.best_path)
-            write_json_atomic(os.path.splitext(self.best_path)[0] + ".json",
-                              self.record())
+            write_json_atomic(
+                os.path.splitext(self.best_path)[0] + ".json", self.record()
+            )

@@ -43,7 +43,8 @@ class HeldoutSet:
     def __init__(self, dataset, max_batches: int):
         self.batches = [
             tf.nest.map_structure(tf.constant, batch)
-            for batch in dataset.take(max_batches).as_numpy_iterator()]
+            for batch in dataset.take(max_batches).as_numpy_iterator()
+        ]
         self._model = self._step = None  # the last model and its pass
 
     def __len__(self):
@@ -51,10 +52,16 @@ class HeldoutSet:
 
     def _compiled(self, model):
         from kerasbert.modeling import pretraining_sums
+
         if self._model is not model:
-            self._model, self._step = model, tf.function(
-                lambda x, y: pretraining_sums(y, model(x, training=False),
-                                             nsp=model.nsp))
+            self._model, self._step = (
+                model,
+                tf.function(
+                    lambda x, y: pretraining_sums(
+                        y, model(x, training=False), nsp=model.nsp
+                    )
+                ),
+            )
         return self._step
 
     def evaluate(self, model, batches: int | None = None) -> dict:
@@ -84,8 +91,15 @@ class EpochEvaluation(keras.callbacks.Callback):
         self.guard = guard
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or (self.guard is not None
-                            and self.guard.diverged_at is not None):
+        if logs is None or (
+            self.guard is not None and self.guard.diverged_at is not None
+        ):
             return
-        logs.update({f"val_{k}": v for k, v in
-                     self.heldout.evaluate(self.model, self.batches).items()})
+        logs.update(
+            {
+                f"val_{k}": v
+                for k, v in self.heldout.evaluate(
+                    self.model, self.batches
+                ).items()
+            }
+        )

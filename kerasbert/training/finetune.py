@@ -271,8 +271,9 @@ def finetune(
         try:
             return _finetune(cfg, model_overrides, verbose, log)
         except DiskFull as e:
-            raise DiskFull(f"{e} (the same command resumes after the "
-                           "last finished epoch)") from None
+            raise DiskFull(
+                f"{e} (the same command resumes after the last finished epoch)"
+            ) from None
 
 
 def _finetune(cfg, model_overrides, verbose, log):
@@ -323,8 +324,9 @@ def _finetune(cfg, model_overrides, verbose, log):
         tokenizer_dir = os.path.join(out, "tokenizer")
     # model.keras, and two epoch checkpoints with Adam's two slots: a disk
     # that fills inside h5py can crash the process, so check first.
-    check_free_space(out, 8 * 4 * parameter_count(**model_cfg.to_dict()),
-                     "--output-dir")
+    check_free_space(
+        out, 8 * 4 * parameter_count(**model_cfg.to_dict()), "--output-dir"
+    )
     # Everything is checked: from here on the folder is written.
     os.makedirs(out, exist_ok=True)
     if not os.path.isdir(tokenizer_dir):
@@ -337,8 +339,7 @@ def _finetune(cfg, model_overrides, verbose, log):
         os.replace(staging, tokenizer_dir)
     write_json_atomic(os.path.join(out, "config.json"), configs)
     if state != "done":
-        result = _train(cfg, model_cfg, weights, tokenizer, data, verbose,
-                        log)
+        result = _train(cfg, model_cfg, weights, tokenizer, data, verbose, log)
     else:  # a replacement that finished, killed before its swap
         with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
             result = json.load(f)

@@ -32,7 +32,8 @@ def select_precision(precision: str) -> tuple[str, str]:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         major = tf.config.experimental.get_device_details(gpus[0]).get(
-            "compute_capability", (0, 0))[0]
+            "compute_capability", (0, 0)
+        )[0]
         if major >= 8:  # Ampere and later compute in bf16 natively.
             return "mixed_bfloat16", "GPU with native bfloat16"
         # Older GPUs: fp16 tensor cores; Keras adds dynamic loss scaling.
@@ -73,7 +74,8 @@ def make_strategy(name: str):
     if "TF_CONFIG" not in os.environ:
         raise UsageError(
             "--strategy multi_worker: set TF_CONFIG (cluster and task) "
-            "for every worker")
+            "for every worker"
+        )
     try:
         json.loads(os.environ["TF_CONFIG"])
     except json.JSONDecodeError as e:

@@ -12,20 +12,33 @@ from kerasbert.config import TrainConfig, check_field
 from kerasbert.modeling.schedules import WarmupLinearDecay
 
 
-def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
-                   weight_decay=0.01, clipnorm=1.0,
-                   gradient_accumulation_steps=1, epsilon=1e-6):
+def make_optimizer(
+    name,
+    learning_rate,
+    total_steps,
+    warmup_ratio=0.1,
+    weight_decay=0.01,
+    clipnorm=1.0,
+    gradient_accumulation_steps=1,
+    epsilon=1e-6,
+):
     """AdamW (default) or LAMB with BERT's schedule and decay exclusions."""
     check_field(TrainConfig, "optimizer", name)
     schedule = WarmupLinearDecay(
-        learning_rate, int(round(warmup_ratio * total_steps)), total_steps)
+        learning_rate, int(round(warmup_ratio * total_steps)), total_steps
+    )
     common = dict(
-        learning_rate=schedule, weight_decay=weight_decay,
-        beta_1=0.9, beta_2=0.999, epsilon=epsilon,
+        learning_rate=schedule,
+        weight_decay=weight_decay,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=epsilon,
         global_clipnorm=clipnorm if clipnorm > 0 else None,
         gradient_accumulation_steps=(
             gradient_accumulation_steps
-            if gradient_accumulation_steps > 1 else None),
+            if gradient_accumulation_steps > 1
+            else None
+        ),
     )
     if name == "adamw":
         optimizer = keras.optimizers.AdamW(**common)
@@ -41,11 +54,15 @@ def make_optimizer(name, learning_rate, total_steps, warmup_ratio=0.1,
 def optimizer_from_config(train_cfg: TrainConfig, total_steps: int):
     """`make_optimizer` with a run's `TrainConfig` fields."""
     return make_optimizer(
-        train_cfg.optimizer, train_cfg.learning_rate, total_steps,
+        train_cfg.optimizer,
+        train_cfg.learning_rate,
+        total_steps,
         warmup_ratio=train_cfg.warmup_ratio,
-        weight_decay=train_cfg.weight_decay, clipnorm=train_cfg.clipnorm,
+        weight_decay=train_cfg.weight_decay,
+        clipnorm=train_cfg.clipnorm,
         epsilon=train_cfg.adam_epsilon,
-        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps)
+        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
+    )
 
 
 def unigram_log_prior(counts, pseudo_count=0.1):

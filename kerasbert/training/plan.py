@@ -32,21 +32,27 @@ class TrainingPlan:
 
 
 def _pairs(corpus, data_cfg, seed, ids):
-    return count_pairs(corpus, sequence_length=data_cfg.sequence_length,
-                       short_seq_prob=data_cfg.short_seq_prob,
-                       nsp_probability=data_cfg.nsp_probability, seed=seed,
-                       document_ids=ids)
+    return count_pairs(
+        corpus,
+        sequence_length=data_cfg.sequence_length,
+        short_seq_prob=data_cfg.short_seq_prob,
+        nsp_probability=data_cfg.nsp_probability,
+        seed=seed,
+        document_ids=ids,
+    )
 
 
-def make_plan(corpus, data_cfg, train_cfg, heldout_corpus=None,
-              corpus_name="corpus") -> TrainingPlan:
+def make_plan(
+    corpus, data_cfg, train_cfg, heldout_corpus=None, corpus_name="corpus"
+) -> TrainingPlan:
     notes = []
     n = corpus.num_documents
     if n < 2:
         raise UsageError(
             f"{corpus_name}: {n} document(s); next-sentence pairs need at "
             "least 2 (separate documents with a blank line, or set "
-            "--one-doc-per-line)")
+            "--one-doc-per-line)"
+        )
     train_ids = heldout_ids = None
     if heldout_corpus is None and data_cfg.holdout_fraction > 0:
         if n < MIN_DOCUMENTS_TO_HOLD_OUT:
@@ -54,10 +60,12 @@ def make_plan(corpus, data_cfg, train_cfg, heldout_corpus=None,
             notes.append(
                 f"{corpus_name} has {n} documents, too few to hold some out "
                 f"(needs {MIN_DOCUMENTS_TO_HOLD_OUT}); no held-out "
-                "evaluation")
+                "evaluation"
+            )
         else:
             train_ids, heldout_ids = split_train_heldout(
-                n, data_cfg.holdout_fraction, train_cfg.seed)
+                n, data_cfg.holdout_fraction, train_cfg.seed
+            )
             heldout_corpus = corpus
     pairs = _pairs(corpus, data_cfg, train_cfg.seed, train_ids)
     if pairs == 0:
@@ -65,33 +73,37 @@ def make_plan(corpus, data_cfg, train_cfg, heldout_corpus=None,
             f"{corpus_name}: no sentence pairs: every training document has "
             "a single sentence (or none that fits). NSP pairs split a "
             "document of 2+ sentences; put several sentences per document "
-            "(a blank line ends a document)")
+            "(a blank line ends a document)"
+        )
     spe = train_cfg.steps_per_epoch
     if spe is None:
         if pairs < train_cfg.batch_size:
             raise UsageError(
                 f"--batch-size: {train_cfg.batch_size} is more than the "
                 f"{pairs} sentence pairs of one epoch of {corpus_name}; use "
-                f"--batch-size {pairs} or less, or a larger corpus")
+                f"--batch-size {pairs} or less, or a larger corpus"
+            )
         spe = pairs // train_cfg.batch_size
     elif pairs < train_cfg.batch_size:
         raise UsageError(
             f"--batch-size: {train_cfg.batch_size} is more than the {pairs} "
-            f"sentence pairs of one epoch of {corpus_name}")
+            f"sentence pairs of one epoch of {corpus_name}"
+        )
     if heldout_corpus is not None and train_cfg.eval_batches > 0:
-        held = _pairs(heldout_corpus, data_cfg, train_cfg.seed + 1,
-                      heldout_ids)
+        held = _pairs(heldout_corpus, data_cfg, train_cfg.seed + 1, heldout_ids)
         if held < train_cfg.batch_size:
             notes.append(
                 f"the held-out documents give {held} sentence pairs, fewer "
                 f"than one batch of {train_cfg.batch_size}; no held-out "
-                "evaluation (raise --holdout-fraction or lower --batch-size)")
+                "evaluation (raise --holdout-fraction or lower --batch-size)"
+            )
             heldout_corpus = None
     if train_cfg.eval_batches == 0:
         heldout_corpus = None
     total = train_cfg.max_steps or train_cfg.epochs * spe
-    return TrainingPlan(train_ids, heldout_ids, heldout_corpus, spe, total,
-                        tuple(notes))
+    return TrainingPlan(
+        train_ids, heldout_ids, heldout_corpus, spe, total, tuple(notes)
+    )
 
 
 def plan_fit_calls(total_steps: int, steps_per_epoch: int, start_step: int):
@@ -109,8 +121,11 @@ def plan_fit_calls(total_steps: int, steps_per_epoch: int, start_step: int):
         epoch = step // steps_per_epoch
         epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
         length = epoch_end - step
-        if (calls and step % steps_per_epoch == 0
-                and calls[-1][2] == length == steps_per_epoch):
+        if (
+            calls
+            and step % steps_per_epoch == 0
+            and calls[-1][2] == length == steps_per_epoch
+        ):
             first, _, _ = calls[-1]
             calls[-1] = (first, epoch + 1, length)
         else:

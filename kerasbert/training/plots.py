@@ -32,9 +32,12 @@ def plot_metrics(csv_path: str, png_path: str) -> str:
     series = read_metrics(csv_path)
     fig = Figure(figsize=(10, 7))
     axes = fig.subplots(2, 2, sharex=True)
-    panels = [("mlm_loss", "MLM loss"), ("nsp_loss", "NSP loss"),
-              ("mlm_accuracy", "MLM accuracy"),
-              ("nsp_accuracy", "NSP accuracy")]
+    panels = [
+        ("mlm_loss", "MLM loss"),
+        ("nsp_loss", "NSP loss"),
+        ("mlm_accuracy", "MLM accuracy"),
+        ("nsp_accuracy", "NSP accuracy"),
+    ]
     styles = {"train": dict(marker=None), "heldout": dict(marker="o")}
     for ax, (column, title) in zip(axes.flat, panels):
         for split, values in series.items():

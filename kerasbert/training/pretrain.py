@@ -43,9 +43,15 @@ from kerasbert.training.rundir import (
 )
 
 
-def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
-             train_cfg: TrainConfig, size: str | None = None,
-             verbose: int = 1, log=print, callbacks=()) -> dict:
+def pretrain(
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    size: str | None = None,
+    verbose: int = 1,
+    log=print,
+    callbacks=(),
+) -> dict:
     """Runs (or resumes) pretraining; returns the summary dict.
 
     `callbacks` are extra Keras callbacks for `model.fit` (not used by the
@@ -56,12 +62,16 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
         # Masked LM only: a random B would just join unrelated texts.
         data_cfg = dataclasses.replace(data_cfg, nsp_probability=0.0)
     output_dir = train_cfg.output_dir or default_output_dir(size)
-    check_output(output_dir, "--output-dir", {
-        "--init-from": train_cfg.init_from,  # first: it implies --tokenizer
-        "--corpus": data_cfg.corpus,
-        "--heldout-corpus": data_cfg.heldout_corpus,
-        "--tokenizer": data_cfg.tokenizer,
-    })
+    check_output(
+        output_dir,
+        "--output-dir",
+        {
+            "--init-from": train_cfg.init_from,  # first: it implies --tokenizer
+            "--corpus": data_cfg.corpus,
+            "--heldout-corpus": data_cfg.heldout_corpus,
+            "--tokenizer": data_cfg.tokenizer,
+        },
+    )
     chief_dir = output_dir
     scratch = None
     if train_cfg.strategy == "multi_worker" and not chief_by_tf_config():
@@ -69,8 +79,9 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
         # files where they cannot race it (and read the chief's backups to
         # resume at its step), removed when the run ends or, after a
         # kill, when the next worker starts on this host.
-        scratch = output_dir = make_scratch_dir(tempfile.gettempdir(),
-                                                "kerasbert-worker")
+        scratch = output_dir = make_scratch_dir(
+            tempfile.gettempdir(), "kerasbert-worker"
+        )
     check_writable_dir(output_dir, "--output-dir")
     train_cfg = dataclasses.replace(train_cfg, output_dir=output_dir)
     try:
@@ -79,13 +90,23 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
             # written; one a killed run left is removed by the next.
             staging = make_scratch_dir(
                 os.path.dirname(os.path.abspath(output_dir)),
-                ".tokenizer-staging")
+                ".tokenizer-staging",
+            )
             try:
-                return _pretrain(model_cfg, data_cfg, train_cfg, verbose,
-                                 log, callbacks, staging, chief_dir)
+                return _pretrain(
+                    model_cfg,
+                    data_cfg,
+                    train_cfg,
+                    verbose,
+                    log,
+                    callbacks,
+                    staging,
+                    chief_dir,
+                )
             except DiskFull as e:
-                raise DiskFull(f"{e} (the same command resumes from the "
-                               "last backup)") from None
+                raise DiskFull(
+                    f"{e} (the same command resumes from the last backup)"
+                ) from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -93,43 +114,59 @@ def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig,
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
-              staging, chief_dir):
+def _pretrain(
+    model_cfg, data_cfg, train_cfg, verbose, log, callbacks, staging, chief_dir
+):
     from kerasbert.data.corpus import prepare_corpus
 
     run = RunDir(train_cfg.output_dir)
     prepare_cfg = data_cfg
-    if (os.path.isdir(run.tokenizer) and data_cfg.tokenizer is None
-            and not train_cfg.overwrite):
+    if (
+        os.path.isdir(run.tokenizer)
+        and data_cfg.tokenizer is None
+        and not train_cfg.overwrite
+    ):
         # The run trained its tokenizer already: reuse it, don't retrain.
         prepare_cfg = dataclasses.replace(data_cfg, tokenizer=run.tokenizer)
     # Progress bars only on a terminal: in logs they are noise, and before a
     # one-line error they would bury it.
     show_progress = verbose > 0 and sys.stderr.isatty()
-    tokenizer, corpus = prepare_corpus(prepare_cfg, tokenizer_dir=staging,
-                                       progress=show_progress)
+    tokenizer, corpus = prepare_corpus(
+        prepare_cfg, tokenizer_dir=staging, progress=show_progress
+    )
     heldout_corpus = None
     if data_cfg.heldout_corpus:
         _, heldout_corpus = prepare_corpus(
-            dataclasses.replace(data_cfg, corpus=data_cfg.heldout_corpus,
-                                tokenizer=prepare_cfg.tokenizer or staging),
-            progress=show_progress)
-    plan = make_plan(corpus, data_cfg, train_cfg, heldout_corpus,
-                     corpus_name=data_cfg.corpus or "the bundled corpus")
+            dataclasses.replace(
+                data_cfg,
+                corpus=data_cfg.heldout_corpus,
+                tokenizer=prepare_cfg.tokenizer or staging,
+            ),
+            progress=show_progress,
+        )
+    plan = make_plan(
+        corpus,
+        data_cfg,
+        train_cfg,
+        heldout_corpus,
+        corpus_name=data_cfg.corpus or "the bundled corpus",
+    )
 
     model_cfg = dataclasses.replace(
-        model_cfg, vocabulary_size=tokenizer.vocabulary_size)
+        model_cfg, vocabulary_size=tokenizer.vocabulary_size
+    )
     configs = run_config(model_cfg, data_cfg, train_cfg)
     state = run.state(configs, train_cfg.overwrite)
     if state == "done":
-        log(f"{run.path}: this run is already complete (summary.json); "
-            "pass --overwrite to start again")
+        log(
+            f"{run.path}: this run is already complete (summary.json); "
+            "pass --overwrite to start again"
+        )
         with open(run.summary, encoding="utf-8") as f:
             return json.load(f)
 
     final = None
-    if train_cfg.overwrite and os.path.isdir(run.path) and \
-            os.listdir(run.path):
+    if train_cfg.overwrite and os.path.isdir(run.path) and os.listdir(run.path):
         # Built beside the old run, which stays whole until the swap; a
         # replacement a kill left resumes.
         final, run = run, RunDir(replacement_dir(run.path))
@@ -146,8 +183,11 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
 
     # model.keras, two checkpoints, two backups with Adam's slots: a disk
     # that fills inside h5py can crash the process, so check first.
-    check_free_space(run.path, 10 * 4 * parameter_count(
-        **model_cfg.to_dict()), "--output-dir")
+    check_free_space(
+        run.path,
+        10 * 4 * parameter_count(**model_cfg.to_dict()),
+        "--output-dir",
+    )
     # Every check has passed: from here on the run directory is written.
     run.prepare(configs, overwrite=False)
     if not os.path.isdir(run.tokenizer):
@@ -165,9 +205,20 @@ def _pretrain(model_cfg, data_cfg, train_cfg, verbose, log, callbacks,
             state, restore_dir = "resume", chief.backup
 
     from kerasbert.training.trainer import Trainer
-    trainer = Trainer(model_cfg, data_cfg, train_cfg, tokenizer, corpus, plan,
-                      run, verbose=verbose, log=log, callbacks=callbacks,
-                      restore_dir=restore_dir)
+
+    trainer = Trainer(
+        model_cfg,
+        data_cfg,
+        train_cfg,
+        tokenizer,
+        corpus,
+        plan,
+        run,
+        verbose=verbose,
+        log=log,
+        callbacks=callbacks,
+        restore_dir=restore_dir,
+    )
     summary = trainer.run(resume=state == "resume")
     if final is not None:
         swap_in(run.path, final.path)

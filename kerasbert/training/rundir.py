@@ -30,9 +30,18 @@ from kerasbert.files import (
 
 # Fields that may change between a run and its resume without making the
 # backup meaningless (bookkeeping, not what is learned).
-RESUME_FREE = frozenset({"output_dir", "overwrite", "backup_every",
-                         "log_every", "eval_batches", "final_eval_batches",
-                         "jit_compile", "cache_dir"})
+RESUME_FREE = frozenset(
+    {
+        "output_dir",
+        "overwrite",
+        "backup_every",
+        "log_every",
+        "eval_batches",
+        "final_eval_batches",
+        "jit_compile",
+        "cache_dir",
+    }
+)
 
 
 class RunDir:
@@ -60,11 +69,15 @@ class RunDir:
         """
         check_writable_dir(self.path, "--output-dir")
         if overwrite or not os.path.exists(self.config):
-            if not overwrite and os.path.isdir(self.path) and \
-                    os.listdir(self.path):
+            if (
+                not overwrite
+                and os.path.isdir(self.path)
+                and os.listdir(self.path)
+            ):
                 raise UsageError(
                     f"--output-dir: {self.path} exists and is not a kerasbert "
-                    "run directory (choose another or pass --overwrite)")
+                    "run directory (choose another or pass --overwrite)"
+                )
             return "new"
         saved = read_run_config(self.config)
         diffs = config_changes(saved, configs)
@@ -72,7 +85,8 @@ class RunDir:
             raise UsageError(
                 f"--output-dir: {self.path} holds a run with another "
                 f"configuration ({'; '.join(diffs[:3])}); pass --overwrite or "
-                "another --output-dir")
+                "another --output-dir"
+            )
         return "done" if os.path.exists(self.summary) else "resume"
 
     def prepare(self, configs: dict, overwrite: bool) -> None:
@@ -87,8 +101,11 @@ class RunDir:
 
 def run_config(model_cfg, data_cfg, train_cfg) -> dict:
     """What config.json holds: the resolved configs, one section each."""
-    return {"model": model_cfg.to_dict(), "data": data_cfg.to_dict(),
-            "train": train_cfg.to_dict()}
+    return {
+        "model": model_cfg.to_dict(),
+        "data": data_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+    }
 
 
 def read_run_config(path: str) -> dict:
@@ -96,13 +113,17 @@ def read_run_config(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: damaged run configuration ({e}); pass "
-                         "--overwrite to start the run afresh") from None
+        raise UsageError(
+            f"{path}: damaged run configuration ({e}); pass "
+            "--overwrite to start the run afresh"
+        ) from None
     if not isinstance(saved, dict) or not all(
-            isinstance(saved.get(k), dict) for k in ("model", "data",
-                                                     "train")):
-        raise UsageError(f"{path}: not a kerasbert run configuration; pass "
-                         "--overwrite to start the run afresh")
+        isinstance(saved.get(k), dict) for k in ("model", "data", "train")
+    ):
+        raise UsageError(
+            f"{path}: not a kerasbert run configuration; pass "
+            "--overwrite to start the run afresh"
+        )
     return saved
 
 
@@ -116,8 +137,9 @@ def config_changes(saved: dict, current: dict) -> list[str]:
             if key in RESUME_FREE:
                 continue
             if saved.get(part, {}).get(key) != value:
-                diffs.append(f"{key}: {saved.get(part, {}).get(key)!r} -> "
-                             f"{value!r}")
+                diffs.append(
+                    f"{key}: {saved.get(part, {}).get(key)!r} -> {value!r}"
+                )
     return diffs
 
 
@@ -136,8 +158,11 @@ def chief_by_tf_config() -> bool:
     cluster = tf_config.get("cluster", {})
     if task.get("type") == "chief":
         return True
-    return "chief" not in cluster and task.get("type", "worker") == "worker" \
+    return (
+        "chief" not in cluster
+        and task.get("type", "worker") == "worker"
         and int(task.get("index", 0)) == 0
+    )
 
 
 @contextlib.contextmanager
@@ -166,7 +191,8 @@ def run_lock(output_dir: str):
             if pid and pid != os.getpid() and pid_alive(pid):
                 raise UsageError(
                     f"--output-dir: {output_dir} is in use by another run "
-                    f"(pid {pid})") from None
+                    f"(pid {pid})"
+                ) from None
             os.remove(path)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as f:

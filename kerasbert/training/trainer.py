@@ -52,9 +52,9 @@ def compile_pretrainer(model_cfg, train_cfg, total_steps, jit):
     for loss scaling). The benchmarks call this too, so they time this
     very model, never a copy."""
     from kerasbert.modeling import build_pretrainer
+
     keras.utils.set_random_seed(train_cfg.seed)
-    model = build_pretrainer(nsp=train_cfg.nsp,
-                             **dataclasses.asdict(model_cfg))
+    model = build_pretrainer(nsp=train_cfg.nsp, **dataclasses.asdict(model_cfg))
     # Heads only: the optimizer then holds slots for the heads alone and
     # the encoder's weights stay exactly as loaded.
     model.backbone.trainable = not train_cfg.heads_only
@@ -74,9 +74,20 @@ class Trainer:
     directory (`RunDir`).
     """
 
-    def __init__(self, model_cfg, data_cfg, train_cfg, tokenizer, corpus,
-                 training_plan, run_dir, verbose=1, log=print, callbacks=(),
-                 restore_dir=None):
+    def __init__(
+        self,
+        model_cfg,
+        data_cfg,
+        train_cfg,
+        tokenizer,
+        corpus,
+        training_plan,
+        run_dir,
+        verbose=1,
+        log=print,
+        callbacks=(),
+        restore_dir=None,
+    ):
         self.model_cfg = model_cfg
         self.data_cfg = data_cfg
         self.cfg = train_cfg
@@ -95,19 +106,30 @@ class Trainer:
 
     def _dataset_kwargs(self):
         d = self.data_cfg
-        return dict(sequence_length=d.sequence_length,
-                    max_predictions=d.max_predictions,
-                    mask_rate=d.mask_rate, whole_word=d.whole_word,
-                    nsp_probability=d.nsp_probability,
-                    short_seq_prob=d.short_seq_prob)
+        return dict(
+            sequence_length=d.sequence_length,
+            max_predictions=d.max_predictions,
+            mask_rate=d.mask_rate,
+            whole_word=d.whole_word,
+            nsp_probability=d.nsp_probability,
+            short_seq_prob=d.short_seq_prob,
+        )
 
     def train_dataset(self, start_batch, num_workers=1, worker_index=0):
         from kerasbert.data.pretraining import pretraining_dataset
+
         return pretraining_dataset(
-            self.corpus, self.tokenizer, batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed, document_ids=self.plan.train_ids,
-            repeat=True, start_batch=start_batch, num_workers=num_workers,
-            worker_index=worker_index, **self._dataset_kwargs())
+            self.corpus,
+            self.tokenizer,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            document_ids=self.plan.train_ids,
+            repeat=True,
+            start_batch=start_batch,
+            num_workers=num_workers,
+            worker_index=worker_index,
+            **self._dataset_kwargs(),
+        )
 
     @property
     def final_eval_batches(self):
@@ -118,15 +140,21 @@ class Trainer:
         time), enough for the epoch-end and the final evaluations; None
         when the plan has none."""
         from kerasbert.data.pretraining import pretraining_dataset
+
         if self.plan.heldout_corpus is None:
             return None
         ds = pretraining_dataset(
-            self.plan.heldout_corpus, self.tokenizer,
-            batch_size=self.cfg.batch_size, seed=self.cfg.seed + 1,
-            document_ids=self.plan.heldout_ids, repeat=False,
-            **self._dataset_kwargs())
+            self.plan.heldout_corpus,
+            self.tokenizer,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed + 1,
+            document_ids=self.plan.heldout_ids,
+            repeat=False,
+            **self._dataset_kwargs(),
+        )
         return evaluation.HeldoutSet(
-            ds, max(self.cfg.eval_batches, self.final_eval_batches))
+            ds, max(self.cfg.eval_batches, self.final_eval_batches)
+        )
 
     def train_token_counts(self):
         """Per-token-id counts over the training documents.
@@ -138,8 +166,9 @@ class Trainer:
         vocab = self.model_cfg.vocabulary_size
         counts = np.bincount(self.corpus.tokens, minlength=vocab)[:vocab]
         if self.plan.train_ids is not None:
-            others = np.setdiff1d(np.arange(self.corpus.num_documents),
-                                  self.plan.train_ids)
+            others = np.setdiff1d(
+                np.arange(self.corpus.num_documents), self.plan.train_ids
+            )
             if len(others):
                 left_out = self.corpus.select_documents(others).tokens
                 counts -= np.bincount(left_out, minlength=vocab)[:vocab]
@@ -151,7 +180,8 @@ class Trainer:
     def build(self, strategy, jit):
         with strategy.scope():
             model, optimizer = compile_pretrainer(
-                self.model_cfg, self.cfg, self.plan.total_steps, jit)
+                self.model_cfg, self.cfg, self.plan.total_steps, jit
+            )
             # Build weights and optimizer slots now: a resume loads into them.
             x, _ = next(iter(self.train_dataset(0).take(1)))
             model(x, training=False)
@@ -159,14 +189,14 @@ class Trainer:
             copied = []
             if self.cfg.init_from:  # a resume then loads its backup over it
                 from kerasbert.serving.modeldir import init_from
+
                 copied = init_from(model, self.cfg.init_from)
-                self.log(f"init from {self.cfg.init_from}: "
-                         f"{', '.join(copied)}")
-            if self.cfg.mlm_bias_init == "unigram" and \
-                    "mlm_head" not in copied:
+                self.log(f"init from {self.cfg.init_from}: {', '.join(copied)}")
+            if self.cfg.mlm_bias_init == "unigram" and "mlm_head" not in copied:
                 # A resume overwrites it with the backup anyway.
                 model.mlm_head.output_bias.assign(
-                    optimization.unigram_log_prior(self.train_token_counts()))
+                    optimization.unigram_log_prior(self.train_token_counts())
+                )
         return model
 
     # ------------------------------------------------------------------
@@ -177,36 +207,50 @@ class Trainer:
         policy, why, jit = apply_precision(cfg)
         strategy = hardware.make_strategy(cfg.strategy)
         self.chief = hardware.is_chief(strategy)
-        self.log(f"precision: {policy} ({why}); jit_compile: {jit}; "
-                 f"strategy: {type(strategy).__name__.lstrip('_')} "
-                 f"({strategy.num_replicas_in_sync} replica(s))")
+        self.log(
+            f"precision: {policy} ({why}); jit_compile: {jit}; "
+            f"strategy: {type(strategy).__name__.lstrip('_')} "
+            f"({strategy.num_replicas_in_sync} replica(s))"
+        )
         for note in plan.notes:
             self.log(f"note: {note}")
 
         self.model = self.build(strategy, jit)
-        self.log(f"model: {self.model.count_params():,} parameters; "
-                 f"{plan.total_steps} steps of {cfg.batch_size} x "
-                 f"{self.data_cfg.sequence_length} tokens, "
-                 f"{plan.steps_per_epoch} steps per epoch")
+        self.log(
+            f"model: {self.model.count_params():,} parameters; "
+            f"{plan.total_steps} steps of {cfg.batch_size} x "
+            f"{self.data_cfg.sequence_length} tokens, "
+            f"{plan.steps_per_epoch} steps per epoch"
+        )
         self.heldout = self.heldout_set()
 
         run = self.dir
         backup_dir = run.backup  # a scratch folder on non-chief workers
         tokens_per_step = cfg.batch_size * self.data_cfg.sequence_length
         self.metrics = callbacks.MetricsLogger(
-            run.metrics, cfg.log_every, tokens_per_step,
-            total_steps=plan.total_steps)
+            run.metrics,
+            cfg.log_every,
+            tokens_per_step,
+            total_steps=plan.total_steps,
+        )
         self.checkpoints = callbacks.CheckpointSaver(run.latest, run.best)
         self.backup = callbacks.StepBackup(
-            backup_dir, cfg.backup_every, restore_dir=self.restore_dir,
+            backup_dir,
+            cfg.backup_every,
+            restore_dir=self.restore_dir,
             metrics=self.metrics,
-            checkpoints=self.checkpoints, log=self.log)
+            checkpoints=self.checkpoints,
+            log=self.log,
+        )
         self.guard = callbacks.DivergenceGuard(backups=[self.backup])
         self.metrics.guard = self.checkpoints.guard = self.guard
         self.epoch_callbacks = [self.guard]
         if self.heldout is not None:
-            self.epoch_callbacks.append(evaluation.EpochEvaluation(
-                self.heldout, self.cfg.eval_batches, guard=self.guard))
+            self.epoch_callbacks.append(
+                evaluation.EpochEvaluation(
+                    self.heldout, self.cfg.eval_batches, guard=self.guard
+                )
+            )
         # The order matters: see the callbacks module docstring.
         self.epoch_callbacks += [self.metrics, self.checkpoints, self.backup]
         for callback in self.epoch_callbacks:
@@ -215,8 +259,10 @@ class Trainer:
         meta = self.backup.restore() if resume else None
         start = meta["step"] if meta else 0
         if meta:
-            self.log(f"resuming from step {start} (backup in "
-                     f"{self.backup.restore_dir})")
+            self.log(
+                f"resuming from step {start} (backup in "
+                f"{self.backup.restore_dir})"
+            )
             self.checkpoints.set_record(meta["best"])
         elif resume:
             self.log("no backup found; starting from step 0")
@@ -234,7 +280,8 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged at step {self.guard.diverged_at} "
                 f"(loss={self.guard.bad_loss}); stopped. The last good "
-                f"checkpoint is {self._last_good_checkpoint()}")
+                f"checkpoint is {self._last_good_checkpoint()}"
+            )
         return self._finish(start, seconds)
 
     def _last_good_checkpoint(self):
@@ -249,17 +296,22 @@ class Trainer:
         callback_list = [
             *self.epoch_callbacks,
             keras.callbacks.TensorBoard(
-                self.dir.logs, update_freq=self.cfg.log_every),
+                self.dir.logs, update_freq=self.cfg.log_every
+            ),
             *self.extra_callbacks,
         ]
         for initial_epoch, epochs, steps in plan.plan_fit_calls(
-                self.plan.total_steps, self.plan.steps_per_epoch, start):
+            self.plan.total_steps, self.plan.steps_per_epoch, start
+        ):
             self.model.fit(
                 self.train_dataset(callbacks.global_step(self.model)),
-                initial_epoch=initial_epoch, epochs=epochs,
+                initial_epoch=initial_epoch,
+                epochs=epochs,
                 steps_per_epoch=steps,
-                callbacks=callback_list, shuffle=False,
-                verbose=self.verbose)
+                callbacks=callback_list,
+                shuffle=False,
+                verbose=self.verbose,
+            )
             if self.guard.diverged_at is not None:
                 return
 
@@ -274,10 +326,10 @@ class Trainer:
             return self.train_dataset(
                 callbacks.global_step(model),
                 num_workers=ctx.num_input_pipelines,
-                worker_index=ctx.input_pipeline_id)
+                worker_index=ctx.input_pipeline_id,
+            )
 
-        iterator = iter(strategy.distribute_datasets_from_function(
-            dataset_fn))
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
         @tf.function
         def train_step(batch):
@@ -286,23 +338,29 @@ class Trainer:
             return model.get_metrics_result()
 
         callback_list = keras.callbacks.CallbackList(
-            self.epoch_callbacks, model=model)
+            self.epoch_callbacks, model=model
+        )
         for first, end, steps in plan.plan_fit_calls(
-                self.plan.total_steps, self.plan.steps_per_epoch, start):
+            self.plan.total_steps, self.plan.steps_per_epoch, start
+        ):
             callback_list.set_params({"steps": steps, "epochs": end})
             for epoch in range(first, end):
                 model.reset_metrics()
                 callback_list.on_epoch_begin(epoch)
                 for batch in range(steps):
-                    logs = {k: float(v) for k, v in
-                            train_step(next(iterator)).items()}
+                    logs = {
+                        k: float(v)
+                        for k, v in train_step(next(iterator)).items()
+                    }
                     callback_list.on_train_batch_end(batch, logs)
                     if model.stop_training:
                         return
                 if self.verbose:
-                    self.log(f"step {callbacks.global_step(model)}/"
-                             f"{self.plan.total_steps} loss "
-                             f"{logs['loss']:.4f}")
+                    self.log(
+                        f"step {callbacks.global_step(model)}/"
+                        f"{self.plan.total_steps} loss "
+                        f"{logs['loss']:.4f}"
+                    )
                 callback_list.on_epoch_end(epoch, dict(logs))
 
     # ------------------------------------------------------------------
@@ -325,12 +383,15 @@ class Trainer:
         # row is there; a larger final evaluation adds a "final" row.
         epoch_eval = self._row_at(total, "heldout")
         final_eval = epoch_eval
-        if self.heldout is not None and \
-                self.final_eval_batches != self.cfg.eval_batches:
+        if (
+            self.heldout is not None
+            and self.final_eval_batches != self.cfg.eval_batches
+        ):
             final_eval = self._row_at(total, "final")
             if not final_eval:
                 final_eval = self.heldout.evaluate(
-                    self.model, self.final_eval_batches)
+                    self.model, self.final_eval_batches
+                )
                 if self.chief:
                     self.metrics.log_row(total, "final", final_eval)
                     # As written (6 digits), as a resumed finish reads it.
@@ -340,12 +401,14 @@ class Trainer:
         train_rows = [r for r in self.metrics.rows if r["split"] == "train"]
         final_train = train_rows[-1] if train_rows else {}
         # Best-checkpoint losses compare like with like: epoch-end ones.
-        self.checkpoints.save(epoch_eval.get(
-            "loss", _num(final_train.get("loss"))))
+        self.checkpoints.save(
+            epoch_eval.get("loss", _num(final_train.get("loss")))
+        )
         self.backup.save(total)
 
         from kerasbert.serving.export import export_saved_model
         from kerasbert.training.plots import plot_metrics
+
         callbacks.save_model_atomic(self.model, self.dir.model)
         fault_point("export")
         export_saved_model(self.model, self.dir.export)
@@ -354,13 +417,16 @@ class Trainer:
         # Speed over every session's training windows, so a resumed run
         # reports its whole training, not the last few steps.
         train_seconds = sum(_num(r["seconds"]) or 0.0 for r in train_rows)
-        train_tokens = sum((_num(r["tokens_per_second"]) or 0.0)
-                           * (_num(r["seconds"]) or 0.0) for r in train_rows)
+        train_tokens = sum(
+            (_num(r["tokens_per_second"]) or 0.0) * (_num(r["seconds"]) or 0.0)
+            for r in train_rows
+        )
         summary = {
             "steps": total,
             "train_seconds": round(train_seconds, 2),
             "tokens_per_second": round(
-                train_tokens / max(train_seconds, 1e-9), 1),
+                train_tokens / max(train_seconds, 1e-9), 1
+            ),
             "batch_size": self.cfg.batch_size,
             "sequence_length": self.data_cfg.sequence_length,
             "parameters": int(self.model.count_params()),
@@ -368,21 +434,28 @@ class Trainer:
             "train_mlm_accuracy": _num(final_train.get("mlm_accuracy")),
             "train_nsp_accuracy": _num(final_train.get("nsp_accuracy")),
             "train_mlm_loss": _num(final_train.get("mlm_loss")),
-            "heldout_batches": (min(len(self.heldout),
-                                    self.final_eval_batches)
-                                if self.heldout else 0),
+            "heldout_batches": (
+                min(len(self.heldout), self.final_eval_batches)
+                if self.heldout
+                else 0
+            ),
             "heldout_mlm_accuracy": final_eval.get("mlm_accuracy"),
             "heldout_nsp_accuracy": final_eval.get("nsp_accuracy"),
             "heldout_mlm_loss": final_eval.get("mlm_loss"),
             "heldout_mlm_perplexity": (
-                perplexity(final_eval["mlm_loss"]) if final_eval else None),
+                perplexity(final_eval["mlm_loss"]) if final_eval else None
+            ),
             "best_checkpoint_step": self.checkpoints.best_step,
         }
-        summary = {k: (float(v) if isinstance(v, np.floating) else v)
-                   for k, v in summary.items()}
+        summary = {
+            k: (float(v) if isinstance(v, np.floating) else v)
+            for k, v in summary.items()
+        }
         if start:
-            self.log(f"this session trained steps {start + 1}-{total} in "
-                     f"{seconds:.1f} s")
+            self.log(
+                f"this session trained steps {start + 1}-{total} in "
+                f"{seconds:.1f} s"
+            )
         write_json_atomic(self.dir.summary, summary)
         return summary
 
