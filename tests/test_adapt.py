@@ -403,5 +403,6 @@ def test_adapt_too_little_text_one_error_no_output(cli, tmp_path, source):
     )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:")
+    assert lines[0].startswith("error: --adapt-batch-size: 4096 is more")
     assert "sentence pairs" in lines[0], lines[0]
     assert not out.exists()

@@ -131,15 +131,36 @@ def adapt(
         raise
 
 
+# Pretraining's flags that this command spells its own way.
+_OUR_FLAGS = {
+    "--batch-size": "--adapt-batch-size",
+    "--sequence-length": "--adapt-sequence-length",
+    "--max-steps": "--adapt-steps",
+}
+
+
+def _pretrain(*args, **kwargs):
+    """`pretrain`, its errors naming this command's flags."""
+    from kerasbert.training.pretrain import pretrain
+
+    try:
+        return pretrain(*args, **kwargs)
+    except UsageError as e:
+        message = str(e)
+        for theirs, ours in _OUR_FLAGS.items():
+            if message.startswith(theirs + ":"):
+                message = ours + message[len(theirs) :]
+        raise UsageError(message) from None
+
+
 def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
     from kerasbert.training.finetune import finetune
-    from kerasbert.training.pretrain import pretrain
 
     summaries = {}
     start = cfg.model
     if adapt_cfg.head_steps and not _has_heads(cfg.model):
         log(f"stage 1/3: heads ({adapt_cfg.head_steps} steps, encoder frozen)")
-        summaries["heads"] = pretrain(
+        summaries["heads"] = _pretrain(
             model_cfg,
             data_cfg,
             dataclasses.replace(
@@ -158,7 +179,7 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
         f"stage 2/3: adaptation ({adapt_cfg.adapt_steps} steps, "
         f"{'masked LM + NSP' if adapt_cfg.nsp else 'masked LM only'})"
     )
-    summaries["adapted"] = pretrain(
+    summaries["adapted"] = _pretrain(
         model_cfg,
         data_cfg,
         dataclasses.replace(
