@@ -459,3 +459,26 @@ def test_gradient_accumulation_survives_backup_and_restore(tmp_path):
     fresh.fit(x, y, epochs=2, verbose=0)
     for a, b in zip(model.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_run_saved_before_the_adaptation_fields_resumes():
+    """Runs written before --nsp, --heads-only and --columns existed
+    trained with NSP, the whole model and no column list: they resume."""
+    from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+    from kerasbert.training.rundir import config_changes, run_config
+
+    current = run_config(
+        ModelConfig.from_size("tiny"), DataConfig(), TrainConfig()
+    )
+    old = json.loads(json.dumps(current))
+    for part, key in (
+        ("train", "nsp"),
+        ("train", "heads_only"),
+        ("data", "columns"),
+    ):
+        del old[part][key]
+    assert config_changes(old, current) == []
+    masked_lm_only = run_config(
+        ModelConfig.from_size("tiny"), DataConfig(), TrainConfig(nsp=False)
+    )
+    assert config_changes(old, masked_lm_only) == ["nsp: True -> False"]

@@ -15,11 +15,12 @@ Nothing else in kerasbert spells these names out: use `RunDir`.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 
-from kerasbert.config import ModelConfig
+from kerasbert.config import DataConfig, ModelConfig, TrainConfig
 from kerasbert.errors import UsageError
 from kerasbert.files import (
     check_writable_dir,
@@ -130,8 +131,20 @@ def read_run_config(path: str) -> dict:
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Differences that make a backup meaningless (RESUME_FREE aside)."""
     diffs = []
-    # A run saved before a model field existed used its legacy value.
-    saved = {**saved, "model": {**ModelConfig.LEGACY, **saved.get("model", {})}}
+    # A run saved before a field existed used that field's legacy value
+    # (`LEGACY`), else its default: what the code did before the field.
+    saved = {
+        part: {
+            **{f.name: f.default for f in dataclasses.fields(cls)},
+            **getattr(cls, "LEGACY", {}),
+            **saved.get(part, {}),
+        }
+        for part, cls in (
+            ("model", ModelConfig),
+            ("data", DataConfig),
+            ("train", TrainConfig),
+        )
+    }
     for part in ("model", "data", "train"):
         for key, value in current[part].items():
             if key in RESUME_FREE:
