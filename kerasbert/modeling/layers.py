@@ -289,11 +289,12 @@ class EncoderBlock(keras.layers.Layer):
 
     def _attention(self, x, padding_mask, training, return_scores):
         qkv = ops.matmul(x, self.qkv_kernel) + self.qkv_bias
-        # [b, s, 3 * hidden] -> [b, s, 3, heads, head_dim]: q, k, v.
-        qkv = ops.reshape(
-            qkv, ops.shape(x)[:-1] + (3, self.num_heads, self.head_dim)
+        # A split, not three slices: its gradient is one concatenation,
+        # where each slice's would be a zero-filled [b, s, 3 * hidden].
+        q, k, v = (
+            ops.reshape(t, ops.shape(x)[:-1] + (self.num_heads, self.head_dim))
+            for t in ops.split(qkv, 3, axis=-1)
         )
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None
         if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
             mask = ops.cast(padding_mask, "bool")[:, None, None, :]
