@@ -34,13 +34,15 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # kerasbert, from this checkout
+sys.path.insert(0, HERE)  # throughput.py beside this script
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import throughput as tp  # noqa: E402
 
 from kerasbert.config import ModelConfig, TrainConfig  # noqa: E402
-from kerasbert.training import throughput as tp  # noqa: E402
 
 # Dense (no sparsity) tensor-core peak, FLOP/s, bfloat16 = float16, by a
 # substring of the device name; datasheet figures (SXM parts).

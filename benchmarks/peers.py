@@ -19,7 +19,7 @@ batch: random ids, 20 predictions, vocabulary 30,522):
   hf        transformers BertForPreTraining (MLM logits at every position,
             as HF computes them) + torch AdamW; bfloat16 = CPU autocast.
 kerasbert runs the step `fit` runs (`throughput.compiled_pretrainer`, which
-calls `kerasbert.training.trainer.compile_pretrainer`; an `@SOURCE` checkout
+calls `kerasbert.training.build.compile_pretrainer`; an `@SOURCE` checkout
 must have it).
 Needs keras-hub and torch + transformers: benchmarks/requirements.txt.
 """

@@ -2,7 +2,7 @@
 
 `benchmarks/bench.py train`, `peers.py` and `step_profile.py` use these.
 The step is the real one: the model comes from
-`kerasbert.training.trainer.compile_pretrainer` and the precision from
+`kerasbert.training.build.compile_pretrainer` and the precision from
 `apply_precision`, the functions a run calls (the optimizer, schedule,
 clipping and loss of a run), and is driven through Keras' own
 `train_function`, which is what `model.fit` calls once per batch. The batch
@@ -168,7 +168,7 @@ def compiled_pretrainer(model_cfg, train_cfg, total_steps):
     Sets the global dtype policy (`train_cfg.precision`, `auto` resolved
     by the CPU/GPU). Returns (model, policy name, why, jit_compile).
     """
-    from kerasbert.training.trainer import apply_precision, compile_pretrainer
+    from kerasbert.training.build import apply_precision, compile_pretrainer
 
     policy, why, jit = apply_precision(train_cfg)
     model, _ = compile_pretrainer(model_cfg, train_cfg, total_steps, jit)

@@ -84,13 +84,13 @@ def test_cpu_info_reads_the_flags_the_cpu_has(tmp_path):
 
 
 def test_benchmark_trains_the_model_fit_compiles():
-    # The benchmark's model comes from trainer.compile_pretrainer, so it
+    # The benchmark's model comes from build.compile_pretrainer, so it
     # has the run's optimizer (schedule, clipping) and starts from the
     # same weights as a run with the same seed.
     import numpy as np
 
     from kerasbert.config import ModelConfig, TrainConfig
-    from kerasbert.training import trainer
+    from kerasbert.training import build
 
     model_cfg = ModelConfig.from_size(
         "tiny",
@@ -104,7 +104,7 @@ def test_benchmark_trains_the_model_fit_compiles():
     model, policy, _, _ = throughput.compiled_pretrainer(
         model_cfg, train_cfg, 100
     )
-    again, _ = trainer.compile_pretrainer(model_cfg, train_cfg, 100, False)
+    again, _ = build.compile_pretrainer(model_cfg, train_cfg, 100, False)
     assert policy == "float32"
     assert type(model.optimizer) is type(again.optimizer)
     assert model.optimizer.global_clipnorm == again.optimizer.global_clipnorm

@@ -685,7 +685,7 @@ def nan_dir(model_dir, tmp_path_factory):
     from kerasbert.serving.modeldir import load_model, load_tokenizer
 
     model = load_model(model_dir)
-    kernel = model.backbone.blocks[0].query.kernel
+    kernel = model.backbone.blocks[0].qkv_kernel
     value = np.array(kernel.numpy())
     value[0, 0] = np.nan
     kernel.assign(value)
@@ -722,7 +722,7 @@ def test_nan_weights_are_refused_on_load(cli, nan_dir, tmp_path, name):
         "convert": (convert.main, [nan_dir, tmp_path / "out"]),
     }[name]
     code, out, err = cli(*argv)
-    one_error(code, err, "query/kernel holds NaN or infinite values")
+    one_error(code, err, "qkv_kernel holds NaN or infinite values")
     assert "NaN" not in out
     assert left(tmp_path) == []
 
