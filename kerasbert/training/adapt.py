@@ -15,7 +15,7 @@ Why the head stage: a converted sentence encoder (all-MiniLM-L6-v2 and
 most others) has no MLM transform and no NSP layer. Trained from random
 together with the encoder, their first large gradients reach a trained
 encoder through random weights; a short warm-up with the encoder frozen
-gives them sensible values first (measured in docs/adapt.md).
+gives them trained values first (what it reaches: docs/adapt.md).
 
 Each stage is a normal run: rerunning the command skips finished stages
 and resumes the interrupted one.
