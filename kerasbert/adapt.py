@@ -22,6 +22,7 @@ from kerasbert.cli import (  # noqa: E402
 )
 from kerasbert.config import AdaptConfig, FinetuneConfig  # noqa: E402
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
+from kerasbert.finetune import summarize  # noqa: E402
 
 
 def build_parser():
@@ -55,14 +56,7 @@ def main(argv=None):
             summary[f"{stage}_heldout_mlm_accuracy"] = result[stage].get(
                 "heldout_mlm_accuracy"
             )
-    fine = result["classifier"]
-    summary["best_epoch"] = fine["best_epoch"]
-    for split in ("validation", "test"):
-        if split in fine:
-            summary[split] = {
-                k: round(fine[split][k], 4)
-                for k in ("accuracy", "macro_f1", "mcc")
-            }
+    summary.update(summarize(result["classifier"]))
     print(json.dumps(summary, indent=2))
     return 0
 

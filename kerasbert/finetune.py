@@ -70,6 +70,12 @@ def main(argv=None):
         verbose=0 if quiet else 1,
         log=lambda message: print(message, file=sys.stderr),
     )
+    print(json.dumps(summarize(result), indent=2))
+    return 0
+
+
+def summarize(result: dict) -> dict:
+    """What the command prints of a run's metrics.json."""
     summary = {"best_epoch": result["best_epoch"], "metric": result["metric"]}
     for split in ("validation", "test"):
         if split in result:
@@ -77,8 +83,7 @@ def main(argv=None):
                 k: round(result[split][k], 4)
                 for k in ("accuracy", "macro_f1", "mcc")
             }
-    print(json.dumps(summary, indent=2))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

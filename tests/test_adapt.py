@@ -250,38 +250,36 @@ def weights(directory, part):
 
 def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
     out = tmp_path / "out"
-    code, stdout, err = cli(
-        adapt.main,
-        [
-            "--model",
-            str(source),
-            "--train",
-            fixture("source_train.tsv"),
-            "--validation",
-            fixture("source_val.tsv"),
-            "--output-dir",
-            str(out),
-            "--head-steps",
-            "4",
-            "--adapt-steps",
-            "6",
-            "--adapt-batch-size",
-            "8",
-            "--adapt-sequence-length",
-            "32",
-            "--head-learning-rate",
-            "1e-2",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--max-length",
-            "64",
-            "--learning-rate",
-            "3e-3",
-            "--quiet",
-        ],
-    )
+    argv = [
+        "--model",
+        str(source),
+        "--train",
+        fixture("source_train.tsv"),
+        "--validation",
+        fixture("source_val.tsv"),
+        "--output-dir",
+        str(out),
+        "--head-steps",
+        "4",
+        "--adapt-steps",
+        "6",
+        "--adapt-batch-size",
+        "8",
+        "--adapt-sequence-length",
+        "32",
+        "--head-learning-rate",
+        "1e-2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "64",
+        "--learning-rate",
+        "3e-3",
+        "--quiet",
+    ]
+    code, stdout, err = cli(adapt.main, argv)
     assert code == 0, err
     # After the stages' progress lines, the summary (a top-level object).
     summary = json.loads(stdout[stdout.rindex("\n{\n") + 1 :])
@@ -311,38 +309,7 @@ def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
 
     # The same command again: every stage is complete, nothing retrains.
     stamp = os.path.getmtime(out / "adapted" / "model.keras")
-    code, _, err = cli(
-        adapt.main,
-        [
-            "--model",
-            str(source),
-            "--train",
-            fixture("source_train.tsv"),
-            "--validation",
-            fixture("source_val.tsv"),
-            "--output-dir",
-            str(out),
-            "--head-steps",
-            "4",
-            "--adapt-steps",
-            "6",
-            "--adapt-batch-size",
-            "8",
-            "--adapt-sequence-length",
-            "32",
-            "--head-learning-rate",
-            "1e-2",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--max-length",
-            "64",
-            "--learning-rate",
-            "3e-3",
-            "--quiet",
-        ],
-    )
+    code, _, err = cli(adapt.main, argv)
     assert code == 0, err
     assert os.path.getmtime(out / "adapted" / "model.keras") == stamp
 

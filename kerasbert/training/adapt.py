@@ -73,6 +73,7 @@ def adapt(
 ) -> dict:
     """Runs (or resumes) the three stages; returns their summaries."""
     from kerasbert.serving.modeldir import read_model_config
+    from kerasbert.training.finetune import inputs
 
     adapt_cfg.validate()
     cfg.validate()
@@ -86,16 +87,7 @@ def adapt(
             f" use one of {', '.join(EXAMPLE_FORMATS)}"
         )
     # The stages' own checks see only their part; this one sees them all.
-    check_output(
-        cfg.output_dir,
-        "--output-dir",
-        {
-            "--model": cfg.model,
-            "--train": cfg.train,
-            "--validation": cfg.validation,
-            "--test": cfg.test,
-        },
-    )
+    check_output(cfg.output_dir, "--output-dir", inputs(cfg))
     model_cfg = read_model_config(cfg.model)
     data_cfg = corpus_config(
         adapt_cfg, cfg, os.path.join(cfg.model, "tokenizer")

@@ -242,6 +242,16 @@ def _output_state(output_dir: str, configs: dict, overwrite: bool) -> str:
     return "done" if done else "resume"
 
 
+def inputs(cfg: FinetuneConfig) -> dict:
+    """{flag: path} of everything a fine-tuning run reads."""
+    return {
+        "--model": cfg.model,
+        "--train": cfg.train,
+        "--validation": cfg.validation,
+        "--test": cfg.test,
+    }
+
+
 def finetune(
     cfg: FinetuneConfig,
     model_overrides: dict | None = None,
@@ -253,16 +263,7 @@ def finetune(
     `model_overrides`: ModelConfig fields for --from-scratch (e.g. a tiny
     `hidden_dim`)."""
     cfg.validate()
-    check_output(
-        cfg.output_dir,
-        "--output-dir",
-        {
-            "--model": cfg.model,
-            "--train": cfg.train,
-            "--validation": cfg.validation,
-            "--test": cfg.test,
-        },
-    )
+    check_output(cfg.output_dir, "--output-dir", inputs(cfg))
     check_writable_dir(cfg.output_dir, "--output-dir")
     from kerasbert.training.rundir import run_lock
 
