@@ -46,3 +46,22 @@ def bundled(tmp_path_factory):
     return prepare_corpus(
         DataConfig(vocab_size=1000, cache_dir=str(cache)), progress=False
     )
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Runs a command's main under run_cli, as `python -m` does, with its
+    own token cache; returns (exit code, stdout, stderr)."""
+    from kerasbert.errors import run_cli
+
+    monkeypatch.setenv("KERASBERT_CACHE", str(tmp_path / "cache"))
+
+    def run(main, argv):
+        try:
+            code = run_cli(main, [str(a) for a in argv]) or 0
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

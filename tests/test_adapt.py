@@ -18,7 +18,6 @@ from kerasbert.data.corpus import (
     halve_lone_sentences,
     read_documents_as_sentences,
 )
-from kerasbert.errors import run_cli
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
 
@@ -99,21 +98,6 @@ def test_folder_per_label_reads_every_file_once():
     assert len(docs) == len(files)
     # Reviews have many sentences: real next-sentence pairs, not halves.
     assert np.mean([len(d) for d in docs]) > 3
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("KERASBERT_CACHE", str(tmp_path / "cache"))
-
-    def run(main, argv):
-        try:
-            code = run_cli(main, argv) or 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_adapt_refuses_an_output_inside_its_model(cli, tmp_path):

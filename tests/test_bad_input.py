@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from kerasbert import export, fill_mask, fit, prepare
-from kerasbert.errors import UsageError, run_cli
+from kerasbert.errors import UsageError
 
 pytestmark = pytest.mark.integration
 
@@ -38,22 +38,6 @@ SHORT = [
     "1",
     "--quiet",
 ]
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Runs a command's main under run_cli; returns (code, stdout, stderr)."""
-    monkeypatch.setenv("KERASBERT_CACHE", str(tmp_path / "cache"))
-
-    def run(main, argv):
-        try:
-            code = run_cli(main, argv) or 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def one_error(code, err, *needles):

@@ -31,7 +31,7 @@ from kerasbert import (
     predict,
     prepare,
 )
-from kerasbert.errors import UsageError, run_cli
+from kerasbert.errors import UsageError
 
 pytestmark = pytest.mark.integration
 
@@ -71,22 +71,6 @@ FINETUNE = [
     "float32",
     "--quiet",
 ]
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Runs a command's main under run_cli; returns (code, stdout, stderr)."""
-    monkeypatch.setenv("KERASBERT_CACHE", str(tmp_path / "cache"))
-
-    def run(main, argv):
-        try:
-            code = run_cli(main, [str(a) for a in argv]) or 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def one_error(code, err, *needles, logs=False):
