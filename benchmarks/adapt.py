@@ -312,7 +312,7 @@ def markdown(table, arms):
     """One row per task: each arm's per-seed scores, mean and standard
     deviation, and the mean of the per-seed gains over base (seed k of one
     arm against seed k of base: the same classifier initialisation and
-    data order)."""
+    data order) with its standard error."""
 
     def cell(values):
         sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
@@ -329,6 +329,9 @@ def markdown(table, arms):
             if arm != "base" and values and "base" in scores:
                 gains = [a - b for a, b in zip(values, scores["base"])]
                 text += f", gain **{statistics.mean(gains):+.2f}**"
+                if len(gains) > 1:  # the paired standard error
+                    se = statistics.stdev(gains) / len(gains) ** 0.5
+                    text += f" (± {se:.2f})"
             row.append(text)
         rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)

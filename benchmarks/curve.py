@@ -1,7 +1,7 @@
 """From scratch, honestly: how many pretraining steps before `mini` beats
 a randomly initialised `mini` on emotion?
 
-    python benchmarks/curve.py [--steps 600,2000] [--seeds 0,1,2]
+    python benchmarks/curve.py [--steps 600,2000] [--seeds 0,1,2] [--epochs 3,8]
                                [--work DIR] [--plot docs/curve.png]
                                [--markdown]
 
@@ -14,9 +14,10 @@ linear decay, clipping 1.0). Each step count is its own run with its own
 schedule (a budget of N steps, not a snapshot of a longer run).
 
 Fine-tuning: emotion, the 2,000 training tweets benchmarks/adapt.py samples
-(seed 0), validation val.txt, test test.txt, 3 epochs at 3e-4, one run per
-seed. Step 0 is `finetune --from-scratch mini` (random weights, WordPiece
-8,000 trained on the training texts), the baseline every point must beat.
+(seed 0), validation val.txt, test test.txt, at 3e-4 (--learning-rate)
+for 3 epochs, or each of --epochs (one curve each), one run per seed. Step 0 is `finetune --from-scratch
+mini` (random weights, WordPiece 8,000 trained on the training texts), the
+baseline every point must beat.
 
 One JSON line with the machine (CPU, cores, load, SIMD flags), one per
 fine-tuning run (with the pretraining run's held-out MLM
@@ -55,7 +56,6 @@ RECIPE = [
     "--final-eval-batches",
     "100",
 ]
-FINETUNE = ["--epochs", "3", "--learning-rate", "3e-4"]
 
 
 def corpus(data, work):
@@ -113,7 +113,7 @@ def pretrained(steps, text, work):
         return out, json.load(f)
 
 
-def finetuned(start, files, seed, out):
+def finetuned(start, files, seed, out, epochs, lr):
     path = os.path.join(out, "metrics.json")
     if not os.path.exists(path):
         run(
@@ -123,7 +123,10 @@ def finetuned(start, files, seed, out):
                 "kerasbert.finetune",
                 *start,
                 *files,
-                *FINETUNE,
+                "--epochs",
+                str(epochs),
+                "--learning-rate",
+                str(lr),
                 "--seed",
                 str(seed),
                 "--quiet",
@@ -137,21 +140,32 @@ def finetuned(start, files, seed, out):
 
 
 def plot(points, path):
+    """points: {fine-tuning epochs: {pretraining steps: [accuracy]}}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = sorted(points)
-    means = [statistics.mean(points[s]) for s in steps]
-    sds = [
-        statistics.stdev(points[s]) if len(points[s]) > 1 else 0 for s in steps
-    ]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.errorbar(steps, means, yerr=sds, marker="o", capsize=3)
-    ax.axhline(means[0], color="grey", ls="--", lw=1, label="random init")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for epochs, curve in points.items():
+        steps = sorted(curve)
+        means = [statistics.mean(curve[s]) for s in steps]
+        sds = [
+            statistics.stdev(curve[s]) if len(curve[s]) > 1 else 0
+            for s in steps
+        ]
+        line = ax.errorbar(
+            steps,
+            means,
+            yerr=sds,
+            marker="o",
+            capsize=3,
+            label=f"fine-tuned {epochs} epochs",
+        )
+        ax.axhline(means[0], color=line[0].get_color(), ls="--", lw=0.8)
     ax.set_xlabel("pretraining steps (mini, batch 32 x 128 tokens)")
     ax.set_ylabel("emotion test accuracy, %")
+    ax.set_title("dashed: random init, fine-tuned alike", fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -165,6 +179,12 @@ def main():
     parser.add_argument(
         "--work",
         default=os.path.join(tempfile.gettempdir(), "kerasbert-curve-bench"),
+    )
+    parser.add_argument(
+        "--epochs", default="3", help="fine-tuning epochs, one curve each"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=3e-4, help="fine-tuning"
     )
     parser.add_argument("--plot", help="write the curve to this PNG")
     parser.add_argument(
@@ -180,50 +200,55 @@ def main():
     text = corpus(args.data, args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     points, rows = {}, []
-    for steps in [0, *(int(s) for s in args.steps.split(","))]:
-        info = {}
-        if steps:
-            model, summary = pretrained(steps, text, args.work)
-            start = ["--model", model]
-            info = {
-                "heldout_mlm_accuracy": summary["heldout_mlm_accuracy"],
-                "heldout_nsp_accuracy": summary["heldout_nsp_accuracy"],
-                "pretrain_seconds": summary.get("train_seconds"),
-            }
-        else:
-            start = ["--from-scratch", "mini"]
-        for seed in seeds:
-            out = os.path.join(args.work, f"emotion-{steps}-{seed}")
-            test = finetuned(start, files, seed, out)["test"]
-            points.setdefault(steps, []).append(100 * test["accuracy"])
-            line = {
-                "pretrain_steps": steps,
-                "seed": seed,
-                "accuracy": round(100 * test["accuracy"], 2),
-                "macro_f1": round(test["macro_f1"], 4),
-                **info,
-                "load": round(os.getloadavg()[0], 2),
-            }
-            print(json.dumps(line), flush=True)
-        values = points[steps]
-        rows.append((steps, info, values))
-        print(
-            json.dumps(
-                {
-                    "pretrain_steps": steps,
-                    "summary": "accuracy",
-                    "seeds": len(values),
-                    "mean": round(statistics.mean(values), 2),
-                    "std": round(statistics.stdev(values), 2)
-                    if len(values) > 1
-                    else None,
-                    "gain_over_random_init": round(
-                        statistics.mean(values) - statistics.mean(points[0]), 2
-                    ),
+    for epochs in (int(e) for e in args.epochs.split(",")):
+        curve = points.setdefault(epochs, {})
+        tag = ""
+        if (epochs, args.learning_rate) != (3, 3e-4):
+            tag = f"-e{epochs}-lr{args.learning_rate:g}"
+        for steps in [0, *(int(s) for s in args.steps.split(","))]:
+            info = {}
+            if steps:
+                model, summary = pretrained(steps, text, args.work)
+                start = ["--model", model]
+                info = {
+                    "heldout_mlm_accuracy": summary["heldout_mlm_accuracy"],
+                    "heldout_nsp_accuracy": summary["heldout_nsp_accuracy"],
+                    "pretrain_seconds": summary.get("train_seconds"),
                 }
-            ),
-            flush=True,
-        )
+            else:
+                start = ["--from-scratch", "mini"]
+            for seed in seeds:
+                out = os.path.join(args.work, f"emotion-{steps}{tag}-{seed}")
+                test = finetuned(
+                    start, files, seed, out, epochs, args.learning_rate
+                )["test"]
+                curve.setdefault(steps, []).append(100 * test["accuracy"])
+                line = {
+                    "finetune_epochs": epochs,
+                    "pretrain_steps": steps,
+                    "seed": seed,
+                    "accuracy": round(100 * test["accuracy"], 2),
+                    "macro_f1": round(test["macro_f1"], 4),
+                    **info,
+                    "load": round(os.getloadavg()[0], 2),
+                }
+                print(json.dumps(line), flush=True)
+            values = curve[steps]
+            rows.append((epochs, steps, info, values, curve[0]))
+            summary = {
+                "finetune_epochs": epochs,
+                "pretrain_steps": steps,
+                "summary": "accuracy",
+                "seeds": len(values),
+                "mean": round(statistics.mean(values), 2),
+                "std": round(statistics.stdev(values), 2)
+                if len(values) > 1
+                else None,
+                "gain_over_random_init": round(
+                    statistics.mean(values) - statistics.mean(curve[0]), 2
+                ),
+            }
+            print(json.dumps(summary), flush=True)
     if args.plot:
         plot(points, args.plot)
     if args.markdown:
@@ -231,14 +256,13 @@ def main():
 
 
 def markdown(rows):
-    base = statistics.mean(rows[0][2])
     lines = [
-        "| pretraining steps | pretraining wall s | held-out MLM / NSP "
-        "accuracy | emotion test accuracy %, seeds | mean ± sd | vs random "
-        "init |",
-        "|---|---|---|---|---|---|",
+        "| fine-tuning epochs | pretraining steps | pretraining wall s | "
+        "held-out MLM / NSP accuracy | emotion test accuracy %, seeds | "
+        "mean ± sd | vs random init |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for steps, info, values in rows:
+    for epochs, steps, info, values, random_init in rows:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         mlm = (
             f"{info['heldout_mlm_accuracy']:.3f} / "
@@ -248,13 +272,13 @@ def markdown(rows):
         )
         wall = f"{info['pretrain_seconds']:.0f}" if info else "0"
         each = " / ".join(f"{v:.2f}" for v in values)
-        gain = f"{statistics.mean(values) - base:+.2f}" if steps else ""
+        gain = ""
+        if steps:
+            gain = (
+                f"{statistics.mean(values) - statistics.mean(random_init):+.2f}"
+            )
         lines.append(
-            f"| {steps or '0 (random init)'} | {wall} | {mlm} | {each} | "
-            f"{statistics.mean(values):.2f} ± {sd:.2f} | {gain} |"
+            f"| {epochs} | {steps or '0 (random init)'} | {wall} | {mlm} | "
+            f"{each} | {statistics.mean(values):.2f} ± {sd:.2f} | {gain} |"
         )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    main()
