@@ -75,8 +75,11 @@ def predict_proba(
     return Predictor(model)(encoded, batch_size, bucketing, max_length)
 
 
-def load_classifier(directory: str):
-    """(model, tokenizer, config dict) of a fine-tuned directory."""
+def load_classifier(directory: str, checkpoint="model", flag="--model"):
+    """(model, tokenizer, config dict) of a fine-tuned directory, checked:
+    config.json with a "labels" list and the "finetune" settings that
+    encode texts, a classifier (`checkpoint`: model, best or latest) whose
+    ids fit the tokenizer. `flag` names the directory in errors."""
     from kerasbert.config import read_json_object
     from kerasbert.serving.modeldir import (
         check_tokenizer_fits,
@@ -86,17 +89,22 @@ def load_classifier(directory: str):
 
     config = read_json_object(
         os.path.join(directory, "config.json"),
-        f"--model: {directory}/config.json",
+        f"{flag}: {directory}/config.json",
     )
-    if "labels" not in config or "finetune" not in config:
+    finetune = config.get("finetune")
+    if (
+        not isinstance(config.get("labels"), list)
+        or not isinstance(finetune, dict)
+        or "max_length" not in finetune
+    ):
         raise UsageError(
-            f"--model: {directory}: not a fine-tuned "
-            "classifier (config.json has no labels)"
+            f"{flag}: {directory}: not a fine-tuned classifier (config.json "
+            'has no "labels" list or "finetune" settings)'
         )
     tokenizer = load_tokenizer(directory)
-    model = load_model(directory)
+    model = load_model(directory, checkpoint)
     if not hasattr(model, "num_classes"):
-        raise UsageError(f"--model: {directory}: model.keras is no classifier")
-    with flagged("--model"):
+        raise UsageError(f"{flag}: {directory}: model.keras is no classifier")
+    with flagged(flag):
         check_tokenizer_fits(model, tokenizer, directory)
     return model, tokenizer, config

@@ -397,19 +397,16 @@ class ClassificationTask:
     def finish(self, model, finished) -> dict:
         """Best epoch -> float32 model.keras, its validation and test
         metrics, confusion.png; returns metrics.json's dict."""
+        from kerasbert.serving.export import float32_copy
         from kerasbert.training.callbacks import save_model_atomic
         from kerasbert.training.plots import plot_confusion
 
         cfg, data, run = self.cfg, self.data, finished.run
         best_epoch = finished.best_step // self.steps_per_epoch
         model.load_weights(run.best)
-        # Rebuilt in float32 whatever the training precision (the variables
-        # are float32 either way), so the saved model computes the same on
-        # every machine.
-        best = build_classifier(
-            self.model_cfg, len(data.labels), cfg.dropout, dtype="float32"
-        )
-        best.set_weights(model.get_weights())
+        # Saved in float32 whatever the training precision (the variables
+        # are float32 either way), so it computes the same on every machine.
+        best = float32_copy(model)
         save_model_atomic(best, run.model)
         fault_point("export")
         predict = Predictor(best)

@@ -209,7 +209,7 @@ def _pretrain(
         strategy=train_cfg.strategy,
         verbose=verbose,
         log=log,
-        callbacks=callbacks,
+        extra_callbacks=callbacks,
         restore_dir=restore_dir,
     )
     summary = trainer.run(resume=state == "resume")

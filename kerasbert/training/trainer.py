@@ -76,7 +76,7 @@ class Trainer:
 
     `precision`: an object with the `precision` and `jit_compile` fields
     (a TrainConfig or FinetuneConfig); `strategy`: hardware.make_strategy's
-    name; `callbacks`: extra Keras callbacks for `model.fit`;
+    name; `extra_callbacks`: more Keras callbacks for `model.fit`;
     `restore_dir`: where to resume from, if not this run's backup/.
     """
 
@@ -89,7 +89,7 @@ class Trainer:
         strategy: str = "default",
         verbose=1,
         log=print,
-        callbacks=(),
+        extra_callbacks=(),
         restore_dir=None,
     ):
         self.task = task
@@ -99,7 +99,7 @@ class Trainer:
         self.strategy_name = strategy
         self.verbose = verbose
         self.log = log
-        self.extra_callbacks = list(callbacks)
+        self.extra_callbacks = list(extra_callbacks)
         self.restore_dir = restore_dir
 
     def run(self, resume=False) -> dict:
