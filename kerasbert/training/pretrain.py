@@ -418,8 +418,8 @@ class PretrainingTask:
 
         save_model_atomic(model, run.model)
         fault_point("export")
-        export_saved_model(model, run.export)
-        plot_metrics(run.metrics, run.plot)
+        export_saved_model(model, run.join("export", "saved_model"))
+        plot_metrics(run.metrics, run.join("loss.png"))
 
         train_rows = [r for r in finished.rows if r["split"] == "train"]
         final_train = train_rows[-1] if train_rows else {}

@@ -60,6 +60,9 @@ RESUME_FREE = frozenset(
 
 
 class RunDir:
+    """The common paths of a run directory at `path`; `summary`: the file
+    name of the task's summary (see the module docstring)."""
+
     def __init__(self, path: str, summary: str = "summary.json"):
         self.path = path
         join = lambda *p: os.path.join(path, *p)  # noqa: E731
@@ -72,10 +75,8 @@ class RunDir:
         self.backup = join("backup")
         self.metrics = join("metrics.csv")
         self.logs = join("logs")
-        self.plot = join("loss.png")
         self.summary = join(summary)
         self.model = join("model.keras")
-        self.export = join("export", "saved_model")
 
     def join(self, *parts) -> str:
         """A task's own file in the run directory."""

@@ -67,7 +67,6 @@ class Finished:
     log_row: object  # MetricsLogger.log_row: adds a row (e.g. a test split)
     # of the last epoch unless told another
     best_step: int | None  # the step best.keras was saved at
-    start: int  # the step this session started from
     log: object
 
 
@@ -157,7 +156,7 @@ class Trainer:
             self._diverged(stack)
         if not chief:
             return {}
-        summary = self._finish(model, stack, start)
+        summary = self._finish(model, stack)
         if start:
             self.log(
                 f"this session trained steps {start + 1}-"
@@ -253,7 +252,7 @@ class Trainer:
                     )
                 callback_list.on_epoch_end(epoch, dict(logs))
 
-    def _finish(self, model, stack, start):
+    def _finish(self, model, stack):
         """The last checkpoint and backup, then the task's final evaluation
         and export, then the summary. Every step is idempotent and written
         atomically, and the backup at the last step is taken before the
@@ -283,7 +282,6 @@ class Trainer:
                     epoch=(total - 1) // self.schedule.steps_per_epoch,
                 ),
                 best_step=stack.checkpoints.best_step,
-                start=start,
                 log=self.log,
             ),
         )
