@@ -309,7 +309,7 @@ def csv_columns(metric_names, unit) -> tuple[str, ...]:
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Appends train rows every `every` steps and held-out rows per epoch.
+    """Appends train rows every `every` steps and validation rows per epoch.
 
     Metrics are reset after each row, so a row is the mean over its window
     of steps -- the same numbers whether or not the run was resumed. On a

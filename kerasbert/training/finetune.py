@@ -143,21 +143,6 @@ def _source_backbone(cfg: FinetuneConfig, tokenizer, model_overrides):
     return model_cfg, backbone.get_weights()
 
 
-def build_classifier(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    dropout: float = 0.1,
-    weights=None,
-    dtype=None,
-):
-    from kerasbert.modeling import BertBackbone, BertClassifier
-
-    backbone = BertBackbone(**model_cfg.to_dict(), dtype=dtype)
-    if weights is not None:
-        backbone.set_weights(weights)
-    return BertClassifier(backbone, num_classes, dropout=dropout)
-
-
 def _configs(cfg, model_cfg, labels, pair):
     return {
         "model": model_cfg.to_dict(),
@@ -229,7 +214,7 @@ def _finetune(cfg, model_overrides, verbose, log):
     )
     if (
         not cfg.overwrite
-        and os.path.exists(run.join("checkpoints", "state.json"))
+        and os.path.exists(os.path.join(run.checkpoints, "state.json"))
         and not os.path.exists(run.summary)
     ):
         raise UsageError(
@@ -330,9 +315,7 @@ class ClassificationTask:
         self.predict = None  # the trained model's Predictor
 
     def build_model(self, jit):
-        import keras
-
-        from kerasbert.training.optimization import make_optimizer
+        from kerasbert.training.build import compile_classifier
 
         cfg, data = self.cfg, self.data
         self.log(
@@ -340,28 +323,17 @@ class ClassificationTask:
             f"{f' / {len(data.test)} test' if data.test else ''} examples; "
             f"labels: {', '.join(data.labels)}"
         )
-        keras.utils.set_random_seed(cfg.seed)
-        model = build_classifier(
-            self.model_cfg, len(data.labels), cfg.dropout, self.weights
-        )
-        optimizer = make_optimizer(
-            "adamw",
-            cfg.learning_rate,
+        model = compile_classifier(
+            self.model_cfg,
+            len(data.labels),
+            cfg,
             self.steps_per_epoch * cfg.epochs,
-            cfg.warmup_ratio,
-            cfg.weight_decay,
-            cfg.clipnorm,
-            epsilon=cfg.adam_epsilon,
-        )
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=jit,
+            jit,
+            self.weights,
         )
         # Optimizer slots and the compiled metrics' sums exist only after
         # a first step; a resume loads into them, so make them now.
-        optimizer.build(model.trainable_variables)
+        model.optimizer.build(model.trainable_variables)
         x, y = next(iter(self.train_dataset(0).take(1)))
         model.compute_metrics(x, y, model(x, training=False))
         model.reset_metrics()
