@@ -394,19 +394,12 @@ class PretrainingTask:
         from kerasbert.training.plots import plot_metrics
 
         total, run = self.plan.total_steps, finished.run
-
-        def row_at(split):
-            for row in reversed(finished.rows):
-                if row["split"] == split and int(row["step"]) == total:
-                    return {k: float(row[k]) for k in self.metric_names}
-            return {}
-
-        final_eval = row_at("heldout")
+        final_eval = finished.row_at(total, "heldout")
         if (
             self.heldout is not None
             and self.final_eval_batches != self.cfg.eval_batches
         ):
-            final_eval = row_at("final")
+            final_eval = finished.row_at(total, "final")
             if not final_eval:
                 finished.log_row(
                     total,
@@ -414,7 +407,7 @@ class PretrainingTask:
                     self.heldout.evaluate(model, self.final_eval_batches),
                 )
                 # As written (6 digits), as a resumed finish reads it.
-                final_eval = row_at("final")
+                final_eval = finished.row_at(total, "final")
 
         save_model_atomic(model, run.model)
         fault_point("export")

@@ -64,6 +64,7 @@ class Finished:
 
     run: object  # the RunDir
     rows: list  # metrics.csv's rows as written (strings)
+    row_at: object  # MetricsLogger.row_at: (step, split) -> {metric: value}
     log_row: object  # MetricsLogger.log_row: adds a row (e.g. a test split)
     # of the last epoch unless told another
     best_step: int | None  # the step best.keras was saved at
@@ -275,6 +276,7 @@ class Trainer:
             Finished(
                 run=self.dir,
                 rows=metrics.rows,
+                row_at=metrics.row_at,
                 # A resumed finish runs no epoch: the rows it adds belong
                 # to the last one, as in an uninterrupted run.
                 log_row=functools.partial(
