@@ -5,7 +5,7 @@ precision/XLA choice built by the same functions) on a synthetic batch and
 prints one JSON object: median tokens/s, peak memory, model FLOPs per token
 and MFU against a matmul roof measured in the same run, the CPU and its
 flags; see `throughput.py` beside this file. The model is built and
-compiled by `kerasbert.training.trainer`'s own functions.
+compiled by `kerasbert.training.build`'s own functions.
 
 `data` times sequences/s through NSP pairing + dynamic masking + batching at
 one sequence length, on a tokenized corpus (default: the bundled sample,

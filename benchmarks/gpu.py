@@ -208,19 +208,14 @@ def measure_pretraining(impl, dims, seq, batch, precision, xla, a):
 
 
 def measure_finetuning(impl, dims, seq, batch, precision, xla, a):
-    from kerasbert.training.finetune import build_classifier
-    from kerasbert.training.optimization import make_optimizer
+    from kerasbert.config import FinetuneConfig
+    from kerasbert.training.build import compile_classifier
 
     cfg = ModelConfig(**{**dims, "vocabulary_size": a.vocab})
     policy = PRECISIONS[precision]
     keras.mixed_precision.set_global_policy(policy)
-    model = build_classifier(cfg, 6, dtype=policy)
-    model.compile(  # as kerasbert.training.finetune compiles it
-        optimizer=make_optimizer("adamw", 2e-5, 10_000),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=xla,
-    )
+    # The model and optimizer `finetune` trains, default settings.
+    model = compile_classifier(cfg, 6, FinetuneConfig(), 10_000, xla)
     x, _ = tp.synthetic_batch(batch, seq, 1, a.vocab)
     x = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}
     y = np.random.default_rng(0).integers(0, 6, batch).astype("int32")

@@ -138,7 +138,7 @@ def run_transformers(a, extra, log):
     from kerasbert.fit import resolve_configs
     from kerasbert.training.hardware import _cpu_has_bf16
     from kerasbert.training.plan import make_plan
-    from kerasbert.training.trainer import Trainer
+    from kerasbert.training.pretrain import PretrainingTask
 
     start = time.perf_counter()
     _, model_cfg, data_cfg, train_cfg, _ = resolve_configs(
@@ -153,18 +153,11 @@ def run_transformers(a, extra, log):
             progress=False,
         )
     plan = make_plan(corpus, data_cfg, train_cfg, heldout)
-    trainer = Trainer(
-        model_cfg,
-        data_cfg,
-        train_cfg,
-        tokenizer,
-        corpus,
-        plan,
-        run_dir=None,
-        verbose=0,
+    task = PretrainingTask(
+        model_cfg, data_cfg, train_cfg, tokenizer, corpus, plan
     )
-    batches = trainer.train_dataset(0).as_numpy_iterator()
-    evaluation = [(x, y) for x, y in trainer.heldout_set().batches]
+    batches = task.train_dataset(0).as_numpy_iterator()
+    evaluation = [(x, y) for x, y in task.heldout_set().batches]
 
     torch.manual_seed(a.seed)
     model = transformers.BertForPreTraining(

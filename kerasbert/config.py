@@ -659,6 +659,9 @@ class FinetuneConfig(_Config):
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
     seed: int = option(0, "seed for the split, batch order and weights")
+    backup_every: int = option(
+        0, "steps between resume backups (0: at each epoch's end)", min=0
+    )
     overwrite: bool = option(False, "delete an existing --output-dir first")
 
     def _cross_checks(self) -> None:

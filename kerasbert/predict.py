@@ -83,7 +83,7 @@ def main(argv=None):
     texts = read_texts(args)
     import_tensorflow_quietly()
     from kerasbert.data.classification import Examples, encode
-    from kerasbert.training.finetune import load_classifier, predict_proba
+    from kerasbert.serving.classifier import load_classifier, predict_proba
 
     model, tokenizer, config = load_classifier(args.model)
     firsts, seconds = split_pairs(texts, config.get("pair", False))

@@ -5,13 +5,13 @@ The learnable fixtures (tests/fixtures/finetune/make_fixtures.py) ask
 whether a sentence is an emotion tweet or a WikiText-2 sentence; the pair
 version asks which side holds the tweet, which a model can only answer by
 telling segment A from segment B. A one-layer, 32-wide random-init model
-learns both in a few seconds; chance is 0.5.
+learns both in a few seconds; chance is 0.5. Resume after a kill is
+tested with pretraining's in test_resume.py.
 """
 
+import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -80,8 +80,12 @@ def test_single_sentence_learns_and_writes_the_layout(single):
     with open(os.path.join(single, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["validation"]["accuracy"] >= 0.8  # chance: 0.5
+    # The epochs' entries are metrics.csv's rows (6 significant digits).
     best = max(e["validation"]["accuracy"] for e in metrics["epochs"])
-    assert metrics["validation"]["accuracy"] == best
+    assert metrics["validation"]["accuracy"] == pytest.approx(best, 1e-5)
+    assert metrics["epochs"][metrics["best_epoch"] - 1]["validation"][
+        "accuracy"
+    ] == pytest.approx(best, 1e-5)
     assert len(metrics["epochs"]) == 5
     with open(os.path.join(single, "config.json")) as f:
         config = json.load(f)
@@ -96,10 +100,12 @@ def test_single_sentence_learns_and_writes_the_layout(single):
         "logs",
     ):
         assert os.path.exists(os.path.join(single, name)), name
-    assert not os.path.exists(os.path.join(single, "checkpoints"))
+    for name in ("checkpoints", "backup"):  # resume state, no use left
+        assert not os.path.exists(os.path.join(single, name))
     with open(os.path.join(single, "metrics.csv")) as f:
-        splits = [line.split(",")[1] for line in f.read().splitlines()[1:]]
-    assert splits == ["train", "validation"] * 5 + ["test"]
+        rows = list(csv.DictReader(f))
+    assert [r["split"] for r in rows] == ["train", "validation"] * 5 + ["test"]
+    assert [r["epoch"] for r in rows[:4]] == ["0", "0", "1", "1"]
     from kerasbert.serving.modeldir import load_model
 
     model = load_model(single)
@@ -109,7 +115,7 @@ def test_single_sentence_learns_and_writes_the_layout(single):
 
 def test_bucketing_predicts_like_padding_to_max_length(single):
     from kerasbert.data.classification import encode, read_examples
-    from kerasbert.training.finetune import load_classifier, predict_proba
+    from kerasbert.serving.classifier import load_classifier, predict_proba
 
     model, tokenizer, _ = load_classifier(single)
     examples = read_examples(fixture("source_val.tsv"), flag="--test")
@@ -220,58 +226,31 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_killed_run_resumes_exactly(tmp_path, capsys):
-    """Killed mid-way through epoch 2 (12 steps an epoch), the same command
-    repeats epoch 2 from epoch 1's weights, optimizer and dropout seed
-    states: metrics and weights equal an uninterrupted run's."""
-    from kerasbert.serving.modeldir import load_model
-
-    def argv(out):
-        return [
-            *TINY,
-            "--dropout",
-            "0.2",
-            "--hidden-dropout",
-            "0.1",
-            "--train",
-            fixture("source_train.tsv"),
-            "--epochs",
-            "2",
-            "--output-dir",
-            str(tmp_path / out),
-        ]
-
-    env = {**os.environ, "KERASBERT_FAULT": "finetune_step:18"}
-    killed = subprocess.run(
-        [sys.executable, "-m", "kerasbert.finetune", *argv("out")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    out = str(tmp_path / "out")
-    with open(os.path.join(out, "checkpoints", "state.json")) as f:
-        assert json.load(f)["epoch"] == 1
-    assert not os.path.exists(os.path.join(out, "model.keras"))
-    finetune_main(argv("out"))  # the same command again resumes
-    assert "resuming after epoch 1" in capsys.readouterr().err
-    finetune_main(argv("clean"))
-
-    def result(name):
-        with open(tmp_path / name / "metrics.json") as f:
-            metrics = json.load(f)
-        for epoch in metrics["epochs"]:
-            for key in ("seconds", "examples_per_second"):
-                epoch["train"].pop(key)
-        return metrics
-
-    assert result("out") == result("clean")
-    for a, b in zip(
-        load_model(out).get_weights(),
-        load_model(str(tmp_path / "clean")).get_weights(),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
-    finetune_main(argv("out"))  # once more: complete, nothing retrained
+def test_a_complete_run_is_left_alone_and_an_old_one_refused(
+    single, tmp_path, capsys
+):
+    """Rerunning a complete run retrains nothing; an unfinished run of the
+    former epoch-checkpoint scheme cannot resume: one line, exit 2.
+    (Resuming after a kill anywhere: tests/test_resume.py.)"""
+    args = TINY + [
+        "--train",
+        fixture("source_train.tsv"),
+        "--validation",
+        fixture("source_val.tsv"),
+        "--test",
+        fixture("source_val.tsv"),
+        "--epochs",
+        "5",
+    ]
+    finetune_main(args + ["--output-dir", single])
     assert "complete" in capsys.readouterr().err
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "state.json").write_text('{"epoch": 1}')
+    (old / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(finetune_main, args + ["--output-dir", str(old)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "older kerasbert" in err[0], err
+    assert "--overwrite" in err[0]

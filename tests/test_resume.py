@@ -3,11 +3,11 @@
 A tiny run is SIGKILLed at one named place after another (files.fault_point:
 mid-step, right after a backup, during an evaluation, inside a checkpoint
 write, before the final export), rerunning the same command each time; the
-last rerun finishes. Its metrics.csv, summary.json (timings aside) and
-final weights must equal those of a run that was never interrupted: every
-state that decides the next step (weights, optimizer, dropout seeds, data
-position, metric windows, best-checkpoint record, evaluation schedule) is
-in the backup.
+last rerun finishes. Its metrics files and final weights must equal those
+of a run that was never interrupted: every state that decides the next step
+(weights, optimizer, dropout seeds, data position, metric windows,
+best-checkpoint record, evaluation schedule) is in the backup. Pretraining
+and fine-tuning share the run framework, so both are checked the same way.
 """
 
 import csv
@@ -22,6 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
 ARGS = [
     "--max-steps",
     "12",
@@ -47,7 +48,12 @@ ARGS = [
     "0.2",
     "--quiet",
 ]
-TIMINGS = {"tokens_per_second", "seconds", "train_seconds"}
+TIMINGS = {
+    "tokens_per_second",
+    "examples_per_second",
+    "seconds",
+    "train_seconds",
+}
 # Where each interrupted session dies, in order; the backup it resumes
 # from is the newest one the previous session completed (the first kill's
 # is the epoch-end backup of step 4; rows close every 3 steps, so a window
@@ -61,20 +67,69 @@ FAULTS = [
 ]
 
 
-def run_fit(run_dir, env, fault=None):
+# Fine-tuning: 12 steps an epoch, backups every 5 steps (so most lie
+# inside an epoch and a metric window), a train row per epoch, dropout on.
+FINETUNE_ARGS = [
+    "--from-scratch",
+    "tiny",
+    "--hidden-dim",
+    "32",
+    "--num-layers",
+    "1",
+    "--num-heads",
+    "2",
+    "--intermediate-dim",
+    "64",
+    "--hidden-dropout",
+    "0.1",
+    "--dropout",
+    "0.2",
+    "--vocab-size",
+    "300",
+    "--learning-rate",
+    "3e-3",
+    "--batch-size",
+    "16",
+    "--max-length",
+    "64",
+    "--train",
+    os.path.join(FIXTURES, "source_train.tsv"),
+    "--test",
+    os.path.join(FIXTURES, "source_val.tsv"),
+    "--epochs",
+    "2",
+    "--backup-every",
+    "5",
+    "--quiet",
+]
+# Sessions resume from steps 5, 10, 10, 10 and, after the export kill, 24.
+FINETUNE_FAULTS = [
+    "train_step:7",
+    "after_backup:1",
+    "evaluation:1",
+    "checkpoint:1",
+    "export:1",
+]
+CASES = {
+    "fit": ("kerasbert.fit", ARGS, FAULTS, 12, "summary.json"),
+    "finetune": (
+        "kerasbert.finetune",
+        FINETUNE_ARGS,
+        FINETUNE_FAULTS,
+        24,
+        "metrics.json",
+    ),
+}
+
+
+def run_command(command, run_dir, env, fault=None):
+    module, args = CASES[command][:2]
     env = dict(env)
     env.pop("KERASBERT_FAULT", None)
     if fault:
         env["KERASBERT_FAULT"] = fault
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kerasbert.fit",
-            *ARGS,
-            "--output-dir",
-            str(run_dir),
-        ],
+        [sys.executable, "-m", module, *args, "--output-dir", str(run_dir)],
         env=env,
         capture_output=True,
         text=True,
@@ -90,9 +145,18 @@ def rows(run_dir):
         ]
 
 
-def summary(run_dir):
-    s = json.loads((run_dir / "summary.json").read_text())
-    return {k: v for k, v in s.items() if k not in TIMINGS}
+def without_timings(value):
+    if isinstance(value, dict):
+        return {
+            k: without_timings(v) for k, v in value.items() if k not in TIMINGS
+        }
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def summary(run_dir, name):
+    return without_timings(json.loads((run_dir / name).read_text()))
 
 
 def weights(path):
@@ -104,7 +168,9 @@ def weights(path):
     return [np.asarray(w) for w in model.get_weights()]
 
 
-def test_killed_anywhere_resumes_bit_exact(tmp_path):
+@pytest.mark.parametrize("command", list(CASES))
+def test_killed_anywhere_resumes_bit_exact(tmp_path, command):
+    _, _, faults, last_step, summary_name = CASES[command]
     env = dict(
         os.environ,
         KERASBERT_CACHE=str(tmp_path / "cache"),
@@ -113,26 +179,32 @@ def test_killed_anywhere_resumes_bit_exact(tmp_path):
     )
     env.pop("TF_CONFIG", None)
     clean = tmp_path / "clean"
-    out = run_fit(clean, env)
+    out = run_command(command, clean, env)
     assert out.returncode == 0, out.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    for fault in FAULTS:
-        out = run_fit(killed, env, fault)
+    for fault in faults:
+        out = run_command(command, killed, env, fault)
         assert out.returncode == -signal.SIGKILL, (fault, out.stderr[-3000:])
-        assert not (killed / "summary.json").exists(), fault
-    out = run_fit(killed, env)
+        assert not (killed / summary_name).exists(), fault
+    out = run_command(command, killed, env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "resuming from step 12" in out.stdout  # the export kill's backup
+    # The export kill's backup.
+    assert f"resuming from step {last_step}" in out.stdout + out.stderr
 
     assert rows(killed) == rows(clean)
-    assert summary(killed) == summary(clean)
-    for name in ("model.keras", "checkpoints/best.keras"):
-        for a, b in zip(weights(killed / name), weights(clean / name)):
+    assert summary(killed, summary_name) == summary(clean, summary_name)
+    names = ["model.keras"]
+    if command == "fit":  # fine-tuning removes its checkpoints once done
+        names.append("checkpoints/best.keras")
+        assert json.loads(
+            (killed / "checkpoints/best.json").read_text()
+        ) == json.loads((clean / "checkpoints/best.json").read_text())
+    for name in names:
+        for a, b in zip(
+            weights(killed / name), weights(clean / name), strict=True
+        ):
             np.testing.assert_array_equal(a, b, err_msg=name)
-    assert json.loads(
-        (killed / "checkpoints/best.json").read_text()
-    ) == json.loads((clean / "checkpoints/best.json").read_text())
     # Nothing the killed sessions were writing is left behind.
     leftovers = [p for p in killed.rglob("*") if ".tmp" in p.name]
     assert not leftovers, leftovers

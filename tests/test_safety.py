@@ -533,7 +533,7 @@ def test_disk_full_in_finetune_says_the_rerun_resumes(
     one_error(
         code,
         err,
-        "epoch-1.weights.h5: no space left on device",
+        "backup/step-3: no space left on device",
         "the same command resumes",
         logs=True,
     )
@@ -939,7 +939,7 @@ def test_a_killed_overwrite_resumes_then_replaces(
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft, "_finish", killed)
+    monkeypatch.setattr(ft.ClassificationTask, "finish", killed)
     again = ["--overwrite", "--learning-rate", "2e-3"]
     code, err = finetuned(cli, model_dir, out, *again)
     assert code == 130, err
@@ -948,7 +948,7 @@ def test_a_killed_overwrite_resumes_then_replaces(
     monkeypatch.undo()
     code, err = finetuned(cli, model_dir, out, *again)
     assert code == 0, err
-    assert "resuming after epoch 1" in err
+    assert "resuming from step 3" in err
     assert left(tmp_path) == ["ft"]
     with open(out / "config.json") as f:
         config = json.load(f)

@@ -392,7 +392,7 @@ def test_run_saved_before_the_activation_field_was_exact_gelu():
 def test_heldout_documents_never_enter_the_unigram_prior(bundled):
     from kerasbert.config import DataConfig, ModelConfig, TrainConfig
     from kerasbert.training.plan import make_plan
-    from kerasbert.training.trainer import Trainer
+    from kerasbert.training.pretrain import PretrainingTask
 
     tokenizer, corpus = bundled
     data_cfg = DataConfig(holdout_fraction=0.2, sequence_length=64)
@@ -402,16 +402,10 @@ def test_heldout_documents_never_enter_the_unigram_prior(bundled):
     model_cfg = ModelConfig.from_size(
         "tiny", vocabulary_size=tokenizer.vocabulary_size
     )
-    trainer = Trainer(
-        model_cfg,
-        data_cfg,
-        train_cfg,
-        tokenizer,
-        corpus,
-        training_plan,
-        run_dir=None,
+    task = PretrainingTask(
+        model_cfg, data_cfg, train_cfg, tokenizer, corpus, training_plan
     )
-    counts = trainer.train_token_counts()
+    counts = task.train_token_counts()
     train_tokens = corpus.select_documents(training_plan.train_ids).tokens
     expected = np.bincount(train_tokens, minlength=len(counts))
     np.testing.assert_array_equal(counts, expected)

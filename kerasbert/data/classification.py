@@ -453,10 +453,12 @@ def training_dataset(
     seed: int,
     first_epoch: int,
     epochs: int,
+    skip: int = 0,
 ):
     """tf.data of (inputs, label) batches for epochs `first_epoch`..
-    `epochs - 1`, one after the other. Epoch e's order depends only on
-    (seed, e), so a resumed run sees the batches it would have seen."""
+    `epochs - 1`, one after the other, less the first `skip` batches of
+    `first_epoch`. Epoch e's order depends only on (seed, e), so a run
+    resumed at any step sees the batches it would have seen."""
     import tensorflow as tf
 
     lengths = [len(ids) for ids, _ in encoded]
@@ -464,7 +466,10 @@ def training_dataset(
     def batches():
         for epoch in range(first_epoch, epochs):
             rng = np.random.default_rng([seed, epoch])
-            for index in batch_order(lengths, batch_size, bucketing, rng):
+            order = batch_order(lengths, batch_size, bucketing, rng)
+            if epoch == first_epoch:
+                order = order[skip:]
+            for index in order:
                 yield (
                     pad_batch(
                         encoded, index, None if bucketing else max_length

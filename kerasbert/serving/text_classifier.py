@@ -414,29 +414,10 @@ def export_classifier_dir(
     """`export_text_classifier` of a fine-tuning output directory
     (config.json with "labels", "pair" and "finetune": {"max_length",
     "truncation"}; tokenizer/; model.keras)."""
-    from kerasbert.config import read_json_object
-    from kerasbert.serving.modeldir import (
-        check_tokenizer_fits,
-        load_model,
-        load_tokenizer,
-    )
+    from kerasbert.serving.classifier import load_classifier
 
-    config_path = os.path.join(directory, "config.json")
-    config = read_json_object(config_path, config_path)
-    finetune = config.get("finetune")
-    if (
-        not isinstance(config.get("labels"), list)
-        or not isinstance(finetune, dict)
-        or "max_length" not in finetune
-    ):
-        raise UsageError(
-            f'{config_path}: no "labels" list or '
-            '"finetune": {"max_length": ...} (not a '
-            "fine-tuned classifier)"
-        )
-    tokenizer = load_tokenizer(directory)
-    model = load_model(directory, checkpoint)
-    check_tokenizer_fits(model, tokenizer, directory)
+    model, tokenizer, config = load_classifier(directory, checkpoint, "RUN_DIR")
+    finetune = config["finetune"]
     return export_text_classifier(
         model,
         tokenizer,

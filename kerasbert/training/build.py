@@ -1,5 +1,5 @@
-"""The model a run trains, built and compiled: one place for `fit`, the
-benchmarks and the GPU script.
+"""The models runs train, built and compiled: one place for `fit`,
+`finetune`, the benchmarks and the GPU script.
 
 No TensorFlow import on this path (hardware.py imports it only where a
 choice needs it), so `benchmarks/gpu.py` builds exactly this model under
@@ -43,3 +43,37 @@ def compile_pretrainer(model_cfg, train_cfg, total_steps, jit):
     optimizer = optimization.optimizer_from_config(train_cfg, total_steps)
     model.compile(optimizer=optimizer, jit_compile=jit)
     return model, optimizer
+
+
+def compile_classifier(
+    model_cfg, num_classes, finetune_cfg, total_steps, jit, weights=None
+):
+    """The `BertClassifier` a fine-tuning run trains (`weights`: its
+    backbone's, None for random ones), compiled with AdamW and the loss
+    and accuracy it logs. The GPU benchmark calls this too."""
+    import dataclasses
+
+    from kerasbert.modeling import BertBackbone, BertClassifier
+
+    cfg = finetune_cfg
+    keras.utils.set_random_seed(cfg.seed)
+    backbone = BertBackbone(**dataclasses.asdict(model_cfg))
+    if weights is not None:
+        backbone.set_weights(weights)
+    model = BertClassifier(backbone, num_classes, dropout=cfg.dropout)
+    optimizer = optimization.make_optimizer(
+        "adamw",
+        cfg.learning_rate,
+        total_steps,
+        cfg.warmup_ratio,
+        cfg.weight_decay,
+        cfg.clipnorm,
+        epsilon=cfg.adam_epsilon,
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit,
+    )
+    return model

@@ -1,15 +1,17 @@
-"""Keras callbacks of a pretraining run: backups, divergence, metrics,
-checkpoints.
+"""Keras callbacks of a run: backups, divergence, metrics, checkpoints.
 
-Their order in `fit` matters and is fixed by the trainer: DivergenceGuard
-first (the others skip saving once it fired), then the held-out evaluation
-(`evaluation.EpochEvaluation`, which adds `val_*` to the epoch's logs), then
-MetricsLogger, CheckpointSaver and StepBackup last, so an epoch-end backup
-is written after that epoch's held-out row and checkpoint: a resume from it
-never skips them.
+Their order in `fit` matters and `callback_stack` is the one place that
+builds them: DivergenceGuard first (the others skip saving once it fired),
+then the epoch-end evaluation (`EpochEvaluation`, which adds `val_*` to the
+epoch's logs), then MetricsLogger, CheckpointSaver and StepBackup last, so
+an epoch-end backup is written after that epoch's validation row and
+checkpoint: a resume from it never skips them. Each callback gets what it
+reads from the others as a constructor argument; none sets another's
+attributes.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -119,6 +121,7 @@ class StepBackup(keras.callbacks.Callback):
         restore_dir=None,
         metrics=None,
         checkpoints=None,
+        guard=None,
         log=print,
     ):
         super().__init__()
@@ -127,8 +130,8 @@ class StepBackup(keras.callbacks.Callback):
         self.every = every
         self.metrics = metrics  # MetricsLogger: its row count is saved
         self.checkpoints = checkpoints  # CheckpointSaver: its best record
+        self.guard = guard  # DivergenceGuard: no backup once it fired
         self.log = log
-        self.enabled = True
         self._pending_state = None
 
     # Writing.
@@ -149,7 +152,7 @@ class StepBackup(keras.callbacks.Callback):
         """Writes `step-N/`; refuses (returns False) if weights are NaN.
         `epoch_end`: the next step begins an epoch, whose metric sums start
         from zero (Keras resets them), so a resume must not restore ours."""
-        if not self.enabled or not weights_finite(self.model):
+        if _diverged(self.guard) or not weights_finite(self.model):
             return False
         with atomic_dir(os.path.join(self.dir, f"step-{step}")) as tmp:
             weights = os.path.join(tmp, "weights.weights.h5")
@@ -246,15 +249,15 @@ class StepBackup(keras.callbacks.Callback):
 class DivergenceGuard(keras.callbacks.Callback):
     """Stops at the first non-finite loss, before anything saves NaNs.
 
-    Put it first in the callback list: later callbacks (backups, checkpoints)
-    check `diverged_at` and skip saving, so the last good files survive.
+    It comes first in the callback stack: the callbacks after it are given
+    it and skip saving once `diverged_at` is set, so the last good files
+    survive.
     """
 
-    def __init__(self, backups=()):
+    def __init__(self):
         super().__init__()
         self.diverged_at = None
         self.bad_loss = None
-        self.backups = list(backups)
 
     def on_train_batch_end(self, batch, logs=None):
         fault_point("train_step")
@@ -263,30 +266,50 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.diverged_at = global_step(self.model)
             self.bad_loss = float(loss)
             self.model.stop_training = True
-            for backup in self.backups:
-                backup.enabled = False
 
 
-METRIC_COLUMNS = (
-    "loss",
-    "mlm_loss",
-    "nsp_loss",
-    "mlm_accuracy",
-    "nsp_accuracy",
-)
-CSV_COLUMNS = (
-    "step",
-    "epoch",
-    "split",
-    *METRIC_COLUMNS,
-    "learning_rate",
-    "tokens_per_second",
-    "seconds",
-)
+def _diverged(guard) -> bool:
+    return guard is not None and guard.diverged_at is not None
+
+
+class EpochEvaluation(keras.callbacks.Callback):
+    """Adds a task's validation metrics as `val_*` to each epoch's logs.
+
+    It comes before every callback that reads them (metrics, checkpoints,
+    TensorBoard, the progress bar): they all receive the same logs dict.
+    `evaluate(model)` returns {metric: value}.
+    """
+
+    def __init__(self, evaluate, guard=None):
+        super().__init__()
+        self.evaluate = evaluate
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or _diverged(self.guard):
+            return
+        logs.update(
+            {f"val_{k}": v for k, v in self.evaluate(self.model).items()}
+        )
+
+
+def csv_columns(metric_names, unit) -> tuple[str, ...]:
+    """metrics.csv's columns, for every task: where a row is, the task's
+    metrics, then the bookkeeping (`unit`: what a step's throughput
+    counts, e.g. "tokens")."""
+    return (
+        "step",
+        "epoch",
+        "split",
+        *metric_names,
+        "learning_rate",
+        f"{unit}_per_second",
+        "seconds",
+    )
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Appends train rows every `every` steps and held-out rows per epoch.
+    """Appends train rows every `every` steps and validation rows per epoch.
 
     Metrics are reset after each row, so a row is the mean over its window
     of steps -- the same numbers whether or not the run was resumed. On a
@@ -294,14 +317,25 @@ class MetricsLogger(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, path, every, tokens_per_step, guard=None, total_steps=None
+        self,
+        path,
+        every,
+        metric_names,
+        unit,
+        units_per_step,
+        validation_split="validation",
+        guard=None,
+        total_steps=None,
     ):
         super().__init__()
         self.path = path
         self.every = every
-        self.tokens_per_step = tokens_per_step
+        self.metric_names = tuple(metric_names)
+        self.columns = csv_columns(metric_names, unit)
+        self.units_per_step = units_per_step
         self.guard = guard
         self.total_steps = total_steps  # its step always closes a row
+        self.validation_split = validation_split  # its epoch-end rows' split
         self.epoch = 0
         self._window_start = time.perf_counter()
         self._window_steps = 0
@@ -327,17 +361,31 @@ class MetricsLogger(keras.callbacks.Callback):
         self.rows = rows
         with atomic_path(self.path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, CSV_COLUMNS)
+                writer = csv.DictWriter(f, self.columns)
                 writer.writeheader()
                 writer.writerows(rows)
 
-    def log_row(self, step, split, metrics, seconds=None, tps=None, lr=None):
-        row = {"step": str(step), "epoch": str(self.epoch), "split": split}
-        for k in METRIC_COLUMNS:
+    def row_at(self, step: int, split: str) -> dict:
+        """The metrics of the `split` row at `step`, as written ({}:
+        none)."""
+        for row in reversed(self.rows):
+            if row["split"] == split and int(row["step"]) == step:
+                return {
+                    k: float(row[k]) for k in self.metric_names if row[k] != ""
+                }
+        return {}
+
+    def log_row(
+        self, step, split, metrics, seconds=None, ups=None, lr=None, epoch=None
+    ):
+        """Appends one row; `ups`: units (tokens, examples) per second."""
+        epoch = self.epoch if epoch is None else epoch
+        row = {"step": str(step), "epoch": str(epoch), "split": split}
+        for k in self.metric_names:
             v = metrics.get(k)
             row[k] = "" if v is None else f"{float(v):.6g}"
         row["learning_rate"] = "" if lr is None else f"{lr:.6g}"
-        row["tokens_per_second"] = "" if tps is None else f"{tps:.1f}"
+        row[self.columns[-2]] = "" if ups is None else f"{ups:.1f}"
         row["seconds"] = "" if seconds is None else f"{seconds:.3f}"
         self.rows.append(row)
         new = not os.path.exists(self.path)
@@ -345,7 +393,7 @@ class MetricsLogger(keras.callbacks.Callback):
         # count and a resume cuts the file back to it, so a torn last line
         # never survives a resume.
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, CSV_COLUMNS)
+            writer = csv.DictWriter(f, self.columns)
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -356,7 +404,7 @@ class MetricsLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._window_steps += 1
         step = global_step(self.model)
-        if self.guard is not None and self.guard.diverged_at is not None:
+        if _diverged(self.guard):
             return
         if step % self.every and step != self.total_steps:
             return  # the run's last step always closes a row
@@ -369,7 +417,7 @@ class MetricsLogger(keras.callbacks.Callback):
             "train",
             logs or {},
             seconds=seconds,
-            tps=self._window_steps * self.tokens_per_step / seconds,
+            ups=self._window_steps * self.units_per_step / seconds,
             lr=lr,
         )
         steps_in_epoch = (self.params or {}).get("steps") or 0
@@ -381,57 +429,131 @@ class MetricsLogger(keras.callbacks.Callback):
         self._window_steps = 0
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard is not None and self.guard.diverged_at is not None:
+        if _diverged(self.guard):
             return
         held_out = {
             k[4:]: v for k, v in (logs or {}).items() if k.startswith("val_")
         }
         if held_out:
-            self.log_row(global_step(self.model), "heldout", held_out)
+            self.log_row(
+                global_step(self.model), self.validation_split, held_out
+            )
 
 
 class CheckpointSaver(keras.callbacks.Callback):
     """Saves `latest.keras` every epoch and `best.keras` on a new best
-    held-out loss (train loss when there is no held-out set). A model with
-    a non-finite loss or weights is never saved: the files left are the
-    last good ones."""
+    validation `monitor` (`mode` "min" or "max"; the train value when there
+    is no validation). A model with a non-finite value or weights is never
+    saved: the files left are the last good ones."""
 
-    def __init__(self, latest, best, guard=None):
+    def __init__(self, latest, best, monitor="loss", mode="min", guard=None):
         super().__init__()
         self.latest = latest
         self.best_path = best
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "min" else -1.0  # compare sign * value
         self.guard = guard
-        self.best = math.inf
+        self.best = math.inf  # sign * the best value
         self.best_step = None
 
     def record(self) -> dict:
         return {
-            "loss": None if math.isinf(self.best) else self.best,
+            self.monitor: None
+            if math.isinf(self.best)
+            else self.sign * self.best,
             "step": self.best_step,
         }
 
     def set_record(self, record) -> None:
-        if record and record.get("loss") is not None:
-            self.best, self.best_step = record["loss"], record["step"]
+        if record and record.get(self.monitor) is not None:
+            self.best = self.sign * record[self.monitor]
+            self.best_step = record["step"]
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard is not None and self.guard.diverged_at is not None:
+        if _diverged(self.guard):
             return
         logs = logs or {}
-        self.save(logs.get("val_loss", logs.get("loss")))
+        self.save(logs.get(f"val_{self.monitor}", logs.get(self.monitor)))
 
-    def save(self, loss):
+    def save(self, value):
         if (
-            loss is None
-            or not math.isfinite(loss)
+            value is None
+            or not math.isfinite(value)
             or not weights_finite(self.model)
         ):
             return
         save_model_atomic(self.model, self.latest, fault="checkpoint")
-        if loss < self.best:
-            self.best, self.best_step = float(loss), global_step(self.model)
+        if self.sign * value < self.best:
+            self.best = self.sign * float(value)
+            self.best_step = global_step(self.model)
             # The model just written: link it rather than serialise again.
             copy_atomic(self.latest, self.best_path)
             write_json_atomic(
                 os.path.splitext(self.best_path)[0] + ".json", self.record()
             )
+
+
+@dataclasses.dataclass
+class CallbackStack:
+    """The callbacks of a run, in the one order `fit` must call them."""
+
+    guard: DivergenceGuard
+    evaluation: EpochEvaluation | None
+    metrics: MetricsLogger
+    checkpoints: CheckpointSaver
+    backup: StepBackup
+
+    @property
+    def ordered(self) -> list:
+        first = [self.guard] + ([self.evaluation] if self.evaluation else [])
+        return first + [self.metrics, self.checkpoints, self.backup]
+
+
+def callback_stack(
+    model,
+    run,
+    *,
+    evaluate,
+    metric_names,
+    unit,
+    units_per_step,
+    validation_split,
+    monitor,
+    mode,
+    log_every,
+    backup_every,
+    total_steps,
+    restore_dir=None,
+    log=print,
+) -> CallbackStack:
+    """Builds a run's callbacks (see the module docstring for the order),
+    each given what it reads from the ones before it. `run`: a `RunDir`;
+    `evaluate(model)`: the epoch-end validation metrics, or None."""
+    guard = DivergenceGuard()
+    evaluation = EpochEvaluation(evaluate, guard=guard) if evaluate else None
+    metrics = MetricsLogger(
+        run.metrics,
+        log_every,
+        metric_names,
+        unit,
+        units_per_step,
+        validation_split=validation_split,
+        guard=guard,
+        total_steps=total_steps,
+    )
+    checkpoints = CheckpointSaver(
+        run.latest, run.best, monitor=monitor, mode=mode, guard=guard
+    )
+    backup = StepBackup(
+        run.backup,
+        backup_every,
+        restore_dir=restore_dir,
+        metrics=metrics,
+        checkpoints=checkpoints,
+        guard=guard,
+        log=log,
+    )
+    stack = CallbackStack(guard, evaluation, metrics, checkpoints, backup)
+    for callback in stack.ordered:
+        callback.set_model(model)
+    return stack

@@ -14,7 +14,6 @@ release of one stalled under tf.data autotuning, see data/tfdata.py); and
 it cannot run a larger final evaluation than the epoch-end ones.
 """
 
-import keras
 import tensorflow as tf
 
 from kerasbert.files import fault_point
@@ -75,31 +74,3 @@ class HeldoutSet:
                 sums[k] = sums.get(k, 0.0) + float(v)
             fault_point("evaluation")
         return metrics_from_sums(sums, len(chosen))
-
-
-class EpochEvaluation(keras.callbacks.Callback):
-    """Adds the held-out metrics as `val_*` to each epoch's logs.
-
-    Put it before every callback that reads them (metrics, checkpoints,
-    TensorBoard, the progress bar): they all receive the same logs dict.
-    """
-
-    def __init__(self, heldout: HeldoutSet, batches: int, guard=None):
-        super().__init__()
-        self.heldout = heldout
-        self.batches = batches
-        self.guard = guard
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or (
-            self.guard is not None and self.guard.diverged_at is not None
-        ):
-            return
-        logs.update(
-            {
-                f"val_{k}": v
-                for k, v in self.heldout.evaluate(
-                    self.model, self.batches
-                ).items()
-            }
-        )

@@ -1,74 +1,49 @@
-"""Fine-tuning a `BertClassifier`, and predicting with the result.
+"""Fine-tuning a `BertClassifier`: the classification task of the run
+framework (trainer.py), and its data.
 
 `finetune(cfg)` is what `python -m kerasbert.finetune` calls. It reads and
 checks every input (data files, labels, source model, output folder)
 before it creates the output directory, so bad input leaves nothing
-behind. The directory it writes is a model directory
-(`kerasbert.serving.modeldir`) of a classifier:
+behind. The directory is a run directory (rundir.py) and, once complete, a
+model directory (`kerasbert.serving.modeldir`) of a classifier:
 
     config.json   {"model": ModelConfig, "finetune": FinetuneConfig,
                    "labels": [name of class 0, 1, ...], "pair": bool}
     tokenizer/    copied from --model, or trained (--from-scratch)
     model.keras   the best epoch's BertClassifier, float32
-    metrics.json  per-epoch validation metrics, best epoch, test metrics
-    metrics.csv   one row per epoch and split; confusion.png; logs/
-    checkpoints/  resume state (removed once the run is complete)
+    metrics.json  per-epoch metrics, best epoch, validation and test
+                  metrics of the best epoch (written last: complete)
+    metrics.csv   a train and a validation row per epoch, a test row
+    confusion.png; logs/ (TensorBoard)
+    checkpoints/, backup/   resume state, removed once complete
 
-`--overwrite` of an existing directory builds the new run beside it, in
-`.OUT.replacing/`, and swaps it in when complete: a failure or kill leaves
-the old one as it was, and the same command resumes the replacement.
-
-Resume: after every epoch the weights with the optimizer state
-(`epoch-N.weights.h5`), the dropout seed states (`epoch-N.state.npz`,
-as pretraining's backups keep them) and `state.json` (history, best
-epoch) are written; rerunning the same command continues after the last
-finished epoch. A kill mid-epoch repeats that epoch with the same batches
-(each epoch's order depends only on seed and epoch) and the same dropout
-draws, so the result equals an uninterrupted run's (tested).
+Resume is the framework's: a backup every `--backup-every` steps (default:
+each epoch's end) holds everything that decides the next step, so a run
+killed anywhere and rerun with the same command ends with the metrics and
+weights of an uninterrupted run (tests/test_resume.py). `--overwrite` of an
+existing directory builds the new run beside it (rundir.open_run).
 """
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
-import time
-import weakref
 
-import keras
 import numpy as np
 
 from kerasbert.config import FinetuneConfig, ModelConfig, parameter_count
 from kerasbert.data import classification as cls_data
-from kerasbert.errors import DiskFull, UsageError
+from kerasbert.errors import DiskFull, TrainingDiverged, UsageError
 from kerasbert.files import (
-    atomic_path,
     check_free_space,
     check_output,
     check_writable_dir,
     fault_point,
-    replacement_dir,
     swap_in,
-    write_json_atomic,
-    write_text_atomic,
 )
-
-CSV_COLUMNS = (
-    "epoch",
-    "split",
-    "loss",
-    "accuracy",
-    "macro_f1",
-    "mcc",
-    "learning_rate",
-    "examples_per_second",
-    "seconds",
-)
-# Fields that do not change what a run computes: a resumed run may differ
-# in them.
-_RESUMABLE = ("overwrite",)
+from kerasbert.serving.classifier import Predictor, flagged
+from kerasbert.training.rundir import RunDir, open_run, run_lock
 
 
 @dataclasses.dataclass
@@ -151,7 +126,7 @@ def _source_backbone(cfg: FinetuneConfig, tokenizer, model_overrides):
         )
     from kerasbert.serving.modeldir import backbone_of, load_model
 
-    with _flag("--model"):
+    with flagged("--model"):
         backbone = backbone_of(load_model(cfg.model))
     if not hasattr(backbone, "hidden_dim"):
         raise UsageError(f"--model: {cfg.model}: holds no BERT backbone")
@@ -168,32 +143,6 @@ def _source_backbone(cfg: FinetuneConfig, tokenizer, model_overrides):
     return model_cfg, backbone.get_weights()
 
 
-def build_classifier(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    dropout: float = 0.1,
-    weights=None,
-    dtype=None,
-):
-    from kerasbert.modeling import BertBackbone, BertClassifier
-
-    backbone = BertBackbone(**model_cfg.to_dict(), dtype=dtype)
-    if weights is not None:
-        backbone.set_weights(weights)
-    return BertClassifier(backbone, num_classes, dropout=dropout)
-
-
-@contextlib.contextmanager
-def _flag(flag):
-    """Prefixes the flag to a `UsageError` that names only a path."""
-    try:
-        yield
-    except UsageError as e:
-        if str(e).startswith("--"):
-            raise
-        raise UsageError(f"{flag}: {e}") from None
-
-
 def _configs(cfg, model_cfg, labels, pair):
     return {
         "model": model_cfg.to_dict(),
@@ -201,45 +150,6 @@ def _configs(cfg, model_cfg, labels, pair):
         "labels": labels,
         "pair": pair,
     }
-
-
-def _same_run(saved: dict, configs: dict) -> bool:
-    def strip(c):
-        c = json.loads(json.dumps(c))
-        for name in _RESUMABLE:
-            c.get("finetune", {}).pop(name, None)
-        return c
-
-    return strip(saved) == strip(configs)
-
-
-def _output_state(output_dir: str, configs: dict, overwrite: bool) -> str:
-    """ "new", "resume" or "done"; a folder holding something else (or a
-    different run) is an error unless `overwrite`."""
-    if not os.path.exists(output_dir) or not os.listdir(output_dir):
-        return "new"
-    if overwrite:
-        return "overwrite"
-    path = os.path.join(output_dir, "config.json")
-    if not os.path.exists(path):
-        raise UsageError(
-            f"--output-dir: {output_dir} is not empty and "
-            "holds no fine-tuning run; pass --overwrite or "
-            "another folder"
-        )
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if not _same_run(saved, configs):
-        raise UsageError(
-            f"--output-dir: {output_dir} holds a run with "
-            "other settings; pass --overwrite or another "
-            "folder"
-        )
-    done = all(
-        os.path.exists(os.path.join(output_dir, name))
-        for name in ("model.keras", "metrics.json")
-    )
-    return "done" if done else "resume"
 
 
 def inputs(cfg: FinetuneConfig) -> dict:
@@ -265,29 +175,28 @@ def finetune(
     cfg.validate()
     check_output(cfg.output_dir, "--output-dir", inputs(cfg))
     check_writable_dir(cfg.output_dir, "--output-dir")
-    from kerasbert.training.rundir import run_lock
-
     # One process per output directory, as for pretraining runs.
     with run_lock(cfg.output_dir):
         try:
             return _finetune(cfg, model_overrides, verbose, log)
         except DiskFull as e:
             raise DiskFull(
-                f"{e} (the same command resumes after the last finished epoch)"
+                f"{e} (the same command resumes from the last backup)"
             ) from None
+        except TrainingDiverged as e:
+            raise UsageError(str(e)) from None
 
 
 def _finetune(cfg, model_overrides, verbose, log):
     data = read_data(cfg)
-    out = cfg.output_dir
-    tokenizer_dir = os.path.join(out, "tokenizer")
+    run = RunDir(cfg.output_dir, summary="metrics.json")
     from kerasbert.serving.modeldir import load_tokenizer
 
     if cfg.model:
-        with _flag("--model"):
+        with flagged("--model"):
             tokenizer = load_tokenizer(cfg.model)
-    elif os.path.isdir(tokenizer_dir) and not cfg.overwrite:
-        tokenizer = load_tokenizer(out)  # this run trained it already
+    elif os.path.isdir(run.tokenizer) and not cfg.overwrite:
+        tokenizer = load_tokenizer(run.path)  # this run trained it already
     else:
         from kerasbert.text.tokenizer import train_wordpiece
 
@@ -303,412 +212,246 @@ def _finetune(cfg, model_overrides, verbose, log):
     configs = _configs(
         cfg, model_cfg, data.labels, data.train.pairs is not None
     )
-    state = _output_state(out, configs, cfg.overwrite)
+    if (
+        not cfg.overwrite
+        and os.path.exists(os.path.join(run.checkpoints, "state.json"))
+        and not os.path.exists(run.summary)
+    ):
+        raise UsageError(
+            f"--output-dir: {run.path} holds an unfinished run of an older "
+            "kerasbert (checkpoints/state.json), which this one cannot "
+            "resume; pass --overwrite to start it afresh"
+        )
+    state, run, final = open_run(run, configs, cfg.overwrite)
     if state == "done":
         log(
-            f"{out}: this run is complete (metrics.json); pass --overwrite "
-            "to start again"
+            f"{run.path}: this run is complete (metrics.json); pass "
+            "--overwrite to start again"
         )
-        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+        with open(run.summary, encoding="utf-8") as f:
             return json.load(f)
-    final = out
-    if state == "overwrite":
-        # Built beside the old run, which stays whole until the swap.
-        out = replacement_dir(final)
-        try:
-            state = _output_state(out, configs, False)
-        except (UsageError, OSError, ValueError):  # another one, or damaged
-            state = "new"
-        if state == "new" and os.path.isdir(out):
-            shutil.rmtree(out)
-        cfg = dataclasses.replace(cfg, output_dir=out)
-        tokenizer_dir = os.path.join(out, "tokenizer")
-    # model.keras, and two epoch checkpoints with Adam's two slots: a disk
-    # that fills inside h5py can crash the process, so check first.
+    # model.keras, two checkpoints and two backups with Adam's two slots:
+    # a disk that fills inside h5py can crash the process, so check first.
     check_free_space(
-        out, 8 * 4 * parameter_count(**model_cfg.to_dict()), "--output-dir"
+        run.path,
+        14 * 4 * parameter_count(**model_cfg.to_dict()),
+        "--output-dir",
     )
     # Everything is checked: from here on the folder is written.
-    os.makedirs(out, exist_ok=True)
-    if not os.path.isdir(tokenizer_dir):
-        staging = os.path.join(out, ".tokenizer.tmp")
+    run.prepare(configs, overwrite=False)
+    if not os.path.isdir(run.tokenizer):
+        staging = run.join(".tokenizer.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         if cfg.model:
             shutil.copytree(os.path.join(cfg.model, "tokenizer"), staging)
         else:
             tokenizer.save(staging)
-        os.replace(staging, tokenizer_dir)
-    write_json_atomic(os.path.join(out, "config.json"), configs)
-    if state != "done":
-        result = _train(cfg, model_cfg, weights, tokenizer, data, verbose, log)
-    else:  # a replacement that finished, killed before its swap
-        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-            result = json.load(f)
-    if out != final:
-        swap_in(out, final)
+        os.replace(staging, run.tokenizer)
+
+    from kerasbert.training.trainer import Schedule, Trainer
+
+    task = ClassificationTask(cfg, model_cfg, weights, tokenizer, data, log)
+    steps = task.steps_per_epoch
+    trainer = Trainer(
+        task,
+        Schedule(
+            total_steps=steps * cfg.epochs,
+            steps_per_epoch=steps,
+            log_every=steps,  # a train row per epoch: its mean
+            backup_every=cfg.backup_every or steps,
+        ),
+        run,
+        precision=cfg,
+        verbose=verbose if verbose < 1 or sys.stdout.isatty() else 2,
+        log=log,
+    )
+    result = trainer.run(resume=state == "resume")
+    if final is not None:
+        swap_in(run.path, final.path)
     return result
 
 
-def _train(cfg, model_cfg, weights, tokenizer, data, verbose, log):
-    from kerasbert.training import hardware
-    from kerasbert.training.optimization import make_optimizer
+def classification_metrics(predict, encoded, truth, labels, batch_size):
+    """Accuracy, macro-F1, MCC, per-class and confusion (metrics.py) and
+    the mean cross-entropy `loss` of `predict` (a Predictor)."""
+    from kerasbert.training.metrics import classification_metrics as scores
 
-    out = cfg.output_dir
-    policy, why = hardware.select_precision(cfg.precision)
-    jit = hardware.select_jit_compile(cfg.jit_compile)
-    log(
-        f"precision: {policy} ({why}); jit_compile: {jit}; "
-        f"{len(data.train)} training / {len(data.validation)} validation"
-        f"{f' / {len(data.test)} test' if data.test else ''} examples; "
-        f"labels: {', '.join(data.labels)}"
-    )
-    train_encoded, validation_encoded = (
-        cls_data.encode(tokenizer, ex, cfg.max_length, cfg.truncation)
-        for ex in (data.train, data.validation)
-    )
+    probs = predict(encoded, batch_size)
+    result = scores(truth, probs.argmax(-1), labels)
+    picked = probs[np.arange(len(truth)), truth]
+    result["loss"] = float(-np.mean(np.log(np.maximum(picked, 1e-12))))
+    return result
 
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_classifier(
-        model_cfg, len(data.labels), cfg.dropout, weights, dtype=policy
-    )
-    steps = cls_data.steps_per_epoch(len(data.train), cfg.batch_size)
-    optimizer = make_optimizer(
-        "adamw",
-        cfg.learning_rate,
-        steps * cfg.epochs,
-        cfg.warmup_ratio,
-        cfg.weight_decay,
-        cfg.clipnorm,
-        epsilon=cfg.adam_epsilon,
-    )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit,
-    )
 
-    checkpoints = os.path.join(out, "checkpoints")
-    epoch_state = _load_state(checkpoints)
-    first_epoch = epoch_state["epoch"]
-    if first_epoch:
-        from kerasbert.training.callbacks import load_hidden_state
+class ClassificationTask:
+    """Text (or text-pair) classification, as trainer.py's task.
 
-        optimizer.build(model.trainable_variables)
-        latest = os.path.join(checkpoints, epoch_state["latest"])
-        model.load_weights(latest)
-        if os.path.exists(_state_file(latest)):
-            load_hidden_state(model, _state_file(latest), metrics=False)
-        log(f"resuming after epoch {first_epoch}")
-    evaluator = _EpochEnd(
-        cfg, data, validation_encoded, checkpoints, epoch_state, len(data.train)
-    )
-    callbacks = [
-        evaluator,
-        keras.callbacks.TensorBoard(
-            os.path.join(out, "logs"), write_graph=False
-        ),
-    ]
-    if first_epoch < cfg.epochs:
-        dataset = cls_data.training_dataset(
-            train_encoded,
-            data.train_ids,
+    Its part of the run directory: `metrics.json` (the summary),
+    `confusion.png`; checkpoints/ and backup/ go once complete.
+    """
+
+    metric_names = ("loss", "accuracy", "macro_f1", "mcc")
+    unit = "examples"
+    validation_split = "validation"
+    mode = "max"
+    keep_training_state = False
+
+    def __init__(self, cfg, model_cfg, weights, tokenizer, data, log=print):
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        self.weights = weights  # the starting backbone's, or None
+        self.tokenizer = tokenizer
+        self.data = data
+        self.log = log
+        self.monitor = cfg.metric
+        self.units_per_step = cfg.batch_size
+        self.steps_per_epoch = cls_data.steps_per_epoch(
+            len(data.train), cfg.batch_size
+        )
+        self.train_encoded, self.validation_encoded = (
+            cls_data.encode(tokenizer, ex, cfg.max_length, cfg.truncation)
+            for ex in (data.train, data.validation)
+        )
+        self.predict = None  # the trained model's Predictor
+
+    def build_model(self, jit):
+        from kerasbert.training.build import compile_classifier
+
+        cfg, data = self.cfg, self.data
+        self.log(
+            f"{len(data.train)} training / {len(data.validation)} validation"
+            f"{f' / {len(data.test)} test' if data.test else ''} examples; "
+            f"labels: {', '.join(data.labels)}"
+        )
+        model = compile_classifier(
+            self.model_cfg,
+            len(data.labels),
+            cfg,
+            self.steps_per_epoch * cfg.epochs,
+            jit,
+            self.weights,
+        )
+        # Optimizer slots and the compiled metrics' sums exist only after
+        # a first step; a resume loads into them, so make them now.
+        model.optimizer.build(model.trainable_variables)
+        x, y = next(iter(self.train_dataset(0).take(1)))
+        model.compute_metrics(x, y, model(x, training=False))
+        model.reset_metrics()
+        self.predict = Predictor(model)
+        return model
+
+    def train_dataset(self, start_step, num_workers=1, worker_index=0):
+        cfg = self.cfg
+        first_epoch, skip = divmod(start_step, self.steps_per_epoch)
+        return cls_data.training_dataset(
+            self.train_encoded,
+            self.data.train_ids,
             cfg.batch_size,
             cfg.bucketing,
             cfg.max_length,
             cfg.seed,
             first_epoch,
             cfg.epochs,
-        )
-        model.fit(
-            dataset,
-            epochs=cfg.epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=verbose if verbose < 1 or sys.stdout.isatty() else 2,
-        )
-    return _finish(cfg, model, model_cfg, tokenizer, data, evaluator.state, log)
-
-
-def _state_file(weights: str) -> str:
-    """The dropout seed states saved beside an epoch's weights."""
-    return weights.removesuffix(".weights.h5") + ".state.npz"
-
-
-def _load_state(checkpoints: str) -> dict:
-    path = os.path.join(checkpoints, "state.json")
-    if not os.path.exists(path):
-        return {"epoch": 0, "history": [], "best": None}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _row(epoch, split, values):
-    row = {"epoch": epoch, "split": split}
-    for key in CSV_COLUMNS[2:]:
-        value = values.get(key)
-        row[key] = "" if value is None else f"{float(value):.6g}"
-    return row
-
-
-def _write_csv(path, rows):
-    import csv
-    import io
-
-    text = io.StringIO()
-    writer = csv.DictWriter(text, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, text.getvalue())
-
-
-class _EpochEnd(keras.callbacks.Callback):
-    """Validation metrics, best epoch and the resume checkpoint, after
-    each epoch. It puts val_* into the epoch's logs, so the TensorBoard
-    callback after it records them too."""
-
-    def __init__(self, cfg, data, encoded, checkpoints, state, n_train):
-        super().__init__()
-        self.cfg, self.data, self.encoded = cfg, data, encoded
-        self.checkpoints, self.state, self.n_train = (
-            checkpoints,
-            state,
-            n_train,
-        )
-        self._start = time.perf_counter()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        fault_point("finetune_step")
-
-    def on_epoch_end(self, epoch, logs=None):
-        from kerasbert.training.metrics import classification_metrics
-
-        seconds = time.perf_counter() - self._start
-        logs = logs if logs is not None else {}
-        if not math.isfinite(float(logs.get("loss", 0.0))):
-            self.model.stop_training = True  # keep the last good epoch
-            return
-        probs = predict_proba(self.model, self.encoded, self.cfg.batch_size * 2)
-        truth = self.data.validation_ids
-        val = classification_metrics(truth, probs.argmax(-1), self.data.labels)
-        val["loss"] = float(
-            -np.mean(
-                np.log(np.maximum(probs[np.arange(len(truth)), truth], 1e-12))
-            )
-        )
-        for key in ("loss", "accuracy", "macro_f1", "mcc"):
-            logs[f"val_{key}"] = val[key]
-        lr = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
-        number = epoch + 1
-        history = self.state["history"]
-        history.append(
-            {
-                "epoch": number,
-                "train": {
-                    "loss": float(logs["loss"]),
-                    "accuracy": float(logs.get("accuracy", float("nan"))),
-                    "examples_per_second": self.n_train / seconds,
-                    "seconds": seconds,
-                    "learning_rate": lr,
-                },
-                "validation": val,
-            }
-        )
-        best = self.state["best"]
-        score = val[self.cfg.metric]
-        os.makedirs(self.checkpoints, exist_ok=True)
-        latest = f"epoch-{number}.weights.h5"
-        self._save(latest)
-        if best is None or score > best["score"]:
-            best = {"epoch": number, "score": score, "weights": latest}
-        # state.json names the files; switching it is the commit point, so
-        # a kill before it resumes from the previous epoch.
-        self.state.update(epoch=number, latest=latest, best=best)
-        write_json_atomic(
-            os.path.join(self.checkpoints, "state.json"), self.state
-        )
-        fault_point("finetune_epoch")
-        keep = {latest, best["weights"], "state.json"}
-        keep |= {_state_file(name) for name in keep}
-        for name in os.listdir(self.checkpoints):
-            if name not in keep:
-                os.remove(os.path.join(self.checkpoints, name))
-        _write_csv(
-            os.path.join(self.cfg.output_dir, "metrics.csv"), _csv_rows(history)
+            skip=skip,
         )
 
-    def _save(self, name):
-        from kerasbert.training.callbacks import save_hidden_state
-
-        path = os.path.join(self.checkpoints, name)
-        with atomic_path(_state_file(path)) as tmp:
-            save_hidden_state(self.model, tmp, metrics=False)
-        with atomic_path(path) as tmp:
-            self.model.save_weights(tmp)
-
-
-def _csv_rows(history, test=None):
-    rows = []
-    for h in history:
-        rows.append(_row(h["epoch"], "train", h["train"]))
-        rows.append(_row(h["epoch"], "validation", h["validation"]))
-    if test is not None:
-        rows.append(_row(test["epoch"], "test", test))
-    return rows
-
-
-def _finish(cfg, trained, model_cfg, tokenizer, data, state, log):
-    """Best epoch -> float32 model.keras, test metrics, metrics files."""
-    from kerasbert.training.metrics import classification_metrics
-    from kerasbert.training.plots import plot_confusion
-
-    out = cfg.output_dir
-    best = state["best"]
-    if best is None:
-        # Nothing learned is lost: without the folder the suggested rerun
-        # is a new run, not one "with other settings".
-        shutil.rmtree(out, ignore_errors=True)
-        raise UsageError(
-            "training stopped before a first epoch finished "
-            "(non-finite loss); try a lower --learning-rate"
+    def evaluate(self, model) -> dict:
+        fault_point("evaluation")
+        result = classification_metrics(
+            self.predict,
+            self.validation_encoded,
+            self.data.validation_ids,
+            self.data.labels,
+            self.cfg.batch_size * 2,
         )
-    trained.load_weights(os.path.join(out, "checkpoints", best["weights"]))
-    # Rebuilt in float32 whatever the training precision (the variables
-    # are float32 either way), so the saved model computes the same on
-    # every machine.
-    model = build_classifier(
-        model_cfg, len(data.labels), cfg.dropout, dtype="float32"
-    )
-    model.set_weights(trained.get_weights())
-    with atomic_path(os.path.join(out, "model.keras")) as tmp:
-        model.save(tmp)
-    result = {
-        "metric": cfg.metric,
-        "best_epoch": best["epoch"],
-        "labels": data.labels,
-        "epochs": state["history"],
-        "validation": state["history"][best["epoch"] - 1]["validation"],
-    }
-    shown, title = result["validation"], "validation"
-    if data.test is not None:
-        encoded = cls_data.encode(
-            tokenizer, data.test, cfg.max_length, cfg.truncation
-        )
-        probs = predict_proba(model, encoded, cfg.batch_size * 2)
-        test = classification_metrics(
-            data.test_ids, probs.argmax(-1), data.labels
-        )
-        test["loss"] = float(
-            -np.mean(
-                np.log(
-                    np.maximum(
-                        probs[np.arange(len(data.test_ids)), data.test_ids],
-                        1e-12,
-                    )
-                )
-            )
-        )
-        test["epoch"] = best["epoch"]
-        result["test"] = test
-        shown, title = test, "test"
-    plot_confusion(
-        shown["confusion"],
-        data.labels,
-        os.path.join(out, "confusion.png"),
-        f"{title}, epoch {best['epoch']}",
-    )
-    _write_csv(
-        os.path.join(out, "metrics.csv"),
-        _csv_rows(state["history"], result.get("test")),
-    )
-    write_json_atomic(os.path.join(out, "metrics.json"), result)
-    shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
-    summary = {k: shown[k] for k in ("accuracy", "macro_f1", "mcc")}
-    log(
-        f"best epoch {best['epoch']} by {cfg.metric}; {title}: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
-    )
-    return result
+        return {k: result[k] for k in self.metric_names}
 
+    def finish(self, model, finished) -> dict:
+        """Best epoch -> float32 model.keras, its validation and test
+        metrics, confusion.png; returns metrics.json's dict."""
+        from kerasbert.serving.export import float32_copy
+        from kerasbert.training.callbacks import save_model_atomic
+        from kerasbert.training.plots import plot_confusion
 
-_PREDICTORS = weakref.WeakKeyDictionary()
-
-
-def _predictor(model):
-    """One traced graph per model for every batch shape (a new
-    tf.function per call would retrace each time)."""
-    import tensorflow as tf
-
-    if model not in _PREDICTORS:
-        spec = tf.TensorSpec((None, None), tf.int32)
-        _PREDICTORS[model] = tf.function(
-            lambda x: tf.nn.softmax(
-                tf.cast(model(x, training=False), tf.float32)
+        cfg, data, run = self.cfg, self.data, finished.run
+        best_epoch = finished.best_step // self.steps_per_epoch
+        model.load_weights(run.best)
+        # Saved in float32 whatever the training precision (the variables
+        # are float32 either way), so it computes the same on every machine.
+        best = float32_copy(model)
+        save_model_atomic(best, run.model)
+        fault_point("export")
+        predict = Predictor(best)
+        result = {
+            "metric": cfg.metric,
+            "best_epoch": best_epoch,
+            "labels": data.labels,
+            "epochs": self._epochs(finished.rows),
+            # As the epoch-end evaluation that chose the epoch saw it (in
+            # the training precision), now with the confusion matrix.
+            "validation": classification_metrics(
+                self.predict,
+                self.validation_encoded,
+                data.validation_ids,
+                data.labels,
+                cfg.batch_size * 2,
             ),
-            input_signature=[
-                {k: spec for k in ("token_ids", "segment_ids", "padding_mask")}
-            ],
+        }
+        shown, title = result["validation"], "validation"
+        if data.test is not None:
+            encoded = cls_data.encode(
+                self.tokenizer, data.test, cfg.max_length, cfg.truncation
+            )
+            test = classification_metrics(
+                predict, encoded, data.test_ids, data.labels, cfg.batch_size * 2
+            )
+            finished.log_row(
+                finished.best_step, "test", test, epoch=best_epoch - 1
+            )
+            result["test"] = {**test, "epoch": best_epoch}
+            shown, title = test, "test"
+        plot_confusion(
+            shown["confusion"],
+            data.labels,
+            run.join("confusion.png"),
+            f"{title}, epoch {best_epoch}",
         )
-    return _PREDICTORS[model]
-
-
-def predict_proba(
-    model,
-    encoded,
-    batch_size: int = 64,
-    bucketing: bool = True,
-    max_length: int | None = None,
-) -> np.ndarray:
-    """Class probabilities `[n, classes]` of packed examples, in order.
-
-    With bucketing the examples run sorted by length, each batch padded
-    to its longest; without it every batch is padded to `max_length`."""
-    lengths = np.array([len(ids) for ids, _ in encoded])
-    order = (
-        np.argsort(lengths, kind="stable")
-        if bucketing
-        else np.arange(len(lengths))
-    )
-    call = _predictor(model)
-    probs = np.zeros((len(encoded), model.num_classes), np.float32)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = cls_data.pad_batch(
-            encoded, index, None if bucketing else max_length
+        self.log(
+            f"best epoch {best_epoch} by {cfg.metric}; {title}: "
+            + ", ".join(
+                f"{k} {shown[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc")
+            )
         )
-        probs[index] = call(batch).numpy()
-    return probs
+        return result
 
-
-def load_classifier(directory: str):
-    """(model, tokenizer, config dict) of a fine-tuned directory."""
-    from kerasbert.config import read_json_object
-    from kerasbert.serving.modeldir import (
-        check_tokenizer_fits,
-        load_model,
-        load_tokenizer,
-    )
-
-    config = read_json_object(
-        os.path.join(directory, "config.json"),
-        f"--model: {directory}/config.json",
-    )
-    if "labels" not in config or "finetune" not in config:
-        raise UsageError(
-            f"--model: {directory}: not a fine-tuned "
-            "classifier (config.json has no labels)"
-        )
-    tokenizer = load_tokenizer(directory)
-    model = load_model(directory)
-    if not hasattr(model, "num_classes"):
-        raise UsageError(f"--model: {directory}: model.keras is no classifier")
-    with _flag("--model"):
-        check_tokenizer_fits(model, tokenizer, directory)
-    return model, tokenizer, config
+    def _epochs(self, rows):
+        """metrics.json's per-epoch entries, from metrics.csv's rows (as
+        written: what a resumed run reads too)."""
+        validation = {
+            r["step"]: r for r in rows if r["split"] == self.validation_split
+        }
+        epochs = []
+        for row in rows:
+            if row["split"] != "train":
+                continue
+            train = {
+                k: float(row[k])
+                for k in (
+                    "loss",
+                    "accuracy",
+                    "learning_rate",
+                    "examples_per_second",
+                    "seconds",
+                )
+            }
+            val = validation.get(row["step"], {})
+            epochs.append(
+                {
+                    "epoch": int(row["epoch"]) + 1,
+                    "train": train,
+                    "validation": {
+                        k: float(val[k]) for k in self.metric_names if k in val
+                    },
+                }
+            )
+        return epochs

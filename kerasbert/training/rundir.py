@@ -1,17 +1,24 @@
 """The run directory: every path in it, whether a run may resume, its lock.
 
-    config.json          resolved model/data/train configs
+Every task's run (see trainer.py) writes:
+
+    config.json          the resolved configs, one section each
     tokenizer/           the tokenizer (BertTokenizerFast-loadable)
     checkpoints/         latest.keras, best.keras (+ best.json)
     backup/step-N/       resume state (see callbacks.StepBackup), last two
-    metrics.csv          train rows every `log_every` steps, held-out rows
+    metrics.csv          train rows every `log_every` steps, validation rows
+                         each epoch (callbacks.csv_columns)
     logs/                TensorBoard
-    loss.png             MLM/NSP loss and accuracy curves
-    summary.json         steps, seconds, tokens/s, final metrics
-    model.keras          the final pretrainer
-    export/saved_model/  serving signatures (see kerasbert.serving.export)
+    model.keras          the final model
+    SUMMARY              the task's summary; written last, it marks the run
+                         complete
 
-Nothing else in kerasbert spells these names out: use `RunDir`.
+and its task's own part: pretraining (training/pretrain.py) `summary.json`
+as SUMMARY, `loss.png`, `export/saved_model/`; classification
+(training/finetune.py) `metrics.json` as SUMMARY, `confusion.png`, and no
+checkpoints/ or backup/ once complete.
+
+Nothing else in kerasbert spells the common names out: use `RunDir`.
 """
 
 import contextlib
@@ -20,12 +27,19 @@ import json
 import os
 import shutil
 
-from kerasbert.config import DataConfig, ModelConfig, TrainConfig
+from kerasbert.config import (
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from kerasbert.errors import UsageError
 from kerasbert.files import (
     check_writable_dir,
     pid_alive,
     remove_stale_temps,
+    replacement_dir,
+    swap_in,
     write_json_atomic,
 )
 
@@ -46,7 +60,10 @@ RESUME_FREE = frozenset(
 
 
 class RunDir:
-    def __init__(self, path: str):
+    """The common paths of a run directory at `path`; `summary`: the file
+    name of the task's summary (see the module docstring)."""
+
+    def __init__(self, path: str, summary: str = "summary.json"):
         self.path = path
         join = lambda *p: os.path.join(path, *p)  # noqa: E731
         self.config = join("config.json")
@@ -58,10 +75,12 @@ class RunDir:
         self.backup = join("backup")
         self.metrics = join("metrics.csv")
         self.logs = join("logs")
-        self.plot = join("loss.png")
-        self.summary = join("summary.json")
+        self.summary = join(summary)
         self.model = join("model.keras")
-        self.export = join("export", "saved_model")
+
+    def join(self, *parts) -> str:
+        """A task's own file in the run directory."""
+        return os.path.join(self.path, *parts)
 
     def state(self, configs: dict, overwrite: bool) -> str:
         """'new', 'resume' or 'done'; refuses a directory it must not touch.
@@ -80,7 +99,7 @@ class RunDir:
                     "run directory (choose another or pass --overwrite)"
                 )
             return "new"
-        saved = read_run_config(self.config)
+        saved = read_run_config(self.config, list(configs))
         diffs = config_changes(saved, configs)
         if diffs:
             raise UsageError(
@@ -100,6 +119,32 @@ class RunDir:
         write_json_atomic(self.config, configs)
 
 
+def open_run(run: RunDir, configs: dict, overwrite: bool):
+    """(state, run to write, run to swap it into or None).
+
+    `--overwrite` of an existing run builds the new one beside it, in
+    `.NAME.replacing/`, swapped in (`files.swap_in`) when complete: the old
+    run stays whole until then, and the same command after a kill resumes
+    the replacement. A replacement that completed but was not yet swapped
+    in is swapped here ('done').
+    """
+    state = run.state(configs, overwrite)
+    if not (overwrite and os.path.isdir(run.path) and os.listdir(run.path)):
+        return state, run, None
+    final = run
+    run = RunDir(replacement_dir(final.path), os.path.basename(final.summary))
+    try:
+        state = run.state(configs, overwrite=False)
+    except UsageError:  # another run's replacement, or damaged
+        state = "new"
+    if state == "new":
+        shutil.rmtree(run.path, ignore_errors=True)
+    elif state == "done":
+        swap_in(run.path, final.path)
+        return "done", final, None
+    return state, run, final
+
+
 def run_config(model_cfg, data_cfg, train_cfg) -> dict:
     """What config.json holds: the resolved configs, one section each."""
     return {
@@ -109,7 +154,7 @@ def run_config(model_cfg, data_cfg, train_cfg) -> dict:
     }
 
 
-def read_run_config(path: str) -> dict:
+def read_run_config(path: str, parts=("model", "data", "train")) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
@@ -118,41 +163,42 @@ def read_run_config(path: str) -> dict:
             f"{path}: damaged run configuration ({e}); pass "
             "--overwrite to start the run afresh"
         ) from None
-    if not isinstance(saved, dict) or not all(
-        isinstance(saved.get(k), dict) for k in ("model", "data", "train")
-    ):
+    if not isinstance(saved, dict) or not all(k in saved for k in parts):
         raise UsageError(
-            f"{path}: not a kerasbert run configuration; pass "
+            f"{path}: not a kerasbert run configuration of this kind; pass "
             "--overwrite to start the run afresh"
         )
     return saved
 
 
+# The config class of each config.json section: a run saved before one of
+# its fields existed used that field's legacy value (`LEGACY`), else its
+# default -- what the code did before the field.
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "finetune": FinetuneConfig,
+}
+
+
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Differences that make a backup meaningless (RESUME_FREE aside)."""
     diffs = []
-    # A run saved before a field existed used that field's legacy value
-    # (`LEGACY`), else its default: what the code did before the field.
-    saved = {
-        part: {
+    for part, value in current.items():
+        cls = _SECTIONS.get(part)
+        if cls is None or not isinstance(value, dict):
+            if saved.get(part) != value:  # e.g. classification's labels
+                diffs.append(f"{part}: {saved.get(part)!r} -> {value!r}")
+            continue
+        old = {
             **{f.name: f.default for f in dataclasses.fields(cls)},
             **getattr(cls, "LEGACY", {}),
-            **saved.get(part, {}),
+            **(saved.get(part) or {}),
         }
-        for part, cls in (
-            ("model", ModelConfig),
-            ("data", DataConfig),
-            ("train", TrainConfig),
-        )
-    }
-    for part in ("model", "data", "train"):
-        for key, value in current[part].items():
-            if key in RESUME_FREE:
-                continue
-            if saved.get(part, {}).get(key) != value:
-                diffs.append(
-                    f"{key}: {saved.get(part, {}).get(key)!r} -> {value!r}"
-                )
+        for key, new in value.items():
+            if key not in RESUME_FREE and old.get(key) != new:
+                diffs.append(f"{key}: {old.get(key)!r} -> {new!r}")
     return diffs
 
 

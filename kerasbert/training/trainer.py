@@ -1,4 +1,29 @@
-"""The training loop of a run: `model.fit`, or our own multi-worker loop.
+"""The run framework: one training loop, resume and run directory for
+every task.
+
+A task is a small object that knows its model and data; the `Trainer`
+owns everything else: the precision choice (`build.apply_precision`), the
+strategy, the callback stack (`callbacks.callback_stack`: divergence
+guard, epoch-end evaluation, metrics.csv, checkpoints, bit-exact step
+backups), resuming from a backup, and the end of the run. A task supplies:
+
+    metric_names      metrics.csv's metric columns (train logs, validation)
+    unit              what throughput counts ("tokens", "examples")
+    units_per_step    that many per training step
+    validation_split  the split name of the epoch-end validation rows
+    monitor, mode     the metric that picks best.keras, "min" or "max"
+    keep_training_state
+                      False: checkpoints/ and backup/ go once complete
+    build_model(jit)  the compiled model, its weights and optimizer built
+                      (called under the strategy's scope)
+    train_dataset(start_step, num_workers=1, worker_index=0)
+                      batches from global step `start_step` on, the same
+                      ones whether or not the run was resumed
+    evaluate(model)   the epoch-end validation metrics ({}: none)
+    finish(model, finished)
+                      final evaluation and export (model.keras, plots,
+                      ...); returns the summary the Trainer writes to
+                      `run.summary`
 
 `model.fit` drives single-device and `MirroredStrategy` training.
 `MultiWorkerMirroredStrategy` + `fit` fails in Keras 3 (keras-team/keras
@@ -7,272 +32,172 @@ loop of our own: `strategy.run` of a gradient step and the same Keras
 optimizer. Both write the same files and log the same metrics.
 """
 
-import math
+import dataclasses
+import functools
 import os
+import shutil
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kerasbert.errors import TrainingDiverged
-from kerasbert.files import fault_point, write_json_atomic
-from kerasbert.training import (
-    callbacks,
-    evaluation,
-    hardware,
-    optimization,
-    plan,
-)
-from kerasbert.training.build import apply_precision, compile_pretrainer
+from kerasbert.files import write_json_atomic
+from kerasbert.training import callbacks, hardware
+from kerasbert.training.build import apply_precision
+from kerasbert.training.plan import plan_fit_calls
 
 
-def perplexity(mlm_loss):
-    try:
-        return math.exp(mlm_loss)
-    except OverflowError:
-        return float("inf")
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long a run trains and how often it writes."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int  # a train row of metrics.csv every this many steps
+    backup_every: int  # a backup/step-N every this many steps
+
+
+@dataclasses.dataclass
+class Finished:
+    """What a task's `finish` is given besides the model."""
+
+    run: object  # the RunDir
+    rows: list  # metrics.csv's rows as written (strings)
+    row_at: object  # MetricsLogger.row_at: (step, split) -> {metric: value}
+    log_row: object  # MetricsLogger.log_row: adds a row (e.g. a test split)
+    # of the last epoch unless told another
+    best_step: int | None  # the step best.keras was saved at
+    log: object
 
 
 class Trainer:
-    """Trains one run to the end of its `TrainingPlan` (see plan.py).
+    """Trains `task` for `schedule` in `run_dir` (a `RunDir`).
 
-    Everything it needs is given to the constructor; `run()` builds the
-    model, restores a backup when resuming, trains and finishes the run
-    directory (`RunDir`).
+    `precision`: an object with the `precision` and `jit_compile` fields
+    (a TrainConfig or FinetuneConfig); `strategy`: hardware.make_strategy's
+    name; `extra_callbacks`: more Keras callbacks for `model.fit`;
+    `restore_dir`: where to resume from, if not this run's backup/.
     """
 
     def __init__(
         self,
-        model_cfg,
-        data_cfg,
-        train_cfg,
-        tokenizer,
-        corpus,
-        training_plan,
+        task,
+        schedule: Schedule,
         run_dir,
+        precision,
+        strategy: str = "default",
         verbose=1,
         log=print,
-        callbacks=(),
+        extra_callbacks=(),
         restore_dir=None,
     ):
-        self.model_cfg = model_cfg
-        self.data_cfg = data_cfg
-        self.cfg = train_cfg
-        self.tokenizer = tokenizer
-        self.corpus = corpus
-        self.plan = training_plan
+        self.task = task
+        self.schedule = schedule
         self.dir = run_dir
+        self.precision = precision
+        self.strategy_name = strategy
         self.verbose = verbose
         self.log = log
-        self.extra_callbacks = list(callbacks)
-        self.multi_worker = train_cfg.strategy == "multi_worker"
-        self.restore_dir = restore_dir  # where to resume from, if not ours
+        self.extra_callbacks = list(extra_callbacks)
+        self.restore_dir = restore_dir
 
-    # ------------------------------------------------------------------
-    # Data.
-
-    def _dataset_kwargs(self):
-        d = self.data_cfg
-        return dict(
-            sequence_length=d.sequence_length,
-            max_predictions=d.max_predictions,
-            mask_rate=d.mask_rate,
-            whole_word=d.whole_word,
-            nsp_probability=d.nsp_probability,
-            short_seq_prob=d.short_seq_prob,
-        )
-
-    def train_dataset(self, start_batch, num_workers=1, worker_index=0):
-        from kerasbert.data.pretraining import pretraining_dataset
-
-        return pretraining_dataset(
-            self.corpus,
-            self.tokenizer,
-            batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed,
-            document_ids=self.plan.train_ids,
-            repeat=True,
-            start_batch=start_batch,
-            num_workers=num_workers,
-            worker_index=worker_index,
-            **self._dataset_kwargs(),
-        )
-
-    @property
-    def final_eval_batches(self):
-        return self.cfg.final_eval_batches or self.cfg.eval_batches
-
-    def heldout_set(self):
-        """The fixed held-out batches (the same pairs and masks every
-        time), enough for the epoch-end and the final evaluations; None
-        when the plan has none."""
-        from kerasbert.data.pretraining import pretraining_dataset
-
-        if self.plan.heldout_corpus is None:
-            return None
-        ds = pretraining_dataset(
-            self.plan.heldout_corpus,
-            self.tokenizer,
-            batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed + 1,
-            document_ids=self.plan.heldout_ids,
-            repeat=False,
-            **self._dataset_kwargs(),
-        )
-        return evaluation.HeldoutSet(
-            ds, max(self.cfg.eval_batches, self.final_eval_batches)
-        )
-
-    def train_token_counts(self):
-        """Per-token-id counts over the training documents.
-
-        The whole (memory-mapped) corpus is counted in one pass and the
-        documents not trained on, a small share, subtracted: selecting the
-        training documents instead would copy most of the corpus into RAM.
-        """
-        vocab = self.model_cfg.vocabulary_size
-        counts = np.bincount(self.corpus.tokens, minlength=vocab)[:vocab]
-        if self.plan.train_ids is not None:
-            others = np.setdiff1d(
-                np.arange(self.corpus.num_documents), self.plan.train_ids
-            )
-            if len(others):
-                left_out = self.corpus.select_documents(others).tokens
-                counts -= np.bincount(left_out, minlength=vocab)[:vocab]
-        return counts
-
-    # ------------------------------------------------------------------
-    # Model.
-
-    def build(self, strategy, jit):
-        with strategy.scope():
-            model, optimizer = compile_pretrainer(
-                self.model_cfg, self.cfg, self.plan.total_steps, jit
-            )
-            # Build weights and optimizer slots now: a resume loads into them.
-            x, _ = next(iter(self.train_dataset(0).take(1)))
-            model(x, training=False)
-            optimizer.build(model.trainable_variables)
-            copied = []
-            if self.cfg.init_from:  # a resume then loads its backup over it
-                from kerasbert.serving.modeldir import init_from
-
-                copied = init_from(model, self.cfg.init_from)
-                self.log(f"init from {self.cfg.init_from}: {', '.join(copied)}")
-            if self.cfg.mlm_bias_init == "unigram" and "mlm_head" not in copied:
-                # A resume overwrites it with the backup anyway.
-                model.mlm_head.output_bias.assign(
-                    optimization.unigram_log_prior(self.train_token_counts())
-                )
-        return model
-
-    # ------------------------------------------------------------------
-    # The run.
-
-    def run(self, resume=False):
-        cfg, plan = self.cfg, self.plan
-        policy, why, jit = apply_precision(cfg)
-        strategy = hardware.make_strategy(cfg.strategy)
-        self.chief = hardware.is_chief(strategy)
+    def run(self, resume=False) -> dict:
+        """Builds, restores (`resume`), trains and finishes; returns the
+        summary (empty on a non-chief worker)."""
+        task, schedule = self.task, self.schedule
+        policy, why, jit = apply_precision(self.precision)
+        strategy = hardware.make_strategy(self.strategy_name)
+        chief = hardware.is_chief(strategy)
         self.log(
             f"precision: {policy} ({why}); jit_compile: {jit}; "
             f"strategy: {type(strategy).__name__.lstrip('_')} "
             f"({strategy.num_replicas_in_sync} replica(s))"
         )
-        for note in plan.notes:
-            self.log(f"note: {note}")
-
-        self.model = self.build(strategy, jit)
-        self.log(
-            f"model: {self.model.count_params():,} parameters; "
-            f"{plan.total_steps} steps of {cfg.batch_size} x "
-            f"{self.data_cfg.sequence_length} tokens, "
-            f"{plan.steps_per_epoch} steps per epoch"
-        )
-        self.heldout = self.heldout_set()
-
-        run = self.dir
-        backup_dir = run.backup  # a scratch folder on non-chief workers
-        tokens_per_step = cfg.batch_size * self.data_cfg.sequence_length
-        self.metrics = callbacks.MetricsLogger(
-            run.metrics,
-            cfg.log_every,
-            tokens_per_step,
-            total_steps=plan.total_steps,
-        )
-        self.checkpoints = callbacks.CheckpointSaver(run.latest, run.best)
-        self.backup = callbacks.StepBackup(
-            backup_dir,
-            cfg.backup_every,
+        with strategy.scope():
+            model = task.build_model(jit)
+        stack = callbacks.callback_stack(
+            model,
+            self.dir,
+            evaluate=task.evaluate,
+            metric_names=task.metric_names,
+            unit=task.unit,
+            units_per_step=task.units_per_step,
+            validation_split=task.validation_split,
+            monitor=task.monitor,
+            mode=task.mode,
+            log_every=schedule.log_every,
+            backup_every=schedule.backup_every,
+            total_steps=schedule.total_steps,
             restore_dir=self.restore_dir,
-            metrics=self.metrics,
-            checkpoints=self.checkpoints,
             log=self.log,
         )
-        self.guard = callbacks.DivergenceGuard(backups=[self.backup])
-        self.metrics.guard = self.checkpoints.guard = self.guard
-        self.epoch_callbacks = [self.guard]
-        if self.heldout is not None:
-            self.epoch_callbacks.append(
-                evaluation.EpochEvaluation(
-                    self.heldout, self.cfg.eval_batches, guard=self.guard
-                )
-            )
-        # The order matters: see the callbacks module docstring.
-        self.epoch_callbacks += [self.metrics, self.checkpoints, self.backup]
-        for callback in self.epoch_callbacks:
-            callback.set_model(self.model)
 
-        meta = self.backup.restore() if resume else None
+        meta = stack.backup.restore() if resume else None
         start = meta["step"] if meta else 0
         if meta:
             self.log(
                 f"resuming from step {start} (backup in "
-                f"{self.backup.restore_dir})"
+                f"{stack.backup.restore_dir})"
             )
-            self.checkpoints.set_record(meta["best"])
+            stack.checkpoints.set_record(meta["best"])
         elif resume:
             self.log("no backup found; starting from step 0")
-        if self.chief:
-            self.metrics.keep_rows(meta["metrics_rows"] if meta else 0)
+        if chief:
+            stack.metrics.keep_rows(meta["metrics_rows"] if meta else 0)
 
         t0 = time.perf_counter()
-        if self.multi_worker:
-            self._custom_loop(strategy, start)
+        if self.strategy_name == "multi_worker":
+            self._custom_loop(model, stack, strategy, start)
         else:
-            self._fit(start)
+            self._fit(model, stack, start)
         seconds = time.perf_counter() - t0
 
-        if self.guard.diverged_at is not None:
-            raise TrainingDiverged(
-                f"training diverged at step {self.guard.diverged_at} "
-                f"(loss={self.guard.bad_loss}); stopped. The last good "
-                f"checkpoint is {self._last_good_checkpoint()}"
+        if stack.guard.diverged_at is not None:
+            self._diverged(stack)
+        if not chief:
+            return {}
+        summary = self._finish(model, stack)
+        if start:
+            self.log(
+                f"this session trained steps {start + 1}-"
+                f"{schedule.total_steps} in {seconds:.1f} s"
             )
-        return self._finish(start, seconds)
+        return summary
 
-    def _last_good_checkpoint(self):
+    def _diverged(self, stack):
+        guard = stack.guard
+        saved = [p for _, p in stack.backup.backups()]
         if os.path.exists(self.dir.latest):
-            return self.dir.latest
-        backups = self.backup.backups()
-        if backups:
-            return backups[0][1]
-        return "(none: it diverged before the first save)"
+            saved.insert(0, self.dir.latest)
+        if saved:
+            where = f"the last good checkpoint is {saved[0]}"
+        else:
+            # Nothing learned is lost: without the folder the suggested
+            # rerun is a new run, not one "with other settings".
+            shutil.rmtree(self.dir.path, ignore_errors=True)
+            where = "nothing was saved"
+        raise TrainingDiverged(
+            f"training diverged at step {guard.diverged_at} "
+            f"(loss={guard.bad_loss}): a non-finite loss; stopped, {where}; "
+            "try a lower --learning-rate"
+        )
 
-    def _fit(self, start):
+    def _fit(self, model, stack, start):
         callback_list = [
-            *self.epoch_callbacks,
+            *stack.ordered,
             keras.callbacks.TensorBoard(
-                self.dir.logs, update_freq=self.cfg.log_every
+                self.dir.logs,
+                update_freq=self.schedule.log_every,
+                write_graph=False,
             ),
             *self.extra_callbacks,
         ]
-        for initial_epoch, epochs, steps in plan.plan_fit_calls(
-            self.plan.total_steps, self.plan.steps_per_epoch, start
+        for initial_epoch, epochs, steps in plan_fit_calls(
+            self.schedule.total_steps, self.schedule.steps_per_epoch, start
         ):
-            self.model.fit(
-                self.train_dataset(callbacks.global_step(self.model)),
+            model.fit(
+                self.task.train_dataset(callbacks.global_step(model)),
                 initial_epoch=initial_epoch,
                 epochs=epochs,
                 steps_per_epoch=steps,
@@ -280,18 +205,17 @@ class Trainer:
                 shuffle=False,
                 verbose=self.verbose,
             )
-            if self.guard.diverged_at is not None:
+            if stack.guard.diverged_at is not None:
                 return
 
-    def _custom_loop(self, strategy, start):
+    def _custom_loop(self, model, stack, strategy, start):
         """Multi-worker: Keras' own `train_step` under `strategy.run`,
         driving the same callbacks as `fit` (metric windows, backups,
-        held-out rows, checkpoints), so both paths log and save alike.
+        validation rows, checkpoints), so both paths log and save alike.
         Non-chief workers write theirs to a scratch directory."""
-        model = self.model
 
         def dataset_fn(ctx):
-            return self.train_dataset(
+            return self.task.train_dataset(
                 callbacks.global_step(model),
                 num_workers=ctx.num_input_pipelines,
                 worker_index=ctx.input_pipeline_id,
@@ -305,11 +229,9 @@ class Trainer:
             # Read in cross-replica context: sums over every worker.
             return model.get_metrics_result()
 
-        callback_list = keras.callbacks.CallbackList(
-            self.epoch_callbacks, model=model
-        )
-        for first, end, steps in plan.plan_fit_calls(
-            self.plan.total_steps, self.plan.steps_per_epoch, start
+        callback_list = keras.callbacks.CallbackList(stack.ordered, model=model)
+        for first, end, steps in plan_fit_calls(
+            self.schedule.total_steps, self.schedule.steps_per_epoch, start
         ):
             callback_list.set_params({"steps": steps, "epochs": end})
             for epoch in range(first, end):
@@ -326,107 +248,48 @@ class Trainer:
                 if self.verbose:
                     self.log(
                         f"step {callbacks.global_step(model)}/"
-                        f"{self.plan.total_steps} loss "
+                        f"{self.schedule.total_steps} loss "
                         f"{logs['loss']:.4f}"
                     )
                 callback_list.on_epoch_end(epoch, dict(logs))
 
-    # ------------------------------------------------------------------
-    # The end of a run: evaluate, save, plot, export, summarise.
-
-    def _row_at(self, step, split) -> dict:
-        """The metrics of metrics.csv's `split` row at `step` ({}: none)."""
-        for row in reversed(self.metrics.rows):
-            if row["split"] == split and int(row["step"]) == step:
-                return {k: float(row[k]) for k in callbacks.METRIC_COLUMNS}
-        return {}
-
-    def _finish(self, start, seconds):
-        """Final evaluation, checkpoint, backup, model, export, plot and
-        summary. Every step is idempotent and written atomically, and the
-        backup at the last step is taken before the model and export, so a
-        kill anywhere here reruns this function alone."""
-        total = self.plan.total_steps
-        # The last step ends an epoch (see plan_fit_calls), so its held-out
-        # row is there; a larger final evaluation adds a "final" row.
-        epoch_eval = self._row_at(total, "heldout")
-        final_eval = epoch_eval
-        if (
-            self.heldout is not None
-            and self.final_eval_batches != self.cfg.eval_batches
-        ):
-            final_eval = self._row_at(total, "final")
-            if not final_eval:
-                final_eval = self.heldout.evaluate(
-                    self.model, self.final_eval_batches
-                )
-                if self.chief:
-                    self.metrics.log_row(total, "final", final_eval)
-                    # As written (6 digits), as a resumed finish reads it.
-                    final_eval = self._row_at(total, "final")
-        if not self.chief:
-            return {}
-        train_rows = [r for r in self.metrics.rows if r["split"] == "train"]
-        final_train = train_rows[-1] if train_rows else {}
-        # Best-checkpoint losses compare like with like: epoch-end ones.
-        self.checkpoints.save(
-            epoch_eval.get("loss", _num(final_train.get("loss")))
+    def _finish(self, model, stack):
+        """The last checkpoint and backup, then the task's final evaluation
+        and export, then the summary. Every step is idempotent and written
+        atomically, and the backup at the last step is taken before the
+        export, so a kill anywhere here reruns this function alone."""
+        total = self.schedule.total_steps
+        metrics = stack.metrics
+        # The last step ends an epoch (see plan_fit_calls), so its
+        # validation row is there; best-checkpoint values compare like with
+        # like: epoch-end ones (the train value without validation).
+        value = metrics.row_at(total, self.task.validation_split).get(
+            self.task.monitor
         )
-        self.backup.save(total)
-
-        from kerasbert.serving.export import export_saved_model
-        from kerasbert.training.plots import plot_metrics
-
-        callbacks.save_model_atomic(self.model, self.dir.model)
-        fault_point("export")
-        export_saved_model(self.model, self.dir.export)
-        plot_metrics(self.dir.metrics, self.dir.plot)
-
-        # Speed over every session's training windows, so a resumed run
-        # reports its whole training, not the last few steps.
-        train_seconds = sum(_num(r["seconds"]) or 0.0 for r in train_rows)
-        train_tokens = sum(
-            (_num(r["tokens_per_second"]) or 0.0) * (_num(r["seconds"]) or 0.0)
-            for r in train_rows
+        if value is None:
+            train = metrics.row_at(total, "train")
+            value = train.get(self.task.monitor)
+        stack.checkpoints.save(value)
+        stack.backup.save(total)
+        summary = self.task.finish(
+            model,
+            Finished(
+                run=self.dir,
+                rows=metrics.rows,
+                row_at=metrics.row_at,
+                # A resumed finish runs no epoch: the rows it adds belong
+                # to the last one, as in an uninterrupted run.
+                log_row=functools.partial(
+                    metrics.log_row,
+                    epoch=(total - 1) // self.schedule.steps_per_epoch,
+                ),
+                best_step=stack.checkpoints.best_step,
+                log=self.log,
+            ),
         )
-        summary = {
-            "steps": total,
-            "train_seconds": round(train_seconds, 2),
-            "tokens_per_second": round(
-                train_tokens / max(train_seconds, 1e-9), 1
-            ),
-            "batch_size": self.cfg.batch_size,
-            "sequence_length": self.data_cfg.sequence_length,
-            "parameters": int(self.model.count_params()),
-            "precision": keras.mixed_precision.global_policy().name,
-            "train_mlm_accuracy": _num(final_train.get("mlm_accuracy")),
-            "train_nsp_accuracy": _num(final_train.get("nsp_accuracy")),
-            "train_mlm_loss": _num(final_train.get("mlm_loss")),
-            "heldout_batches": (
-                min(len(self.heldout), self.final_eval_batches)
-                if self.heldout
-                else 0
-            ),
-            "heldout_mlm_accuracy": final_eval.get("mlm_accuracy"),
-            "heldout_nsp_accuracy": final_eval.get("nsp_accuracy"),
-            "heldout_mlm_loss": final_eval.get("mlm_loss"),
-            "heldout_mlm_perplexity": (
-                perplexity(final_eval["mlm_loss"]) if final_eval else None
-            ),
-            "best_checkpoint_step": self.checkpoints.best_step,
-        }
-        summary = {
-            k: (float(v) if isinstance(v, np.floating) else v)
-            for k, v in summary.items()
-        }
-        if start:
-            self.log(
-                f"this session trained steps {start + 1}-{total} in "
-                f"{seconds:.1f} s"
-            )
         write_json_atomic(self.dir.summary, summary)
+        if not self.task.keep_training_state:
+            # Complete: the resume state has no use left.
+            shutil.rmtree(self.dir.backup, ignore_errors=True)
+            shutil.rmtree(self.dir.checkpoints, ignore_errors=True)
         return summary
-
-
-def _num(v):
-    return None if v in (None, "") else float(v)

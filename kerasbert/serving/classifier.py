@@ -1,0 +1,110 @@
+"""A fine-tuned classifier directory: loading it, and class probabilities.
+
+What `kerasbert.finetune` writes (see training/finetune.py) is read here,
+once, by `predict`, `export` and the tests.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+
+from kerasbert.data import classification as cls_data
+from kerasbert.errors import UsageError
+
+
+@contextlib.contextmanager
+def flagged(flag):
+    """Prefixes the flag to a `UsageError` that names only a path."""
+    try:
+        yield
+    except UsageError as e:
+        if str(e).startswith("--"):
+            raise
+        raise UsageError(f"{flag}: {e}") from None
+
+
+class Predictor:
+    """Class probabilities of one model, through one traced graph for every
+    batch shape (a new tf.function per call would retrace each time)."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((None, None), tf.int32)
+        self.model = model
+        self._call = tf.function(
+            lambda x: tf.nn.softmax(
+                tf.cast(model(x, training=False), tf.float32)
+            ),
+            input_signature=[
+                {k: spec for k in ("token_ids", "segment_ids", "padding_mask")}
+            ],
+        )
+
+    def __call__(
+        self,
+        encoded,
+        batch_size: int = 64,
+        bucketing: bool = True,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """`[n, classes]` for packed examples, in order. With bucketing the
+        examples run sorted by length, each batch padded to its longest;
+        without it every batch is padded to `max_length`."""
+        lengths = np.array([len(ids) for ids, _ in encoded])
+        order = (
+            np.argsort(lengths, kind="stable")
+            if bucketing
+            else np.arange(len(lengths))
+        )
+        probs = np.zeros((len(encoded), self.model.num_classes), np.float32)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = cls_data.pad_batch(
+                encoded, index, None if bucketing else max_length
+            )
+            probs[index] = self._call(batch).numpy()
+        return probs
+
+
+def predict_proba(
+    model, encoded, batch_size=64, bucketing=True, max_length=None
+):
+    """`Predictor(model)(...)`, for a single call."""
+    return Predictor(model)(encoded, batch_size, bucketing, max_length)
+
+
+def load_classifier(directory: str, checkpoint="model", flag="--model"):
+    """(model, tokenizer, config dict) of a fine-tuned directory, checked:
+    config.json with a "labels" list and the "finetune" settings that
+    encode texts, a classifier (`checkpoint`: model, best or latest) whose
+    ids fit the tokenizer. `flag` names the directory in errors."""
+    from kerasbert.config import read_json_object
+    from kerasbert.serving.modeldir import (
+        check_tokenizer_fits,
+        load_model,
+        load_tokenizer,
+    )
+
+    config = read_json_object(
+        os.path.join(directory, "config.json"),
+        f"{flag}: {directory}/config.json",
+    )
+    finetune = config.get("finetune")
+    if (
+        not isinstance(config.get("labels"), list)
+        or not isinstance(finetune, dict)
+        or "max_length" not in finetune
+    ):
+        raise UsageError(
+            f"{flag}: {directory}: not a fine-tuned classifier (config.json "
+            'has no "labels" list or "finetune" settings)'
+        )
+    tokenizer = load_tokenizer(directory)
+    model = load_model(directory, checkpoint)
+    if not hasattr(model, "num_classes"):
+        raise UsageError(f"{flag}: {directory}: model.keras is no classifier")
+    with flagged(flag):
+        check_tokenizer_fits(model, tokenizer, directory)
+    return model, tokenizer, config
