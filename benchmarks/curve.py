@@ -282,3 +282,7 @@ def markdown(rows):
             f"{each} | {statistics.mean(values):.2f} ± {sd:.2f} | {gain} |"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

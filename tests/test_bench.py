@@ -177,3 +177,54 @@ def test_train_real_data_takes_turns_with_synthetic(
         out["real_data_median_step_s"] / out["median_step_s"], rel=1e-3
     )
     assert out["real_vs_cached_real_step"] > 0
+
+
+@pytest.mark.parametrize("script", ["adapt.py", "curve.py"])
+def test_accuracy_benchmarks_run_as_scripts(script):
+    """`--help` through the interpreter: the script's imports resolve and
+    its main runs (curve.py once lost its `__main__` guard and printed
+    nothing)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--markdown" in done.stdout and "--work" in done.stdout
+
+
+def test_adapt_table_gain_is_the_mean_paired_difference():
+    import adapt
+
+    table = adapt.markdown(
+        [("cola", "mcc", {"base": [10.0, 20.0], "adapt": [13.0, 21.0]})],
+        ["base", "adapt"],
+    )
+    row = table.splitlines()[-1]
+    assert row.startswith("| cola | MCC x 100 | 10.00 / 20.00 (15.00 ± 7.07)")
+    # per-seed gains +3 and +1: mean +2, standard error 1
+    assert row.endswith("gain **+2.00** (± 1.00) |")
+
+
+def test_curve_table_compares_each_point_with_its_own_random_init():
+    import curve
+
+    info = {
+        "heldout_mlm_accuracy": 0.1,
+        "heldout_nsp_accuracy": 0.5,
+        "pretrain_seconds": 60.0,
+    }
+    rows = [
+        (3, 0, {}, [30.0, 40.0], [30.0, 40.0]),
+        (3, 600, info, [50.0, 50.0], [30.0, 40.0]),
+        (8, 0, {}, [70.0, 70.0], [70.0, 70.0]),
+        (8, 600, info, [69.0, 69.0], [70.0, 70.0]),
+    ]
+    lines = curve.markdown(rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert lines[3].endswith("| 50.00 ± 0.00 | +15.00 |")
+    assert lines[5].endswith("| 69.00 ± 0.00 | -1.00 |")
+    assert "| 0.100 / 0.500 |" in lines[5]
