@@ -15,39 +15,13 @@ import os
 
 import numpy as np
 import pytest
+from tiny_finetune import FIXTURES, source_task, tiny_args
 
 from kerasbert.errors import run_cli
 from kerasbert.finetune import main as finetune_main
 from kerasbert.predict import main as predict_main
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
-TINY = [
-    "--from-scratch",
-    "tiny",
-    "--hidden-dim",
-    "32",
-    "--num-layers",
-    "1",
-    "--num-heads",
-    "2",
-    "--intermediate-dim",
-    "64",
-    "--hidden-dropout",
-    "0",
-    "--attention-dropout",
-    "0",
-    "--dropout",
-    "0",
-    "--vocab-size",
-    "300",
-    "--learning-rate",
-    "3e-3",
-    "--batch-size",
-    "16",
-    "--max-length",
-    "64",
-    "--quiet",
-]
+TINY = tiny_args()
 
 
 def fixture(name):
@@ -58,21 +32,7 @@ def fixture(name):
 def single(tmp_path_factory):
     """A classifier directory trained on the single-sentence task."""
     out = str(tmp_path_factory.mktemp("single") / "out")
-    finetune_main(
-        TINY
-        + [
-            "--train",
-            fixture("source_train.tsv"),
-            "--validation",
-            fixture("source_val.tsv"),
-            "--test",
-            fixture("source_val.tsv"),
-            "--epochs",
-            "5",
-            "--output-dir",
-            out,
-        ]
-    )
+    finetune_main(TINY + source_task(epochs=5) + ["--output-dir", out])
     return out
 
 
@@ -232,16 +192,7 @@ def test_a_complete_run_is_left_alone_and_an_old_one_refused(
     """Rerunning a complete run retrains nothing; an unfinished run of the
     former epoch-checkpoint scheme cannot resume: one line, exit 2.
     (Resuming after a kill anywhere: tests/test_resume.py.)"""
-    args = TINY + [
-        "--train",
-        fixture("source_train.tsv"),
-        "--validation",
-        fixture("source_val.tsv"),
-        "--test",
-        fixture("source_val.tsv"),
-        "--epochs",
-        "5",
-    ]
+    args = TINY + source_task(epochs=5)
     finetune_main(args + ["--output-dir", single])
     assert "complete" in capsys.readouterr().err
     old = tmp_path / "old"

@@ -19,10 +19,10 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_finetune import FIXTURES, tiny_args
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
 ARGS = [
     "--max-steps",
     "12",
@@ -69,29 +69,9 @@ FAULTS = [
 
 # Fine-tuning: 12 steps an epoch, backups every 5 steps (so most lie
 # inside an epoch and a metric window), a train row per epoch, dropout on.
-FINETUNE_ARGS = [
-    "--from-scratch",
-    "tiny",
-    "--hidden-dim",
-    "32",
-    "--num-layers",
-    "1",
-    "--num-heads",
-    "2",
-    "--intermediate-dim",
-    "64",
-    "--hidden-dropout",
-    "0.1",
-    "--dropout",
-    "0.2",
-    "--vocab-size",
-    "300",
-    "--learning-rate",
-    "3e-3",
-    "--batch-size",
-    "16",
-    "--max-length",
-    "64",
+FINETUNE_ARGS = tiny_args(
+    hidden_dropout=0.1, attention_dropout=0.1, dropout=0.2
+) + [
     "--train",
     os.path.join(FIXTURES, "source_train.tsv"),
     "--test",
@@ -100,7 +80,6 @@ FINETUNE_ARGS = [
     "2",
     "--backup-every",
     "5",
-    "--quiet",
 ]
 # Sessions resume from steps 5, 10, 10, 10 and, after the export kill, 24.
 FINETUNE_FAULTS = [
