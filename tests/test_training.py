@@ -73,6 +73,61 @@ def test_optimizer_skips_decay_for_layernorm_and_bias():
         optimization.make_optimizer("sgd", 1e-3, total_steps=10)
 
 
+def test_fused_adamw_is_keras_adamw_in_one_kernel():
+    """FusedAdamW (make_optimizer's "adamw") updates weights and slots as
+    Keras' AdamW does, to float32 rounding, with weight decay, decay
+    exclusions, global clipping and a sparse (embedding) gradient; under
+    TensorFlow the update is the fused ResourceApplyAdam op."""
+    import tensorflow as tf
+
+    from kerasbert.modeling import FusedAdamW
+
+    def train(cls):
+        rng = np.random.default_rng(0)
+        shapes = {"kernel": (20, 8), "bias": (8,), "embeddings": (300, 4)}
+        variables = [
+            keras.Variable(rng.normal(size=s).astype("float32"), name=n)
+            for n, s in shapes.items()
+        ]
+        opt = cls(learning_rate=1e-2, weight_decay=0.1, global_clipnorm=1.0)
+        opt.exclude_from_weight_decay(var_names=["bias"])
+        opt.build(variables)
+        step = tf.function(lambda grads: opt.apply(grads, variables))
+        for _ in range(4):
+            grads = [
+                tf.constant(rng.normal(size=shapes[n]).astype("float32"))
+                for n in ("kernel", "bias")
+            ] + [
+                tf.IndexedSlices(  # a repeated row, as in a batch of ids
+                    tf.constant(rng.normal(size=(3, 4)).astype("float32")),
+                    tf.constant([7, 7, 250]),
+                    tf.constant([300, 4]),
+                )
+            ]
+            step(grads)
+        ops = {
+            op.type
+            for f in step.get_concrete_function(grads)
+            .graph.as_graph_def()
+            .library.function
+            for op in f.node_def
+        } | {
+            n.op
+            for n in step.get_concrete_function(grads).graph.as_graph_def().node
+        }
+        return [v.numpy() for v in variables + opt.variables], ops
+
+    expected, keras_ops = train(keras.optimizers.AdamW)
+    got, fused_ops = train(FusedAdamW)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    # The tolerance is far below what the steps moved the weights.
+    start = np.random.default_rng(0).normal(size=(20, 8))
+    assert np.abs(got[0] - start).mean() > 1e-3
+    assert "ResourceApplyAdam" in fused_ops
+    assert "ResourceApplyAdam" not in keras_ops
+
+
 def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():
     """The prior is a distribution ordered like the counts, finite for unseen
     tokens, and a model starting from it scores the unigram entropy instead

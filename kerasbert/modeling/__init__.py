@@ -14,6 +14,7 @@ from kerasbert.modeling.layers import (
     NSPHead,
     Pooler,
 )
+from kerasbert.modeling.optimizers import FusedAdamW
 from kerasbert.modeling.pretrainer import (
     BertPretrainer,
     build_pretrainer,
@@ -28,6 +29,7 @@ __all__ = [
     "BertEmbedding",
     "BertPretrainer",
     "EncoderBlock",
+    "FusedAdamW",
     "MaskedLMHead",
     "NSPHead",
     "Pooler",

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from kerasbert.config import TrainConfig, check_field
+from kerasbert.modeling.optimizers import FusedAdamW
 from kerasbert.modeling.schedules import WarmupLinearDecay
 
 
@@ -41,7 +42,7 @@ def make_optimizer(
         ),
     )
     if name == "adamw":
-        optimizer = keras.optimizers.AdamW(**common)
+        optimizer = FusedAdamW(**common)
     else:
         optimizer = keras.optimizers.Lamb(**common)
     # As in BERT: LayerNorm scales/offsets and biases are not decayed;
