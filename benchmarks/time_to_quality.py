@@ -20,8 +20,8 @@ clipping 1.0.
 Clocks: `train_s` counts the training steps only (input pipeline
 included; held-out evaluation, checkpoints and start-up excluded), the same
 way for both; `wall_s` is everything since the run began. Writes
-`<output-dir>/time_to_quality.jsonl` (one line per evaluation, then a
-summary line) and prints the summary: transformers' accuracy at its last
+`<output-dir>/time_to_quality.jsonl` (the machine: CPU, cores, load, SIMD
+flags; one line per evaluation, then a summary line) and prints the summary: transformers' accuracy at its last
 step (the target) and the `train_s`/`wall_s` at which each run first
 reached it (null: never).
 """
@@ -264,6 +264,7 @@ def run_transformers(a, extra, log):
 
 
 def summary(rows):
+    rows = [r for r in rows if "impl" in r]  # not the machine line
     ref = [r for r in rows if r["impl"] == "transformers"]
     if not ref:
         return None
@@ -291,9 +292,10 @@ def summary(rows):
             else {k: first[k] for k in ("step", "train_s", "wall_s")}
         )
     if out["kerasbert"] and out["transformers"]:
-        out["kerasbert_over_transformers_train_s"] = round(
-            out["kerasbert"]["train_s"] / out["transformers"]["train_s"], 3
-        )
+        for clock in ("train_s", "wall_s"):
+            out[f"kerasbert_over_transformers_{clock}"] = round(
+                out["kerasbert"][clock] / out["transformers"][clock], 3
+            )
     return out
 
 
@@ -332,6 +334,9 @@ def main(argv=None):
     log = Log(os.path.join(a.output_dir, "time_to_quality.jsonl"))
     with open(log.path, "w", encoding="utf-8"):
         pass  # a fresh log per invocation
+    from throughput import cpu_info  # benchmarks/throughput.py, beside this
+
+    log.add({"machine": cpu_info()})
     if a.which in ("both", "transformers"):
         run_transformers(a, extra, log)
     if a.which in ("both", "kerasbert"):
