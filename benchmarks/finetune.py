@@ -168,13 +168,13 @@ def speed(args):
                 bucketing,
             ],
         )
-        # Steady state (epoch 2) and the whole run: both epochs hold the
-        # same examples, so the run's rate is examples over all seconds.
-        seconds = result["train_seconds"]
+        # Steady state (epoch 2) and the whole run: all examples (each
+        # epoch's rate times its seconds) over all seconds.
+        rates, seconds = result["train_examples_per_s"], result["train_seconds"]
         ours[bucketing] = {
-            "epoch_2": result["train_examples_per_s"][-1],
+            "epoch_2": rates[-1],
             "whole_run": round(
-                len(seconds) * args.steps * 32 / sum(seconds), 2
+                sum(r * s for r, s in zip(rates, seconds)) / sum(seconds), 2
             ),
         }
         print(

@@ -38,6 +38,9 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DATA = os.path.join(ROOT, "..", "shared", "data")
 
+# benchmarks/throughput.py, beside this (the script's folder is on sys.path)
+from throughput import cpu_info  # noqa: E402
+
 
 def fit_flags(a, extra, output_dir):
     """kerasbert.fit flags of the recipe (both runs resolve these)."""
@@ -334,8 +337,6 @@ def main(argv=None):
     log = Log(os.path.join(a.output_dir, "time_to_quality.jsonl"))
     with open(log.path, "w", encoding="utf-8"):
         pass  # a fresh log per invocation
-    from throughput import cpu_info  # benchmarks/throughput.py, beside this
-
     log.add({"machine": cpu_info()})
     if a.which in ("both", "transformers"):
         run_transformers(a, extra, log)

@@ -105,15 +105,9 @@ def test_fused_adamw_is_keras_adamw_in_one_kernel():
                 )
             ]
             step(grads)
-        ops = {
-            op.type
-            for f in step.get_concrete_function(grads)
-            .graph.as_graph_def()
-            .library.function
-            for op in f.node_def
-        } | {
-            n.op
-            for n in step.get_concrete_function(grads).graph.as_graph_def().node
+        graph = step.get_concrete_function(grads).graph.as_graph_def()
+        ops = {n.op for n in graph.node} | {
+            n.op for f in graph.library.function for n in f.node_def
         }
         return [v.numpy() for v in variables + opt.variables], ops
 
