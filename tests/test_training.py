@@ -73,14 +73,23 @@ def test_optimizer_skips_decay_for_layernorm_and_bias():
         optimization.make_optimizer("sgd", 1e-3, total_steps=10)
 
 
-def test_fused_adamw_is_keras_adamw_in_one_kernel():
+@pytest.mark.parametrize("accumulate", [None, 2])
+def test_fused_adamw_is_keras_adamw_in_one_kernel(accumulate):
     """FusedAdamW (make_optimizer's "adamw") updates weights and slots as
-    Keras' AdamW does, to float32 rounding, with weight decay, decay
-    exclusions, global clipping and a sparse (embedding) gradient; under
-    TensorFlow the update is the fused ResourceApplyAdam op."""
+    Keras' AdamW does, to float32 rounding, with a warm-up schedule,
+    weight decay, decay exclusions, global clipping, a sparse (embedding)
+    gradient and gradient accumulation; under TensorFlow the update is the
+    fused ResourceApplyAdam op and the schedule runs once per step."""
     import tensorflow as tf
 
     from kerasbert.modeling import FusedAdamW
+
+    class Counted(WarmupLinearDecay):
+        calls = 0
+
+        def __call__(self, step):
+            Counted.calls += 1
+            return super().__call__(step)
 
     def train(cls):
         rng = np.random.default_rng(0)
@@ -89,11 +98,17 @@ def test_fused_adamw_is_keras_adamw_in_one_kernel():
             keras.Variable(rng.normal(size=s).astype("float32"), name=n)
             for n, s in shapes.items()
         ]
-        opt = cls(learning_rate=1e-2, weight_decay=0.1, global_clipnorm=1.0)
+        opt = cls(
+            learning_rate=Counted(1e-2, warmup_steps=2, total_steps=10),
+            weight_decay=0.1,
+            global_clipnorm=1.0,
+            gradient_accumulation_steps=accumulate,
+        )
         opt.exclude_from_weight_decay(var_names=["bias"])
         opt.build(variables)
         step = tf.function(lambda grads: opt.apply(grads, variables))
-        for _ in range(4):
+        Counted.calls = 0
+        for _ in range(6):
             grads = [
                 tf.constant(rng.normal(size=shapes[n]).astype("float32"))
                 for n in ("kernel", "bias")
@@ -109,10 +124,14 @@ def test_fused_adamw_is_keras_adamw_in_one_kernel():
         ops = {n.op for n in graph.node} | {
             n.op for f in graph.library.function for n in f.node_def
         }
-        return [v.numpy() for v in variables + opt.variables], ops
+        return (
+            [v.numpy() for v in variables + opt.variables],
+            ops,
+            Counted.calls,
+        )
 
-    expected, keras_ops = train(keras.optimizers.AdamW)
-    got, fused_ops = train(FusedAdamW)
+    expected, keras_ops, keras_calls = train(keras.optimizers.AdamW)
+    got, fused_ops, fused_calls = train(FusedAdamW)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
     # The tolerance is far below what the steps moved the weights.
@@ -120,6 +139,34 @@ def test_fused_adamw_is_keras_adamw_in_one_kernel():
     assert np.abs(got[0] - start).mean() > 1e-3
     assert "ResourceApplyAdam" in fused_ops
     assert "ResourceApplyAdam" not in keras_ops
+    # One trace: Keras runs the schedule for the update and again for each
+    # decayed variable (kernel, embeddings); FusedAdamW once per step.
+    assert (keras_calls, fused_calls) == (3, 1)
+
+
+def test_load_model_weights_reads_a_keras_file_like_keras(tmp_path):
+    """Weights and optimizer slots come back from a `.keras` checkpoint as
+    `model.load_weights` gives them; the extracted copy does not stay."""
+
+    def model():
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        m.compile(optimizer="adam", loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    saved = model()
+    saved.train_on_batch(np.ones((4, 3)), np.zeros((4, 2)))
+    path = str(tmp_path / "best.keras")
+    saved.save(path)
+    loaded, reference = model(), model()
+    callbacks.load_model_weights(loaded, path)
+    reference.load_weights(path)
+    values = [v.numpy() for v in loaded.weights + loaded.optimizer.variables]
+    assert values[0].tolist() == saved.weights[0].numpy().tolist()
+    expected = reference.weights + reference.optimizer.variables
+    for got, want in zip(values, expected):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert os.listdir(tmp_path) == ["best.keras"]
 
 
 def test_unigram_prior_starts_the_mlm_head_at_word_frequencies():

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -56,6 +58,20 @@ def save_model_atomic(model, path: str, fault: str | None = None) -> None:
         model.save(tmp, overwrite=True)
         if fault:
             fault_point(fault)
+
+
+def load_model_weights(model, path: str) -> None:
+    """`model.load_weights(path)` for a `.keras` file, from an extracted
+    copy of its weights: Keras reads them inside the zip, where each of
+    h5py's backward seeks makes Python 3.11's zipfile re-read the entry
+    from its start: 7.4 s against 0.7 s for a MiniLM classifier's
+    checkpoint with its optimizer state (260 MiB; 2026-12-02, 2-core
+    EPYC). The copy sits beside `path` (same disk) and goes when loaded."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".weights-") as tmp:
+        with zipfile.ZipFile(path) as archive:
+            weights = archive.extract("model.weights.h5", tmp)
+        model.load_weights(weights)
 
 
 def _hidden_state(model, metrics=True):

@@ -370,12 +370,15 @@ class ClassificationTask:
         """Best epoch -> float32 model.keras, its validation and test
         metrics, confusion.png; returns metrics.json's dict."""
         from kerasbert.serving.export import float32_copy
-        from kerasbert.training.callbacks import save_model_atomic
+        from kerasbert.training.callbacks import (
+            load_model_weights,
+            save_model_atomic,
+        )
         from kerasbert.training.plots import plot_confusion
 
         cfg, data, run = self.cfg, self.data, finished.run
         best_epoch = finished.best_step // self.steps_per_epoch
-        model.load_weights(run.best)
+        load_model_weights(model, run.best)
         # Saved in float32 whatever the training precision (the variables
         # are float32 either way), so it computes the same on every machine.
         best = float32_copy(model)
