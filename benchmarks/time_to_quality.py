@@ -160,7 +160,15 @@ def run_transformers(a, extra, log):
         model_cfg, data_cfg, train_cfg, tokenizer, corpus, plan
     )
     batches = task.train_dataset(0).as_numpy_iterator()
-    evaluation = [(x, y) for x, y in task.heldout_set().batches]
+    heldout_set = task.heldout_set()
+    if heldout_set is None:
+        print(
+            f"time_to_quality.py: --corpus {a.corpus}: too small to hold "
+            "batches out; pass --heldout-corpus",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    evaluation = [(x, y) for x, y in heldout_set.batches]
 
     torch.manual_seed(a.seed)
     model = transformers.BertForPreTraining(

@@ -196,6 +196,52 @@ def test_accuracy_benchmarks_run_as_scripts(script):
     assert "--markdown" in done.stdout and "--work" in done.stdout
 
 
+def test_time_to_quality_runs_both_and_summarises(tmp_path):
+    """benchmarks/time_to_quality.py at tiny scale on the test corpus (no
+    ../shared): both runs log held-out accuracy at the same steps, and the
+    summary's target and first crossings come from those rows."""
+    import subprocess
+
+    fixture = os.path.join(os.path.dirname(BENCHMARKS), "tests", "fixtures")
+    corpus = os.path.join(fixture, "wikitext_sample.raw")
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "time_to_quality.py"),
+            *("--size", "tiny", "--sequence-length", "64"),
+            *("--batch-size", "8", "--max-steps", "20"),
+            *("--eval-every", "10", "--eval-batches", "2"),
+            *("--corpus", corpus, "--heldout-corpus", corpus),
+            *("--tokenizer", "", "--output-dir", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "time_to_quality.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert "flags" in rows[0]["machine"]
+    summary = rows[-1]["summary"]
+    runs = {
+        impl: [r for r in rows if r.get("impl") == impl]
+        for impl in ("transformers", "kerasbert")
+    }
+    for impl, logged in runs.items():
+        assert [r["step"] for r in logged] == [10, 20], impl
+        for r in logged:
+            assert 0 <= r["mlm_accuracy"] <= 1
+            assert 0 < r["train_s"] <= r["wall_s"]
+    target = runs["transformers"][-1]["mlm_accuracy"]
+    assert summary["target"] == {"mlm_accuracy": target, "step": 20}
+    for impl, logged in runs.items():
+        first = next((r for r in logged if r["mlm_accuracy"] >= target), None)
+        expected = first and {
+            k: first[k] for k in ("step", "train_s", "wall_s")
+        }
+        assert summary[impl] == expected, impl
+
+
 def test_adapt_table_gain_is_the_mean_paired_difference():
     import adapt
 
