@@ -56,6 +56,10 @@ RECIPE = [
     "--final-eval-batches",
     "100",
 ]
+# Fine-tuning (epochs, learning rate) of the first curves: the defaults, and
+# the one recipe whose run folders carry no -e/-lr tag (older work folders
+# stay readable).
+FIRST_RECIPE = (3, 3e-4)
 
 
 def corpus(data, work):
@@ -181,10 +185,15 @@ def main():
         default=os.path.join(tempfile.gettempdir(), "kerasbert-curve-bench"),
     )
     parser.add_argument(
-        "--epochs", default="3", help="fine-tuning epochs, one curve each"
+        "--epochs",
+        default=str(FIRST_RECIPE[0]),
+        help="fine-tuning epochs, one curve each",
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=3e-4, help="fine-tuning"
+        "--learning-rate",
+        type=float,
+        default=FIRST_RECIPE[1],
+        help="fine-tuning",
     )
     parser.add_argument("--plot", help="write the curve to this PNG")
     parser.add_argument(
@@ -203,7 +212,7 @@ def main():
     for epochs in (int(e) for e in args.epochs.split(",")):
         curve = points.setdefault(epochs, {})
         tag = ""
-        if (epochs, args.learning_rate) != (3, 3e-4):
+        if (epochs, args.learning_rate) != FIRST_RECIPE:
             tag = f"-e{epochs}-lr{args.learning_rate:g}"
         for steps in [0, *(int(s) for s in args.steps.split(","))]:
             info = {}
