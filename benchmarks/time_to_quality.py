@@ -21,9 +21,9 @@ Clocks: `train_s` counts the training steps only (input pipeline
 included; held-out evaluation, checkpoints and start-up excluded), the same
 way for both; `wall_s` is everything since the run began. Writes
 `<output-dir>/time_to_quality.jsonl` (the machine: CPU, cores, load, SIMD
-flags; one line per evaluation, then a summary line) and prints the summary: transformers' accuracy at its last
-step (the target) and the `train_s`/`wall_s` at which each run first
-reached it (null: never).
+flags; one line per evaluation, then a summary line) and prints the
+summary: transformers' accuracy at its last step (the target) and the
+`train_s`/`wall_s` at which each run first reached it (null: never).
 """
 
 import argparse

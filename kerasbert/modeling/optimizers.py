@@ -26,30 +26,33 @@ class FusedAdamW(keras.optimizers.AdamW):
     variables a tf.distribute strategy mirrors (the kernel updates one
     device's copy)."""
 
-    def _fused(self, variable) -> bool:
-        """Whether TF's kernel updates `variable`: TensorFlow, no amsgrad,
-        inside `_backend_apply_gradients`, and the variable and its slots
-        plain (not mirrored) resource variables."""
+    def _kernel_operands(self, variable):
+        """(variable, m, v) as the resource variables TF's kernel updates,
+        or None where Keras' update runs: not TensorFlow, amsgrad, outside
+        `_backend_apply_gradients`, or a mirrored variable or slot."""
         if (
             keras.backend.backend() != "tensorflow"
             or self.amsgrad
             or getattr(self, "_scalars", None) is None
         ):
-            return False
+            return None
         import tensorflow as tf
 
         index = self._get_variable_index(variable)
-        return all(
-            not isinstance(x, tf.distribute.DistributedValues)
-            and hasattr(x, "handle")
-            for x in (
-                variable.value
-                if isinstance(variable, keras.Variable)
-                else variable,
-                self._momentums[index].value,
-                self._velocities[index].value,
-            )
+        operands = (
+            variable.value
+            if isinstance(variable, keras.Variable)
+            else variable,
+            self._momentums[index].value,
+            self._velocities[index].value,
         )
+        if any(
+            isinstance(x, tf.distribute.DistributedValues)
+            or not hasattr(x, "handle")
+            for x in operands
+        ):
+            return None
+        return operands
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         # This step's scalars (see update_step), made while it is traced.
@@ -62,18 +65,16 @@ class FusedAdamW(keras.optimizers.AdamW):
     def _apply_weight_decay(self, variables):
         # The fused ones decay in update_step.
         super()._apply_weight_decay(
-            [v for v in variables if not self._fused(v)]
+            [v for v in variables if self._kernel_operands(v) is None]
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        if not self._fused(variable):
+        operands = self._kernel_operands(variable)
+        if operands is None:
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
 
-        var = (
-            variable.value if isinstance(variable, keras.Variable) else variable
-        )
-        index = self._get_variable_index(variable)
+        var, m, v = operands
         # The step's learning rate and beta powers, made once per step and
         # dtype: Keras makes them again for every variable and runs the
         # schedule again for every decayed one (~850 of a MiniLM training
@@ -99,8 +100,8 @@ class FusedAdamW(keras.optimizers.AdamW):
             var.assign_sub(var * wd * scalars["lr"])
         tf.raw_ops.ResourceApplyAdam(
             var=var.handle,
-            m=self._momentums[index].value.handle,
-            v=self._velocities[index].value.handle,
+            m=m.handle,
+            v=v.handle,
             # IndexedSlices (an embedding's gradient) become dense, as in
             # Keras' update.
             grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
