@@ -300,8 +300,9 @@ def _state(model):
 def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
     model, x, y = _tiny_pretrainer()
     backup_dir = tmp_path / "backup"
-    backup = callbacks.StepBackup(str(backup_dir), every=1)
-    model.fit(x, y, epochs=4, verbose=0, callbacks=[backup])
+    counter = callbacks.StepCounter()
+    backup = callbacks.StepBackup(str(backup_dir), every=1, counter=counter)
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[counter, backup])
     # The last two, whole: no temp folders left.
     assert sorted(os.listdir(backup_dir)) == ["step-3", "step-4"]
     meta = json.loads((backup_dir / "step-4" / "meta.json").read_text())
@@ -312,14 +313,14 @@ def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
     fresh, _, _ = _tiny_pretrainer()
     assert not all(np.array_equal(a, b) for a, b in zip(saved, _state(fresh)))
     restore = callbacks.StepBackup(
-        str(backup_dir), every=1, log=messages.append
+        str(backup_dir), every=1, counter=None, log=messages.append
     )
     restore.set_model(fresh)
     assert restore.restore()["step"] == 4
     # Weights, optimizer slots and step, dropout seed states, metric sums.
     for a, b in zip(saved, _state(fresh)):
         np.testing.assert_array_equal(a, b)
-    assert callbacks.global_step(fresh) == 4
+    assert callbacks.optimizer_step(fresh) == 4
     assert not messages
 
     # A truncated newest backup is named in one line; the one before is used.
@@ -327,7 +328,7 @@ def test_step_backup_restores_every_state_and_skips_a_damaged_one(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     other, _, _ = _tiny_pretrainer()
     restore = callbacks.StepBackup(
-        str(backup_dir), every=1, log=messages.append
+        str(backup_dir), every=1, counter=None, log=messages.append
     )
     restore.set_model(other)
     assert restore.restore()["step"] == 3
@@ -383,7 +384,9 @@ def test_gradient_accumulation_updates_every_k_steps():
 def test_checkpoints_never_saved_with_a_non_finite_loss(tmp_path):
     model, _, _ = _tiny_pretrainer()
     saver = callbacks.CheckpointSaver(
-        str(tmp_path / "latest.keras"), str(tmp_path / "best.keras")
+        str(tmp_path / "latest.keras"),
+        str(tmp_path / "best.keras"),
+        callbacks.StepCounter(),
     )
     saver.set_model(model)
     saver.save(float("nan"))
@@ -520,9 +523,12 @@ def test_gradient_accumulation_survives_backup_and_restore(tmp_path):
         )
     )
     model.optimizer.build(model.trainable_variables)
-    backup = callbacks.StepBackup(str(tmp_path / "backup"), every=4)
-    model.fit(x, y, epochs=4, verbose=0, callbacks=[backup])
-    assert callbacks.global_step(model) == 4
+    counter = callbacks.StepCounter()
+    backup = callbacks.StepBackup(
+        str(tmp_path / "backup"), every=4, counter=counter
+    )
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[counter, backup])
+    assert counter.step == callbacks.optimizer_step(model) == 4
     assert int(model.optimizer.iterations.numpy()) == 1  # updates
     saved = _state(model)
 
@@ -533,7 +539,9 @@ def test_gradient_accumulation_survives_backup_and_restore(tmp_path):
         )
     )
     fresh.optimizer.build(fresh.trainable_variables)
-    restore = callbacks.StepBackup(str(tmp_path / "backup"), every=4)
+    restore = callbacks.StepBackup(
+        str(tmp_path / "backup"), every=4, counter=None
+    )
     restore.set_model(fresh)
     assert restore.restore()["step"] == 4
     for a, b in zip(saved, _state(fresh)):

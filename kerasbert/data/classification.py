@@ -23,6 +23,15 @@ the raw-text SavedModel mirrors). With bucketing, batches hold texts of
 similar length and are padded to their longest text; without it, every
 batch is padded to `max_length`. Padding is masked, so both give the same
 predictions; bucketing just skips the work on padding.
+
+Under XLA (`fixed_shapes`) every new input shape is a new compiled program
+(seconds each on a CPU, more on a GPU), so a batch's length is rounded up
+to `xla_length`'s ladder and its row count is always `batch_size`: the last
+batch is filled with copies of its first row, weighted 0. The padding rows
+cost compute, never a metric: the loss is the weighted mean
+(`mean_with_sample_weight`) and accuracy is weighted. Programs per
+function: at most `len(xla_lengths(max_length))`, 4 for length 64, 8 for
+128, 14 for 512.
 """
 
 import csv
@@ -43,6 +52,10 @@ _FLOAT = re.compile(
 # Batches are formed from sorted windows of this many batches: lengths
 # within a window are similar, yet batch contents still vary per epoch.
 _WINDOW_BATCHES = 50
+# XLA's length ladder: steps of 16 up to 128 (at most 15 padding tokens, a
+# few % of a short batch's work), then of 64 (a longer batch's padding
+# matters less than another program to compile).
+_XLA_STEPS = ((128, 16), (None, 64))
 
 
 @dataclass
@@ -420,6 +433,31 @@ def batch_order(
     return batches
 
 
+def xla_length(longest: int, max_length: int) -> int:
+    """`longest` rounded up to the ladder (see the module docstring),
+    never beyond `max_length`."""
+    for limit, step in _XLA_STEPS:
+        if limit is None or longest <= limit:
+            return min(max_length, -(-longest // step) * step)
+
+
+def xla_lengths(max_length: int) -> list[int]:
+    """Every length `xla_length` gives for texts up to `max_length`."""
+    return sorted({xla_length(n, max_length) for n in range(1, max_length + 1)})
+
+
+def fixed_shape(encoded, index, batch_size, max_length, bucketing):
+    """(index, length, weights) of a batch in XLA's shapes: `index` filled
+    to `batch_size` rows with its first one, those copies weighted 0, and
+    the length from the ladder (`max_length` without bucketing)."""
+    filler = batch_size - len(index)
+    weights = np.concatenate([np.ones(len(index)), np.zeros(filler)])
+    index = np.concatenate([index, np.repeat(index[:1], filler)])
+    longest = max(len(encoded[i][0]) for i in index)
+    length = xla_length(longest, max_length) if bucketing else max_length
+    return index, length, weights.astype(np.float32)
+
+
 def pad_batch(encoded, index, length: int | None = None) -> dict:
     """Model inputs of the examples `index`, padded to `length` (default:
     the longest of them)."""
@@ -454,11 +492,14 @@ def training_dataset(
     first_epoch: int,
     epochs: int,
     skip: int = 0,
+    fixed_shapes: bool = False,
 ):
-    """tf.data of (inputs, label) batches for epochs `first_epoch`..
+    """tf.data of (inputs, label, weight) batches for epochs `first_epoch`..
     `epochs - 1`, one after the other, less the first `skip` batches of
     `first_epoch`. Epoch e's order depends only on (seed, e), so a run
-    resumed at any step sees the batches it would have seen."""
+    resumed at any step sees the batches it would have seen.
+    `fixed_shapes`: XLA's shapes (module docstring); else every weight
+    is 1."""
     import tensorflow as tf
 
     lengths = [len(ids) for ids, _ in encoded]
@@ -470,17 +511,24 @@ def training_dataset(
             if epoch == first_epoch:
                 order = order[skip:]
             for index in order:
+                if fixed_shapes:
+                    index, length, weights = fixed_shape(
+                        encoded, index, batch_size, max_length, bucketing
+                    )
+                else:
+                    length = None if bucketing else max_length
+                    weights = np.ones(len(index), np.float32)
                 yield (
-                    pad_batch(
-                        encoded, index, None if bucketing else max_length
-                    ),
+                    pad_batch(encoded, index, length),
                     labels[index],
+                    weights,
                 )
 
     spec = tf.TensorSpec((None, None), tf.int32)
     signature = (
         {k: spec for k in ("token_ids", "segment_ids", "padding_mask")},
         tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((None,), tf.float32),
     )
     from kerasbert.data.tfdata import without_autotune
 

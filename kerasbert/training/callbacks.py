@@ -1,9 +1,9 @@
 """Keras callbacks of a run: backups, divergence, metrics, checkpoints.
 
 Their order in `fit` matters and `callback_stack` is the one place that
-builds them: DivergenceGuard first (the others skip saving once it fired),
-then the epoch-end evaluation (`EpochEvaluation`, which adds `val_*` to the
-epoch's logs), then MetricsLogger, CheckpointSaver and StepBackup last, so
+builds them: StepCounter first (every other callback reads its step), then
+DivergenceGuard (the others skip saving once it fired), then the epoch-end
+evaluation (`EpochEvaluation`, which adds `val_*` to the epoch's logs), then MetricsLogger, CheckpointSaver and StepBackup last, so
 an epoch-end backup is written after that epoch's validation row and
 checkpoint: a resume from it never skips them. Each callback gets what it
 reads from the others as a constructor argument; none sets another's
@@ -35,11 +35,37 @@ from kerasbert.files import (
 )
 
 
-def global_step(model) -> int:
-    """Batches trained so far. With gradient accumulation the optimizer's
-    `iterations` counts updates (batches // k); `_iterations` counts
-    batches, which is what the data position and every schedule here use."""
-    return int(model.optimizer._iterations.numpy())
+class StepCounter(keras.callbacks.Callback):
+    """The run's one step counter: batches trained so far, which is what
+    the data position, metrics.csv, backups, resume and the best-checkpoint
+    record use.
+
+    Counted here rather than read off the optimizer, whose counters mean
+    other things under its wrappers: with gradient accumulation
+    `iterations` counts updates (batches // k); under loss scaling
+    (mixed_float16) the compiled optimizer is a `LossScaleOptimizer` whose
+    own `_iterations` never moves, and the inner one's moves only on steps
+    whose gradients were finite (an overflowing step is skipped). It comes
+    first in the callback stack, so every callback after it sees this
+    batch's step.
+    """
+
+    def __init__(self, step: int = 0):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+
+
+def optimizer_step(model) -> int:
+    """The innermost optimizer's batch counter (`_iterations`; loss
+    scaling wraps it): a backup records it, so a restore can tell that
+    Keras really loaded the optimizer state."""
+    optimizer = model.optimizer
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return int(optimizer._iterations.numpy())
 
 
 def weights_finite(model) -> bool:
@@ -134,6 +160,7 @@ class StepBackup(keras.callbacks.Callback):
         self,
         backup_dir,
         every,
+        counter,
         restore_dir=None,
         metrics=None,
         checkpoints=None,
@@ -144,6 +171,7 @@ class StepBackup(keras.callbacks.Callback):
         self.dir = backup_dir
         self.restore_dir = restore_dir or backup_dir
         self.every = every
+        self.counter = counter  # StepCounter: the step of each backup
         self.metrics = metrics  # MetricsLogger: its row count is saved
         self.checkpoints = checkpoints  # CheckpointSaver: its best record
         self.guard = guard  # DivergenceGuard: no backup once it fired
@@ -176,6 +204,7 @@ class StepBackup(keras.callbacks.Callback):
             save_hidden_state(self.model, os.path.join(tmp, "state.npz"))
             meta = {
                 "step": step,
+                "optimizer_step": optimizer_step(self.model),
                 "epoch_end": epoch_end,
                 "metrics_rows": (len(self.metrics.rows) if self.metrics else 0),
                 "best": (
@@ -195,12 +224,12 @@ class StepBackup(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 == (self.params or {}).get("steps"):
             return  # an epoch's last step: on_epoch_end saves
-        step = global_step(self.model)
+        step = self.counter.step
         if step % self.every == 0:
             self.save(step)
 
     def on_epoch_end(self, epoch, logs=None):
-        step = global_step(self.model)
+        step = self.counter.step
         if step % self.every == 0:
             self.save(step, epoch_end=True)
 
@@ -219,7 +248,8 @@ class StepBackup(keras.callbacks.Callback):
 
     def restore(self) -> dict | None:
         """Loads the newest good backup into the built, compiled model and
-        returns its meta (None: no backup). Damaged ones are named and
+        returns its meta (None: no backup); the caller sets the step
+        counter to its "step". Damaged ones are named and
         skipped, never silently."""
         model = self.model
         for step, folder in self.backups(self.restore_dir):
@@ -239,7 +269,9 @@ class StepBackup(keras.callbacks.Callback):
                 self._pending_state = values[
                     len(hidden) - len(model.metrics_variables) :
                 ]
-            if global_step(model) != step:
+            # (Backups written before "optimizer_step" was recorded come
+            # from float32 runs, where it equals the step.)
+            if optimizer_step(model) != meta.get("optimizer_step", step):
                 # Keras skips (with a warning) optimizer state of another
                 # shape, e.g. a backup from before the fused QKV kernel.
                 raise UsageError(
@@ -265,13 +297,14 @@ class StepBackup(keras.callbacks.Callback):
 class DivergenceGuard(keras.callbacks.Callback):
     """Stops at the first non-finite loss, before anything saves NaNs.
 
-    It comes first in the callback stack: the callbacks after it are given
-    it and skip saving once `diverged_at` is set, so the last good files
-    survive.
+    It comes first in the callback stack (after the step counter): the
+    callbacks after it are given it and skip saving once `diverged_at` is
+    set, so the last good files survive.
     """
 
-    def __init__(self):
+    def __init__(self, counter):
         super().__init__()
+        self.counter = counter
         self.diverged_at = None
         self.bad_loss = None
 
@@ -279,7 +312,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         fault_point("train_step")
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.diverged_at = global_step(self.model)
+            self.diverged_at = self.counter.step
             self.bad_loss = float(loss)
             self.model.stop_training = True
 
@@ -339,12 +372,14 @@ class MetricsLogger(keras.callbacks.Callback):
         metric_names,
         unit,
         units_per_step,
+        counter,
         validation_split="validation",
         guard=None,
         total_steps=None,
     ):
         super().__init__()
         self.path = path
+        self.counter = counter
         self.every = every
         self.metric_names = tuple(metric_names)
         self.columns = csv_columns(metric_names, unit)
@@ -419,7 +454,7 @@ class MetricsLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._window_steps += 1
-        step = global_step(self.model)
+        step = self.counter.step
         if _diverged(self.guard):
             return
         if step % self.every and step != self.total_steps:
@@ -451,9 +486,7 @@ class MetricsLogger(keras.callbacks.Callback):
             k[4:]: v for k, v in (logs or {}).items() if k.startswith("val_")
         }
         if held_out:
-            self.log_row(
-                global_step(self.model), self.validation_split, held_out
-            )
+            self.log_row(self.counter.step, self.validation_split, held_out)
 
 
 class CheckpointSaver(keras.callbacks.Callback):
@@ -462,8 +495,11 @@ class CheckpointSaver(keras.callbacks.Callback):
     is no validation). A model with a non-finite value or weights is never
     saved: the files left are the last good ones."""
 
-    def __init__(self, latest, best, monitor="loss", mode="min", guard=None):
+    def __init__(
+        self, latest, best, counter, monitor="loss", mode="min", guard=None
+    ):
         super().__init__()
+        self.counter = counter
         self.latest = latest
         self.best_path = best
         self.monitor = monitor
@@ -501,7 +537,7 @@ class CheckpointSaver(keras.callbacks.Callback):
         save_model_atomic(self.model, self.latest, fault="checkpoint")
         if self.sign * value < self.best:
             self.best = self.sign * float(value)
-            self.best_step = global_step(self.model)
+            self.best_step = self.counter.step
             # The model just written: link it rather than serialise again.
             copy_atomic(self.latest, self.best_path)
             write_json_atomic(
@@ -513,6 +549,7 @@ class CheckpointSaver(keras.callbacks.Callback):
 class CallbackStack:
     """The callbacks of a run, in the one order `fit` must call them."""
 
+    counter: StepCounter
     guard: DivergenceGuard
     evaluation: EpochEvaluation | None
     metrics: MetricsLogger
@@ -521,7 +558,8 @@ class CallbackStack:
 
     @property
     def ordered(self) -> list:
-        first = [self.guard] + ([self.evaluation] if self.evaluation else [])
+        first = [self.counter, self.guard]
+        first += [self.evaluation] if self.evaluation else []
         return first + [self.metrics, self.checkpoints, self.backup]
 
 
@@ -545,7 +583,8 @@ def callback_stack(
     """Builds a run's callbacks (see the module docstring for the order),
     each given what it reads from the ones before it. `run`: a `RunDir`;
     `evaluate(model)`: the epoch-end validation metrics, or None."""
-    guard = DivergenceGuard()
+    counter = StepCounter()
+    guard = DivergenceGuard(counter)
     evaluation = EpochEvaluation(evaluate, guard=guard) if evaluate else None
     metrics = MetricsLogger(
         run.metrics,
@@ -553,23 +592,27 @@ def callback_stack(
         metric_names,
         unit,
         units_per_step,
+        counter,
         validation_split=validation_split,
         guard=guard,
         total_steps=total_steps,
     )
     checkpoints = CheckpointSaver(
-        run.latest, run.best, monitor=monitor, mode=mode, guard=guard
+        run.latest, run.best, counter, monitor=monitor, mode=mode, guard=guard
     )
     backup = StepBackup(
         run.backup,
         backup_every,
+        counter,
         restore_dir=restore_dir,
         metrics=metrics,
         checkpoints=checkpoints,
         guard=guard,
         log=log,
     )
-    stack = CallbackStack(guard, evaluation, metrics, checkpoints, backup)
+    stack = CallbackStack(
+        counter, guard, evaluation, metrics, checkpoints, backup
+    )
     for callback in stack.ordered:
         callback.set_model(model)
     return stack

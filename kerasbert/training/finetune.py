@@ -313,11 +313,13 @@ class ClassificationTask:
             for ex in (data.train, data.validation)
         )
         self.predict = None  # the trained model's Predictor
+        self.jit = False  # XLA: batches in fixed shapes (build_model's)
 
     def build_model(self, jit):
         from kerasbert.training.build import compile_classifier
 
         cfg, data = self.cfg, self.data
+        self.jit = jit
         self.log(
             f"{len(data.train)} training / {len(data.validation)} validation"
             f"{f' / {len(data.test)} test' if data.test else ''} examples; "
@@ -334,10 +336,10 @@ class ClassificationTask:
         # Optimizer slots and the compiled metrics' sums exist only after
         # a first step; a resume loads into them, so make them now.
         model.optimizer.build(model.trainable_variables)
-        x, y = next(iter(self.train_dataset(0).take(1)))
-        model.compute_metrics(x, y, model(x, training=False))
+        x, y, w = next(iter(self.train_dataset(0).take(1)))
+        model.compute_metrics(x, y, model(x, training=False), w)
         model.reset_metrics()
-        self.predict = Predictor(model)
+        self.predict = Predictor(model, jit)
         return model
 
     def train_dataset(self, start_step, num_workers=1, worker_index=0):
@@ -353,6 +355,7 @@ class ClassificationTask:
             first_epoch,
             cfg.epochs,
             skip=skip,
+            fixed_shapes=self.jit,
         )
 
     def evaluate(self, model) -> dict:

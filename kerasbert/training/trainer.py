@@ -140,6 +140,7 @@ class Trainer:
                 f"resuming from step {start} (backup in "
                 f"{stack.backup.restore_dir})"
             )
+            stack.counter.step = start
             stack.checkpoints.set_record(meta["best"])
         elif resume:
             self.log("no backup found; starting from step 0")
@@ -197,7 +198,7 @@ class Trainer:
             self.schedule.total_steps, self.schedule.steps_per_epoch, start
         ):
             model.fit(
-                self.task.train_dataset(callbacks.global_step(model)),
+                self.task.train_dataset(stack.counter.step),
                 initial_epoch=initial_epoch,
                 epochs=epochs,
                 steps_per_epoch=steps,
@@ -216,7 +217,7 @@ class Trainer:
 
         def dataset_fn(ctx):
             return self.task.train_dataset(
-                callbacks.global_step(model),
+                stack.counter.step,
                 num_workers=ctx.num_input_pipelines,
                 worker_index=ctx.input_pipeline_id,
             )
@@ -247,7 +248,7 @@ class Trainer:
                         return
                 if self.verbose:
                     self.log(
-                        f"step {callbacks.global_step(model)}/"
+                        f"step {stack.counter.step}/"
                         f"{self.schedule.total_steps} loss "
                         f"{logs['loss']:.4f}"
                     )
