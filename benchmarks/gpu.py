@@ -10,8 +10,12 @@ it: `throughput.compiled_pretrainer`) for `base` and `large` at sequence
 128 and `base` at 512, in mixed bfloat16 and float16, with XLA and (TF
 only: under JAX every step is XLA) without; keras-hub's `BertBackbone` with
 the same heads (masked-LM on the masked positions, a dense NSP head) where
-keras_hub imports; and fine-tuning (`BertClassifier`, `base`, sequence 128)
-examples/s.
+keras_hub imports; fine-tuning (`BertClassifier`, `base`, sequence 128)
+examples/s; and a whole fine-tuning epoch on texts of varied length
+(`finetune_epoch`), compilation included, in XLA's fixed shapes
+(`ladder`: data/classification.py's length ladder and constant rows, as
+`finetune --jit-compile on` trains) against each batch padded to its own
+longest text (`longest`: a program per shape, as before the ladder).
 
 Every step runs through `model.fit` on a synthetic batch repeated (random
 ids, 20 predictions per 128 tokens, vocabulary 30,522), so the input
@@ -229,6 +233,51 @@ def measure_finetuning(impl, dims, seq, batch, precision, xla, a):
     return step, flops * batch * seq
 
 
+def varied_lengths(n, max_length, seed=0):
+    """Text lengths shaped like tweets and reviews in BERT's vocabulary:
+    log-normal around 24 tokens, a long tail cut at `max_length`."""
+    rng = np.random.default_rng(seed)
+    lengths = np.exp(rng.normal(np.log(24), 0.6, n)).astype(int)
+    return np.clip(lengths, 4, max_length)
+
+
+def measure_finetune_epoch(impl, dims, seq, batch, precision, xla, a):
+    """(seconds, examples, programs) of one epoch of `a.epoch_examples`
+    varied-length examples through `model.fit`, compilation included."""
+    from kerasbert.config import FinetuneConfig
+    from kerasbert.data import classification as cls_data
+    from kerasbert.training.build import compile_classifier
+
+    cfg = ModelConfig(**{**dims, "vocabulary_size": a.vocab})
+    keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+    model = compile_classifier(cfg, 6, FinetuneConfig(), 10_000, xla)
+    rng = np.random.default_rng(0)
+    encoded = [
+        (list(rng.integers(5, a.vocab, n)), [0] * n)
+        for n in varied_lengths(a.epoch_examples, seq)
+    ]
+    lengths = [len(ids) for ids, _ in encoded]
+    labels = rng.integers(0, 6, len(encoded)).astype("int32")
+    order = cls_data.batch_order(lengths, batch, True, np.random.default_rng(1))
+    shapes = set()
+
+    def batches():
+        for index in order:
+            weights = np.ones(len(index), "float32")
+            length = None
+            if impl == "ladder":
+                index, length, weights = cls_data.fixed_shape(
+                    encoded, index, batch, seq, True
+                )
+            x = cls_data.pad_batch(encoded, index, length)
+            shapes.add(x["token_ids"].shape)
+            yield x, labels[index], weights
+
+    t = time.perf_counter()
+    model.fit(batches(), steps_per_epoch=len(order), epochs=1, verbose=0)
+    return time.perf_counter() - t, len(encoded), len(shapes)
+
+
 def plan(a, backend, sizes):
     """(task, impl, size, seq, batch, precision, xla) in priority order."""
     xlas = [True] + ([False] if backend == "tensorflow" else [])
@@ -255,6 +304,18 @@ def plan(a, backend, sizes):
     rows.append(
         ("finetune", "kerasbert", "base", 128, a.finetune_batch, "bf16", True)
     )
+    for impl in ("ladder", "longest"):
+        rows.append(
+            (
+                "finetune_epoch",
+                impl,
+                "base",
+                128,
+                a.finetune_batch,
+                "bf16",
+                True,
+            )
+        )
     for precision in ("bf16", "fp16"):
         rows.append(
             ("pretrain", "kerasbert", "base", 512, b512, precision, True)
@@ -272,6 +333,7 @@ def plan(a, backend, sizes):
                     ("pretrain", "kerashub", "bf16"),
                     ("finetune", "kerasbert", "bf16"),
                 )
+                or r[0] == "finetune_epoch"
             )
         ]
     if a.only:
@@ -307,7 +369,14 @@ def main(argv=None):
         "--only",
         help="comma list of sizes or task:impl "
         "(pretrain:kerasbert, pretrain:kerashub, "
-        "finetune:kerasbert)",
+        "finetune:kerasbert, finetune_epoch:ladder, "
+        "finetune_epoch:longest)",
+    )
+    p.add_argument(
+        "--epoch-examples",
+        type=int,
+        default=4096,
+        help="examples in the varied-length fine-tuning epoch",
     )
     a = p.parse_args(argv)
     from kerasbert.config import SIZES
@@ -319,7 +388,7 @@ def main(argv=None):
         )
         sizes = {"base": tiny, "large": {**tiny, "num_layers": 2}}
         a.steps, a.warmup, a.batch, a.vocab = 2, 1, 4, 101
-        a.finetune_batch = 4
+        a.finetune_batch, a.epoch_examples = 4, 24
     start = time.perf_counter()
     backend = keras.config.backend()
     dev = device()
@@ -382,6 +451,25 @@ def main(argv=None):
             )
             continue
         t = time.perf_counter()
+        if task == "finetune_epoch":
+            try:
+                seconds, examples, programs = measure_finetune_epoch(
+                    impl, sizes[size], seq, batch, precision, xla, a
+                )
+            except Exception as e:  # one failure is a row
+                seconds = None
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            finally:
+                keras.backend.clear_session()
+                last = time.perf_counter() - t
+            if seconds is not None:
+                row.update(
+                    epoch_s=round(seconds, 2),
+                    examples_per_s=round(examples / seconds, 1),
+                    shapes=programs,
+                )
+            print(json.dumps(row), flush=True)
+            continue
         measure = (
             measure_pretraining if task == "pretrain" else measure_finetuning
         )

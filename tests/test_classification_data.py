@@ -119,6 +119,103 @@ def test_pad_batch_masks_by_length():
     assert cd.pad_batch(encoded, [0], 10)["token_ids"].shape == (1, 10)
 
 
+def test_xla_ladder_lengths():
+    assert cd.xla_lengths(64) == [16, 32, 64]
+    assert cd.xla_lengths(512) == [16, 32, 64, 128, 256, 512]
+    assert cd.xla_lengths(100) == [16, 32, 64, 100]  # capped at max_length
+    for n in range(1, 513):
+        length = cd.xla_length(n, 512)
+        assert n <= length and length in cd.xla_lengths(512)
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_fixed_shapes_for_xla(bucketing):
+    """Under XLA every batch has `batch_size` rows and a ladder length;
+    filler rows are weighted 0 and every real example is there once per
+    epoch with weight 1."""
+    rng = np.random.default_rng(0)
+    encoded = [
+        ([2] + [5] * int(n) + [3], [0] * (int(n) + 2))
+        for n in rng.integers(1, 60, size=45)
+    ]
+    labels = np.arange(45, dtype=np.int32)
+    data = cd.training_dataset(
+        encoded,
+        labels,
+        16,
+        bucketing,
+        64,
+        seed=0,
+        first_epoch=0,
+        epochs=2,
+        fixed_shapes=True,
+    )
+    shapes, seen = set(), []
+    for x, y, w in data.as_numpy_iterator():
+        shapes.add(x["token_ids"].shape)
+        assert w.dtype == np.float32 and set(w) <= {0.0, 1.0}
+        seen.extend(y[w == 1])
+        lengths = x["padding_mask"].sum(-1)
+        assert lengths.max() <= x["token_ids"].shape[1]
+    assert sorted(seen) == sorted(list(labels) * 2)
+    allowed = cd.xla_lengths(64) if bucketing else [64]
+    assert {rows for rows, _ in shapes} == {16}
+    assert {length for _, length in shapes} <= set(allowed)
+
+    # Without XLA: the last batch is short and lengths are the longest's.
+    plain = list(
+        cd.training_dataset(
+            encoded, labels, 16, True, 64, seed=0, first_epoch=0, epochs=1
+        ).as_numpy_iterator()
+    )
+    assert [len(y) for _, y, _ in plain] == [16, 16, 13]
+    assert all((w == 1).all() for _, _, w in plain)
+    for x, _, _ in plain:
+        assert x["padding_mask"][:, -1].any()
+
+
+def test_filler_rows_change_no_loss_gradient_or_metric():
+    """A batch with 0-weighted filler rows trains the classifier exactly
+    as the batch alone does, and its accuracy counts the real rows."""
+    import keras
+
+    from kerasbert.config import FinetuneConfig, ModelConfig
+    from kerasbert.training.build import compile_classifier
+
+    cfg = ModelConfig(
+        vocabulary_size=31,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=12,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    encoded = [([2, 5, 6, 3], [0] * 4), ([2, 7, 3], [0] * 3)]
+    real = cd.pad_batch(encoded, [0, 1], 8)
+    index, length, weights = cd.fixed_shape(encoded, [0, 1], 5, 12, True)
+    padded = cd.pad_batch(encoded, index, length)
+    labels = np.array([1, 0], np.int32)
+    results = []
+    for x, y, w in (
+        (real, labels, None),
+        (padded, labels[[0, 1, 0, 0, 0]], weights),
+    ):
+        model = compile_classifier(
+            cfg, 2, FinetuneConfig(dropout=0.0, seed=3), 10, jit=False
+        )
+        logs = model.train_on_batch(x, y, sample_weight=w, return_dict=True)
+        results.append(
+            (logs, [keras.ops.convert_to_numpy(v) for v in model.weights])
+        )
+    (logs_a, weights_a), (logs_b, weights_b) = results
+    assert logs_b["accuracy"] == pytest.approx(logs_a["accuracy"])
+    assert logs_b["loss"] == pytest.approx(logs_a["loss"], rel=1e-5)
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize("num_classes", [2, 5])
 def test_metrics_equal_sklearn(num_classes):
     from sklearn import metrics as sk

@@ -29,7 +29,16 @@ def test_gpu_benchmark_smoke():
         ("pretrain", "kerasbert"),
         ("pretrain", "kerashub"),
         ("finetune", "kerasbert"),
+        ("finetune_epoch", "ladder"),
+        ("finetune_epoch", "longest"),
     }, rows
+    # The varied-length epoch: the ladder's shapes are fewer.
+    ladder, longest = (
+        by_path.pop(("finetune_epoch", impl)) for impl in ("ladder", "longest")
+    )
+    for row in (ladder, longest):
+        assert "error" not in row and row["examples_per_s"] > 0, row
+    assert ladder["shapes"] < longest["shapes"], (ladder, longest)
     try:
         import keras_hub  # noqa: F401
     except ImportError:

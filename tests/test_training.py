@@ -580,3 +580,37 @@ def test_run_saved_before_the_adaptation_fields_resumes():
         ModelConfig.from_size("tiny"), DataConfig(), TrainConfig(nsp=False)
     )
     assert config_changes(old, masked_lm_only) == ["nsp: True -> False"]
+
+
+def test_step_counter_under_loss_scaling(tmp_path, dtype_policy):
+    """mixed_float16 compiles a LossScaleOptimizer, whose own counter never
+    moves and whose inner one skips overflowing steps: the StepCounter
+    still counts batches, backups are named by it, and a restore checks
+    the optimizer state by the innermost counter."""
+    dtype_policy("mixed_float16")
+    model, x, y = _tiny_pretrainer()
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    # A large starting scale: the first steps overflow and are skipped.
+    model.optimizer.dynamic_scale.assign(2.0**19)
+    counter = callbacks.StepCounter()
+    backup = callbacks.StepBackup(
+        str(tmp_path / "backup"), every=2, counter=counter
+    )
+    model.fit(x, y, epochs=6, verbose=0, callbacks=[counter, backup])
+    assert counter.step == 6
+    assert int(model.optimizer._iterations.numpy()) == 0
+    applied = callbacks.optimizer_step(model)
+    assert 0 < applied < 6  # some steps were skipped
+    assert sorted(os.listdir(tmp_path / "backup")) == ["step-4", "step-6"]
+    meta = json.loads((tmp_path / "backup/step-6/meta.json").read_text())
+    assert meta["optimizer_step"] == applied
+
+    fresh, _, _ = _tiny_pretrainer()
+    restore = callbacks.StepBackup(
+        str(tmp_path / "backup"), every=2, counter=None
+    )
+    restore.set_model(fresh)
+    assert restore.restore()["step"] == 6
+    assert callbacks.optimizer_step(fresh) == applied
+    for a, b in zip(_state(model), _state(fresh)):
+        np.testing.assert_array_equal(a, b)

@@ -30,8 +30,8 @@ to `xla_length`'s ladder and its row count is always `batch_size`: the last
 batch is filled with copies of its first row, weighted 0. The padding rows
 cost compute, never a metric: the loss is the weighted mean
 (`mean_with_sample_weight`) and accuracy is weighted. Programs per
-function: at most `len(xla_lengths(max_length))`, 4 for length 64, 8 for
-128, 14 for 512.
+function: at most `len(xla_lengths(max_length))`, 3 for length 64, 4 for
+128, 6 for 512.
 """
 
 import csv
@@ -52,10 +52,13 @@ _FLOAT = re.compile(
 # Batches are formed from sorted windows of this many batches: lengths
 # within a window are similar, yet batch contents still vary per epoch.
 _WINDOW_BATCHES = 50
-# XLA's length ladder: steps of 16 up to 128 (at most 15 padding tokens, a
-# few % of a short batch's work), then of 64 (a longer batch's padding
-# matters less than another program to compile).
-_XLA_STEPS = ((128, 16), (None, 64))
+# XLA's length ladder: powers of two from 16. One program per octave (3
+# for --max-length 64, 4 for 128, 6 for 512) at the cost of up to 2x
+# padding on a batch just past a step; multiples of 16 would pad less but
+# compile 4, 8 and 14, and a program (7-10 s on a 2-core CPU for `tiny`,
+# more for `base` on a GPU) outweighed the padding in every run measured
+# (docs/performance.md).
+_XLA_SHORTEST = 16
 
 
 @dataclass
@@ -434,11 +437,12 @@ def batch_order(
 
 
 def xla_length(longest: int, max_length: int) -> int:
-    """`longest` rounded up to the ladder (see the module docstring),
-    never beyond `max_length`."""
-    for limit, step in _XLA_STEPS:
-        if limit is None or longest <= limit:
-            return min(max_length, -(-longest // step) * step)
+    """`longest` rounded up to the ladder (see `_XLA_SHORTEST`), never
+    beyond `max_length`."""
+    length = _XLA_SHORTEST
+    while length < longest:
+        length *= 2
+    return min(max_length, length)
 
 
 def xla_lengths(max_length: int) -> list[int]:

@@ -26,18 +26,13 @@ def flagged(flag):
 
 class Predictor:
     """Class probabilities of one model, through one traced graph for every
-    batch shape (a new tf.function per call would retrace each time).
+    batch shape (a new tf.function per call would retrace each time)."""
 
-    `jit`: through XLA, in the fixed shapes of
-    `classification.fixed_shape` (one program per length on the ladder,
-    instead of one per batch shape)."""
-
-    def __init__(self, model, jit: bool = False):
+    def __init__(self, model):
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, None), tf.int32)
         self.model = model
-        self.jit = jit
         self._call = tf.function(
             lambda x: tf.nn.softmax(
                 tf.cast(model(x, training=False), tf.float32)
@@ -45,7 +40,6 @@ class Predictor:
             input_signature=[
                 {k: spec for k in ("token_ids", "segment_ids", "padding_mask")}
             ],
-            jit_compile=jit,
         )
 
     def __call__(
@@ -67,19 +61,10 @@ class Predictor:
         probs = np.zeros((len(encoded), self.model.num_classes), np.float32)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            length = None if bucketing else max_length
-            if self.jit:
-                padded, length, _ = cls_data.fixed_shape(
-                    encoded,
-                    index,
-                    batch_size,
-                    max_length or self.model.backbone.max_sequence_length,
-                    bucketing or max_length is None,
-                )
-            else:
-                padded = index
-            batch = cls_data.pad_batch(encoded, padded, length)
-            probs[index] = self._call(batch).numpy()[: len(index)]
+            batch = cls_data.pad_batch(
+                encoded, index, None if bucketing else max_length
+            )
+            probs[index] = self._call(batch).numpy()
         return probs
 
 

@@ -339,7 +339,7 @@ class ClassificationTask:
         x, y, w = next(iter(self.train_dataset(0).take(1)))
         model.compute_metrics(x, y, model(x, training=False), w)
         model.reset_metrics()
-        self.predict = Predictor(model, jit)
+        self.predict = Predictor(model)
         return model
 
     def train_dataset(self, start_step, num_workers=1, worker_index=0):
