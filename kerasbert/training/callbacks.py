@@ -3,9 +3,10 @@
 Their order in `fit` matters and `callback_stack` is the one place that
 builds them: StepCounter first (every other callback reads its step), then
 DivergenceGuard (the others skip saving once it fired), then the epoch-end
-evaluation (`EpochEvaluation`, which adds `val_*` to the epoch's logs), then MetricsLogger, CheckpointSaver and StepBackup last, so
-an epoch-end backup is written after that epoch's validation row and
-checkpoint: a resume from it never skips them. Each callback gets what it
+evaluation (`EpochEvaluation`, which adds `val_*` to the epoch's logs),
+then MetricsLogger, CheckpointSaver and StepBackup last, so an epoch-end
+backup is written after that epoch's validation row and checkpoint: a
+resume from it never skips them. Each callback gets what it
 reads from the others as a constructor argument; none sets another's
 attributes.
 """
@@ -249,8 +250,8 @@ class StepBackup(keras.callbacks.Callback):
     def restore(self) -> dict | None:
         """Loads the newest good backup into the built, compiled model and
         returns its meta (None: no backup); the caller sets the step
-        counter to its "step". Damaged ones are named and
-        skipped, never silently."""
+        counter to its "step". Damaged ones are named and skipped, never
+        silently."""
         model = self.model
         for step, folder in self.backups(self.restore_dir):
             try:
