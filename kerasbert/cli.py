@@ -18,8 +18,10 @@ from kerasbert.config import field_type, flag_name, read_json_object
 from kerasbert.errors import UsageError
 
 
-def add_config_flags(parser, cls, names=None, title=None) -> None:
-    """Adds a flag for each field of `cls` (or those in `names`)."""
+def add_config_flags(parser, cls, names=None, title=None, choices=None) -> None:
+    """Adds a flag for each field of `cls` (or those in `names`);
+    `choices` ({field: values}) narrows a field's choices for a command
+    that takes fewer."""
     group = parser.add_argument_group(title or cls.__name__)
     defaults = cls()
     for f in dataclasses.fields(cls):
@@ -42,7 +44,7 @@ def add_config_flags(parser, cls, names=None, title=None) -> None:
             group.add_argument(
                 *spellings,
                 type=kind,
-                choices=f.metadata.get("choices"),
+                choices=(choices or {}).get(f.name, f.metadata.get("choices")),
                 metavar=kind.__name__.upper()
                 if "choices" not in f.metadata
                 else None,

@@ -1,0 +1,447 @@
+"""The --overwrite swap under kills, adapt's up-front checks, the last
+tracebacks and misleading messages (issue 28), through the real commands.
+
+Kills are placed with the project's fault hook (`KERASBERT_FAULT`, see
+`files.fault_point`) in a subprocess; what follows a kill runs in-process
+under `run_cli`, as `python -m` runs it. Models are tiny (16 or 32 wide,
+one layer) and runs take one to four steps.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from test_adapt import make_source_model
+from test_safety import (
+    FIT,
+    TEXT,
+    TRAIN,
+    hf_folder,
+    left,
+    one_error,
+    snapshot,
+)
+
+from kerasbert import adapt, convert, export, finetune, fit
+from kerasbert.errors import run_cli
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "finetune")
+VALIDATION = os.path.join(FIXTURES, "source_val.tsv")
+
+
+def run_in(main, argv, cache):
+    """(exit code) of a command run in-process, for module fixtures (the
+    `cli` fixture is per test)."""
+    os.environ["KERASBERT_CACHE"] = str(cache)
+    try:
+        return run_cli(main, [str(a) for a in argv]) or 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        os.environ.pop("KERASBERT_CACHE", None)
+
+
+def run_module(module, argv, cwd, fault=None, limit=None, prefix=()):
+    """`python -m kerasbert.MODULE ARGV` in `cwd`: with `fault` the fault
+    hook's place, with `limit` a file-size limit (RLIMIT_FSIZE, bytes)."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "KERASBERT_CACHE": "cache"}
+    env.pop("KERASBERT_FAULT", None)
+    if fault:
+        env["KERASBERT_FAULT"] = fault
+
+    def limited():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", f"kerasbert.{module}"]
+        + [str(a) for a in argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limited if limit else None,
+    )
+
+
+def no_traceback(result, *needles):
+    """Exit code 2, one `error:` line, no traceback or crash."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [
+        line for line in result.stderr.splitlines() if line.startswith("error")
+    ]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def fit_argv(out, *extra):
+    return [
+        "--corpus",
+        TEXT,
+        "--vocab-size",
+        "300",
+        "--size",
+        "tiny",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        out,
+        "--quiet",
+        *FIT,
+        *extra,
+    ]
+
+
+# --- 1. Prior output hidden, replaced or mixed -------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_fit_swap(tmp_path_factory):
+    """A run, then `fit --overwrite` killed between the two renames of its
+    final swap: (folder, the old run's files)."""
+    base = tmp_path_factory.mktemp("swap")
+    assert run_in(fit.main, fit_argv(base / "run"), base / "cache") == 0
+    before = snapshot(base / "run")
+    # Swaps of a 1-step run: its backup, its export, then the run itself.
+    result = run_module(
+        "fit",
+        fit_argv("run", "--overwrite", "--seed", "7"),
+        base,
+        fault="swap_in:3",
+    )
+    assert result.returncode == -9, result.stderr
+    names = left(base)
+    assert "run" not in names and ".run.replacing" in names, names
+    assert any(n.startswith(".run.old") for n in names), names
+    return base, before
+
+
+@pytest.mark.parametrize("again", ["original", "overwrite"])
+def test_a_kill_inside_the_run_swap(cli, killed_fit_swap, tmp_path, again):
+    """The original command finds the old run (complete) and removes the
+    abandoned replacement, saying so; the --overwrite command swaps in the
+    complete replacement without training again."""
+    base, before = killed_fit_swap
+    folder = tmp_path / "w"
+    shutil.copytree(base, folder, symlinks=True)
+    extra = [] if again == "original" else ["--overwrite", "--seed", "7"]
+    code, out, err = cli(fit.main, fit_argv(folder / "run", *extra))
+    assert code == 0, err
+    assert left(folder) == ["run"]
+    assert "already complete" in out and "resuming" not in out
+    seed = json.loads((folder / "run" / "config.json").read_text())
+    if again == "original":
+        assert snapshot(folder / "run") == before
+        assert "removed" in out and ".run.replacing" in out
+    else:
+        assert seed["train"]["seed"] == 7
+
+
+def test_an_abandoned_fit_overwrite_is_removed(cli, tmp_path, monkeypatch):
+    """`fit --overwrite` stopped mid-run, then the original command: the
+    old run is kept and the hidden replacement removed, with a note."""
+    from kerasbert.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    assert cli(fit.main, fit_argv(run))[0] == 0
+    before = snapshot(run)
+
+    def killed(self, resume=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", killed)
+    code, _, err = cli(fit.main, fit_argv(run, "--overwrite", "--seed", "7"))
+    assert code == 130, err
+    assert left(tmp_path) == [".run.replacing", "run"]
+    monkeypatch.undo()
+    code, out, err = cli(fit.main, fit_argv(run))
+    assert code == 0, err
+    assert "removed" in out and ".run.replacing" in out
+    assert left(tmp_path) == ["run"]
+    assert snapshot(run) == before
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny model directory with MLM and NSP heads (a 1-step fit run)."""
+    base = tmp_path_factory.mktemp("pretrained")
+    assert run_in(fit.main, fit_argv(base / "run"), base / "cache") == 0
+    return base / "run"
+
+
+@pytest.fixture(scope="module")
+def killed_convert_swap(tmp_path_factory, pretrained):
+    base = tmp_path_factory.mktemp("convert")
+    assert run_in(convert.main, [pretrained, base / "hf"], base / "cache") == 0
+    (base / "hf" / "mine.txt").write_text("the old output")
+    before = snapshot(base / "hf")
+    result = run_module(
+        "convert", [pretrained, "hf", "--overwrite"], base, fault="swap_in:1"
+    )
+    assert result.returncode == -9, result.stderr
+    assert "hf" not in left(base)
+    return base, before
+
+
+@pytest.mark.parametrize("again", ["plain", "overwrite"])
+def test_a_kill_inside_the_convert_swap(
+    cli, killed_convert_swap, pretrained, tmp_path, again
+):
+    """Without --overwrite the old DST is back and refused as existing
+    (not replaced); with it, replaced. Nothing hidden is left."""
+    base, before = killed_convert_swap
+    folder = tmp_path / "w"
+    shutil.copytree(base, folder, symlinks=True)
+    extra = ["--overwrite"] if again == "overwrite" else []
+    code, _, err = cli(convert.main, [pretrained, folder / "hf", *extra])
+    if again == "plain":
+        one_error(code, err, "exists (pass --overwrite")
+        assert snapshot(folder / "hf") == before
+    else:
+        assert code == 0, err
+        assert not (folder / "hf" / "mine.txt").exists()
+    assert left(folder) == ["hf"]
+
+
+@pytest.mark.parametrize("command", ["export", "export_keras", "convert"])
+def test_two_writers_of_one_new_output(
+    cli, pretrained, tmp_path, monkeypatch, command
+):
+    """Two commands write the same new output at once: the one that
+    finishes second says it exists and leaves the first one's output."""
+    import kerasbert.files as files
+
+    out = tmp_path / ("out.keras" if command == "export_keras" else "out")
+    real = files.fault_point
+
+    def other_process_finishes_first(name):
+        if name == "atomic_write" and not os.path.lexists(out):
+            if command == "export_keras":
+                out.write_text("the other one's")
+            else:
+                out.mkdir()
+                (out / "theirs.txt").write_text("the other one's")
+        real(name)
+
+    monkeypatch.setattr(files, "fault_point", other_process_finishes_first)
+    main, argv = {
+        "export": (export.main, [pretrained, "--output", out]),
+        "export_keras": (
+            export.main,
+            [pretrained, "--format", "keras", "--output", out],
+        ),
+        "convert": (convert.main, [pretrained, out]),
+    }[command]
+    code, _, err = cli(main, argv)
+    one_error(code, err, f"{out} exists (pass --overwrite")
+    assert "wrote" not in err
+    theirs = out if command == "export_keras" else out / "theirs.txt"
+    assert theirs.read_text() == "the other one's"
+    assert left(tmp_path) == [out.name]
+
+
+# --- adapt: one folder, replaced whole -------------------------------------
+
+
+def adapt_argv(model, out, *extra):
+    return [
+        "--model",
+        model,
+        "--train",
+        TRAIN,
+        "--validation",
+        VALIDATION,
+        "--output-dir",
+        out,
+        "--head-steps",
+        "2",
+        "--adapt-steps",
+        "2",
+        "--adapt-batch-size",
+        "8",
+        "--adapt-sequence-length",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--precision",
+        "float32",
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A backbone-only model (as `convert` writes one): adapt runs all
+    three stages from it."""
+    path = tmp_path_factory.mktemp("source") / "model"
+    make_source_model(str(path), path.parent / "cache")
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, source):
+    """An adapt folder, then `adapt --overwrite` (another seed) killed in
+    its stage 2: (folder, the first run's files)."""
+    base = tmp_path_factory.mktemp("adapt")
+    code = run_in(adapt.main, adapt_argv(source, base / "out"), base / "cache")
+    assert code == 0
+    before = snapshot(base / "out")
+    result = run_module(
+        "adapt",
+        adapt_argv(source, "out", "--overwrite", "--seed", "1"),
+        base,
+        fault="train_step:3",  # stage 1 has 2 steps
+    )
+    assert result.returncode == -9, result.stderr
+    return base, before
+
+
+def test_adapt_overwrite_killed_in_stage_2_keeps_the_old_folder(
+    cli, adapted, source, tmp_path
+):
+    """The old folder stays whole (no new heads/ beside old stages); the
+    same command resumes the replacement and swaps it in whole; the
+    folder, moved, still resumes (nothing trains again)."""
+    base, before = adapted
+    folder = tmp_path / "w"
+    shutil.copytree(base, folder, symlinks=True)
+    out = folder / "out"
+    assert snapshot(out) == before
+    replacing = folder / ".out.replacing"
+    assert (replacing / "heads" / "summary.json").exists()
+    assert not (replacing / "adapted" / "summary.json").exists()
+    argv = adapt_argv(source, out, "--overwrite", "--seed", "1")
+    code, stdout, err = cli(adapt.main, argv)
+    assert code == 0, err
+    assert "resuming" in stdout
+    assert left(folder) == ["out"]
+    assert sorted(os.listdir(out)) == [
+        "adapt.json",
+        "adapted",
+        "classifier",
+        "heads",
+    ]
+    for stage, part in (("heads", "train"), ("classifier", "finetune")):
+        config = json.loads((out / stage / "config.json").read_text())
+        assert config[part]["seed"] == 1
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    stamp = os.path.getmtime(moved / "classifier" / "model.keras")
+    code, _, err = cli(adapt.main, adapt_argv(source, moved, "--seed", "1"))
+    assert code == 0, err
+    assert os.path.getmtime(moved / "classifier" / "model.keras") == stamp
+
+
+# --- 2. Checked late, or not at all ------------------------------------------
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+ADAPT_BAD = {
+    "missing test": (["--test", "missing.tsv"], "missing.tsv"),
+    "no label column": (["--label-column", "topic"], "topic"),
+    "unseen validation label": ([], "--validation"),
+    "user's classifier folder": ([], "classifier"),
+    "user's files": ([], "not an adapt run's (notes.txt)"),
+    "output is a file": ([], "not a folder"),
+    "read-only output": ([], "cannot write"),
+}
+
+
+@pytest.mark.parametrize("case", list(ADAPT_BAD))
+def test_adapt_checks_everything_first(cli, source, tmp_path, case):
+    """One line, before stage 1 starts, and nothing written."""
+    extra, needle = ADAPT_BAD[case]
+    out = tmp_path / "out"
+    validation = VALIDATION
+    if case == "unseen validation label":
+        validation = write(tmp_path / "val.tsv", "text\tlabel\na b c\tnews\n")
+    if case == "user's classifier folder":
+        (out / "classifier").mkdir(parents=True)
+        (out / "classifier" / "mine.txt").write_text("mine")
+    if case == "user's files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    if case == "output is a file":
+        out.write_text("mine")
+    if case == "read-only output":
+        out = "/proc/kerasbert-adapt"
+    before = snapshot(tmp_path)
+    argv = adapt_argv(source, out, *extra)
+    argv[argv.index("--validation") + 1] = validation
+    code, stdout, err = cli(adapt.main, argv)
+    one_error(code, err, needle)
+    assert "stage 1/3" not in stdout
+    assert snapshot(tmp_path) == before
+    assert not os.path.exists(str(out) + ".lock")
+
+
+def test_free_space_counts_what_the_run_holds(tmp_path, monkeypatch):
+    """The rerun that a full disk suggests is not refused by the up-front
+    estimate: the run folder holds most of it already."""
+    import collections
+
+    from kerasbert.errors import UsageError
+    from kerasbert.files import check_free_space
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "weights").write_bytes(b"\0" * 9000)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: usage(10**9, 10**9, 2000)
+    )
+    check_free_space(str(run), 10000, "--output-dir")
+    with pytest.raises(UsageError, match="MB needed"):
+        check_free_space(str(tmp_path / "new"), 10000, "--output-dir")
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity"])
+def test_convert_refuses_non_finite_config_values(cli, tmp_path, value):
+    from test_safety import HF_TINY
+
+    src = hf_folder(tmp_path / "hf", HF_TINY)
+    config = (tmp_path / "hf" / "config.json").read_text()
+    (tmp_path / "hf" / "config.json").write_text(
+        config.rstrip("}") + f', "initializer_range": {value}}}'
+    )
+    code, _, err = cli(convert.main, [src, tmp_path / "out"])
+    one_error(code, err, "config.json", value)
+    assert left(tmp_path) == ["hf"]
+
+
+def test_a_non_finite_flag_is_refused(cli, tmp_path):
+    code, _, err = cli(
+        finetune.main,
+        [
+            "--from-scratch",
+            "tiny",
+            "--train",
+            TRAIN,
+            "--output-dir",
+            tmp_path / "ft",
+            "--learning-rate",
+            "inf",
+        ],
+    )
+    one_error(code, err, "--learning-rate: must be a finite number")
+    assert left(tmp_path) == []
