@@ -49,7 +49,22 @@ def build_parser():
             if f.name not in ("from_scratch", "vocab_size", "hf_config")
         ],
         title="fine-tuning",
-        choices={"data_format": ("auto", *EXAMPLE_FORMATS)},
+        narrow={
+            "data_format": {
+                "choices": ("auto", *EXAMPLE_FORMATS),
+                "help": "how to read the data files (auto: by extension; "
+                "a folder: folder)",
+            },
+            "output_dir": {
+                "help": "folder to write (heads/, adapted/, classifier/, "
+                "adapt.json); rerun the same command to resume",
+            },
+            "train": {
+                "help": "training data, also the adaptation's texts: "
+                ".tsv/.csv, an emotion-style text;label file or a folder "
+                "of <label>/*.txt",
+            },
+        },
     )
     return parser
 

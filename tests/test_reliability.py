@@ -16,6 +16,7 @@ import sys
 import pytest
 from test_adapt import make_source_model
 from test_safety import (
+    FINETUNE,
     FIT,
     TEXT,
     TRAIN,
@@ -25,7 +26,7 @@ from test_safety import (
     snapshot,
 )
 
-from kerasbert import adapt, convert, export, finetune, fit
+from kerasbert import adapt, convert, export, finetune, fit, predict
 from kerasbert.errors import run_cli
 
 pytestmark = pytest.mark.integration
@@ -445,3 +446,186 @@ def test_a_non_finite_flag_is_refused(cli, tmp_path):
     )
     one_error(code, err, "--learning-rate: must be a finite number")
     assert left(tmp_path) == []
+
+
+# --- 3. Tracebacks instead of one line ---------------------------------------
+
+
+def efbig_argv(name, pretrained, source):
+    """(module, argv) of each writing command, small enough that its
+    weights are the first file over a 256 KB limit."""
+    return {
+        "fit": ("fit", fit_argv("out")),
+        "finetune": (
+            "finetune",
+            ["--model", pretrained, "--train", TRAIN, "--output-dir", "out"]
+            + FINETUNE,
+        ),
+        "adapt": ("adapt", adapt_argv(source, "out")),
+        "convert": ("convert", [pretrained, "out"]),
+        "export": ("export", [pretrained, "--output", "out"]),
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["fit", "finetune", "adapt", "convert", "export"]
+)
+def test_a_file_size_limit_is_one_line(name, pretrained, source, tmp_path):
+    """`ulimit -f` (EFBIG) is said like a full disk (ENOSPC): one line,
+    and the folder it would have written is not left half done."""
+    module, argv = efbig_argv(name, pretrained, source)
+    result = run_module(module, argv, tmp_path, limit=256 * 1024)
+    no_traceback(result, "file-size limit (ulimit -f)")
+    assert not any(n.startswith(".out.") for n in left(tmp_path))
+
+
+def test_a_disk_that_fills_during_fit(tmp_path):
+    """A disk filled by another process while fit writes a backup: one
+    line, no h5py tracebacks, no crash. The file system is a small tmpfs
+    in a private mount namespace; the up-front estimate is switched off
+    (it would refuse to start), as if the disk filled after it."""
+    if subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("no unprivileged mount namespace here (unshare -rm)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (
+        "import sys\n"
+        "import kerasbert.training.pretrain as p\n"
+        "p.check_free_space = lambda *a: None\n"
+        "from kerasbert import fit\n"
+        "from kerasbert.errors import run_cli\n"
+        "run_cli(fit.main)\n"
+    )
+    argv = fit_argv(disk / "run", "--max-steps", "3", "--backup-every", "1")
+    result = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=8m tmpfs "{disk}" && exec "$@"',
+            "sh",
+            sys.executable,
+            "-c",
+            script,
+            *map(str, argv),
+        ],
+        env={**os.environ, "PYTHONPATH": ROOT, "KERASBERT_CACHE": "cache"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    no_traceback(result, "no space left on device", "resumes")
+    assert "h5py" not in result.stderr, result.stderr
+
+
+def test_a_tokenizer_json_whose_model_is_a_list(cli, tmp_path):
+    from test_safety import HF_TINY
+
+    src = hf_folder(tmp_path / "hf", HF_TINY)
+    os.remove(os.path.join(src, "vocab.txt"))
+    write(tmp_path / "hf" / "tokenizer.json", '{"model": [1, 2, 3]}')
+    code, _, err = cli(convert.main, [src, tmp_path / "out"])
+    one_error(code, err, "tokenizer.json", '"model" is not a JSON object')
+    assert left(tmp_path) == ["hf"]
+
+
+@pytest.mark.parametrize("name", ["predict", "fit", "adapt"])
+def test_a_symlink_loop_as_the_model(cli, tmp_path, name):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    main, argv = {
+        "predict": (predict.main, ["--model", loop, "some text"]),
+        "fit": (fit.main, ["--init-from", loop, "--output-dir", "o"]),
+        "adapt": (
+            adapt.main,
+            ["--model", loop, "--train", TRAIN, "--output-dir", "o"],
+        ),
+    }[name]
+    code, _, err = cli(main, argv)
+    one_error(code, err, str(loop), "symbolic links")
+    assert left(tmp_path) == ["loop"]
+
+
+# --- 4. Misleading messages ---------------------------------------------------
+
+
+def test_adapt_names_its_own_flags(cli, source, tmp_path):
+    argv = adapt_argv(source, tmp_path / "out")
+    argv[argv.index("--adapt-sequence-length") + 1] = "128"
+    code, _, err = cli(adapt.main, argv)
+    line = one_error(
+        code,
+        err,
+        "--adapt-sequence-length: 128 is above --model's "
+        "max_sequence_length 64",
+    )
+    assert "--sequence-length:" not in line
+    assert left(tmp_path) == []
+
+
+def test_a_tokenizer_json_without_cls_names_the_input(cli, tmp_path):
+    from test_safety import HF_TINY
+
+    src = hf_folder(tmp_path / "hf", HF_TINY)
+    os.remove(os.path.join(src, "vocab.txt"))
+    tokens = ["[PAD]", "[UNK]", "[SEP]", "[MASK]", "a", "b", "c"]
+    spec = {
+        "model": {
+            "type": "WordPiece",
+            "vocab": {t: i for i, t in enumerate(tokens)},
+        }
+    }
+    write(tmp_path / "hf" / "tokenizer.json", json.dumps(spec))
+    code, _, err = cli(convert.main, [src, tmp_path / "out"])
+    one_error(code, err, f"{src}: vocabulary has no [CLS] token")
+    assert ".tmp" not in err
+    assert left(tmp_path) == ["hf"]
+
+
+def test_export_of_a_model_without_heads_names_the_model(cli, source, tmp_path):
+    code, _, err = cli(export.main, [source, "--output", tmp_path / "x"])
+    one_error(code, err, f"RUN_DIR {source}: has no MLM/NSP heads")
+    assert left(tmp_path) == []
+
+
+def test_predict_on_an_adapt_folder_points_at_its_classifier(cli, tmp_path):
+    (tmp_path / "out" / "classifier").mkdir(parents=True)
+    (tmp_path / "out" / "classifier" / "config.json").write_text("{}")
+    code, _, err = cli(predict.main, ["--model", tmp_path / "out", "hi"])
+    one_error(code, err, f"its fine-tuned classifier is {tmp_path}/out/")
+
+
+def help_text(module):
+    from kerasbert import adapt as a
+    from kerasbert import finetune as f
+    from kerasbert import fit as t
+
+    return (
+        {"adapt": a, "finetune": f, "fit": t}[module]
+        .build_parser()
+        .format_help()
+    )
+
+
+@pytest.mark.parametrize("module", ["fit", "finetune", "adapt"])
+def test_help_says_what_overwrite_does(module):
+    text = " ".join(help_text(module).split())
+    assert "built beside it" in text and "swapped in when complete" in text
+    assert "delete" not in text
+
+
+def test_adapt_help_lists_only_what_it_takes():
+    text = help_text("adapt")
+    for flag in ("--from-scratch", "--vocab-size", "--hf-config", "jsonl"):
+        assert flag not in text, flag
+
+
+def test_the_safety_table_lists_every_writing_command():
+    with open(os.path.join(ROOT, "docs", "safety.md"), encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith("| `")]
+    commands = {row.split("`")[1] for row in rows}
+    assert {"fit", "finetune", "adapt", "convert", "export", "prepare"} <= (
+        commands
+    )
