@@ -330,7 +330,7 @@ def test_adapt_overwrite_killed_in_stage_2_keeps_the_old_folder(
     argv = adapt_argv(source, out, "--overwrite", "--seed", "1")
     code, stdout, err = cli(adapt.main, argv)
     assert code == 0, err
-    assert "resuming" in stdout
+    assert "resuming" in stdout and "precision: " not in err
     assert left(folder) == ["out"]
     assert sorted(os.listdir(out)) == [
         "adapt.json",
@@ -629,3 +629,22 @@ def test_the_safety_table_lists_every_writing_command():
     assert {"fit", "finetune", "adapt", "convert", "export", "prepare"} <= (
         commands
     )
+
+
+@pytest.mark.parametrize("name", ["fit", "finetune"])
+def test_progress_is_on_stdout_as_fit_and_adapt_print_it(
+    cli, pretrained, tmp_path, name
+):
+    """Every training command logs progress on stdout; stderr is for the
+    one error line (adapt's progress: the adapt tests above)."""
+    main, argv = {
+        "fit": (fit.main, fit_argv(tmp_path / "out")),
+        "finetune": (
+            finetune.main,
+            ["--model", pretrained, "--train", TRAIN]
+            + ["--output-dir", tmp_path / "out", *FINETUNE],
+        ),
+    }[name]
+    code, out, err = cli(main, argv)
+    assert code == 0, err
+    assert "precision: " in out and "precision: " not in err
