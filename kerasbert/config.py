@@ -269,12 +269,15 @@ class ModelConfig(_Config):
         min=0,
         below=1,
     )
-    layer_norm_epsilon: float = option(1e-12, "LayerNorm epsilon", above=0)
+    layer_norm_epsilon: float = option(
+        1e-12, "LayerNorm epsilon", above=0, max=1
+    )
     initializer_range: float | None = option(
         None,
         "std of the truncated-normal initialisers (default 0.02, "
         "0.02*sqrt(768/hidden-dim) when narrower than 768)",
         above=0,
+        max=1,  # BERT's 0.02; a std of 1 already saturates every layer
     )
     activation: str = option(
         "gelu_tanh",

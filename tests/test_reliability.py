@@ -416,17 +416,28 @@ def test_free_space_counts_what_the_run_holds(tmp_path, monkeypatch):
         check_free_space(str(tmp_path / "new"), 10000, "--output-dir")
 
 
-@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity"])
-def test_convert_refuses_non_finite_config_values(cli, tmp_path, value):
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("initializer_range", "Infinity", "Infinity is no JSON number"),
+        ("initializer_range", "NaN", "NaN is no JSON number"),
+        ("layer_norm_eps", "-Infinity", "-Infinity is no JSON number"),
+        ("initializer_range", "1e30", "initializer-range: must be <= 1"),
+        ("layer_norm_eps", "1e9", "layer-norm-epsilon: must be <= 1"),
+    ],
+)
+def test_convert_refuses_non_finite_or_absurd_floats(
+    cli, tmp_path, field, value, needle
+):
     from test_safety import HF_TINY
 
     src = hf_folder(tmp_path / "hf", HF_TINY)
     config = (tmp_path / "hf" / "config.json").read_text()
     (tmp_path / "hf" / "config.json").write_text(
-        config.rstrip("}") + f', "initializer_range": {value}}}'
+        config.rstrip("}") + f', "{field}": {value}}}'
     )
     code, _, err = cli(convert.main, [src, tmp_path / "out"])
-    one_error(code, err, "config.json", value)
+    one_error(code, err, "config.json", needle)
     assert left(tmp_path) == ["hf"]
 
 
@@ -549,6 +560,34 @@ def test_a_symlink_loop_as_the_model(cli, tmp_path, name):
 
 
 # --- 4. Misleading messages ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "theirs, ours",
+    [
+        ("--corpus: a.tsv: no column 'x'", "--train: a.tsv: no column 'x'"),
+        (
+            "--corpus-format tsv: needs --corpus",
+            "--data-format tsv: needs --train",
+        ),
+        (
+            "a.tsv: corpus has 1 document; next-sentence pairs need at least "
+            "2 (separate documents with a blank line, or set "
+            "--one-doc-per-line)",
+            "a.tsv: corpus has 1 document; next-sentence pairs need at least "
+            "2 (each --train example is one: give more examples)",
+        ),
+        ("--max-steps: 0", "--adapt-steps: 0"),
+    ],
+)
+def test_adapt_translates_pretraining_flags(theirs, ours):
+    from kerasbert.errors import UsageError
+    from kerasbert.training.adapt import ours_named
+
+    with pytest.raises(UsageError) as caught:
+        with ours_named():
+            raise UsageError(theirs)
+    assert str(caught.value) == ours
 
 
 def test_adapt_names_its_own_flags(cli, source, tmp_path):
