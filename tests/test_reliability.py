@@ -149,23 +149,20 @@ def test_a_kill_inside_the_run_swap(cli, killed_fit_swap, tmp_path, again):
         assert seed["train"]["seed"] == 7
 
 
-def test_an_abandoned_fit_overwrite_is_removed(cli, tmp_path, monkeypatch):
-    """`fit --overwrite` stopped mid-run, then the original command: the
+def test_an_abandoned_fit_overwrite_is_removed(cli, pretrained, tmp_path):
+    """`fit --overwrite` killed mid-run, then the original command: the
     old run is kept and the hidden replacement removed, with a note."""
-    from kerasbert.training.trainer import Trainer
-
     run = tmp_path / "run"
-    assert cli(fit.main, fit_argv(run))[0] == 0
+    shutil.copytree(pretrained, run)
     before = snapshot(run)
-
-    def killed(self, resume=False):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "run", killed)
-    code, _, err = cli(fit.main, fit_argv(run, "--overwrite", "--seed", "7"))
-    assert code == 130, err
-    assert left(tmp_path) == [".run.replacing", "run"]
-    monkeypatch.undo()
+    result = run_module(
+        "fit",
+        fit_argv("run", "--overwrite", "--seed", "7"),
+        tmp_path,
+        fault="train_step:1",
+    )
+    assert result.returncode == -9, result.stderr
+    assert left(tmp_path) == [".run.replacing", "run", "run.lock"]
     code, out, err = cli(fit.main, fit_argv(run))
     assert code == 0, err
     assert "removed" in out and ".run.replacing" in out
