@@ -193,6 +193,12 @@ _SECTIONS = {
 }
 
 
+# Fields through which a run starts from another run (adapt's `adapted`
+# from `heads`, its classifier from `adapted`): a sibling of the run moves
+# with it.
+RUN_LINKS = frozenset({"init_from", "model"})
+
+
 def _folder_of(configs: dict) -> str | None:
     """The folder that holds the run of `configs` (its output_dir's
     parent), or None."""
@@ -217,9 +223,9 @@ def _moved(value, old: str | None, new: str | None):
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Differences that make a backup meaningless (RESUME_FREE aside).
 
-    A path inside the folder that held the saved run is also compared as
-    if it had moved with the run (a copied or moved adapt folder, whose
-    `adapted` stage starts from its `heads` sibling)."""
+    A `RUN_LINKS` path inside the folder that held the saved run is also
+    compared as if it had moved with the run (a copied or moved adapt
+    folder, whose `adapted` stage starts from its `heads` sibling)."""
     was, now = _folder_of(saved), _folder_of(current)
     diffs = []
     for part, value in current.items():
@@ -234,10 +240,10 @@ def config_changes(saved: dict, current: dict) -> list[str]:
             **(saved.get(part) or {}),
         }
         for key, new in value.items():
-            if key not in RESUME_FREE and new not in (
-                old.get(key),
-                _moved(old.get(key), was, now),
-            ):
+            same = [old.get(key)]
+            if key in RUN_LINKS:
+                same.append(_moved(old.get(key), was, now))
+            if key not in RESUME_FREE and new not in same:
                 diffs.append(f"{key}: {old.get(key)!r} -> {new!r}")
     return diffs
 
