@@ -107,46 +107,72 @@ def fit_argv(out, *extra):
 # --- 1. Prior output hidden, replaced or mixed -------------------------------
 
 
-@pytest.fixture(scope="module")
-def killed_fit_swap(tmp_path_factory, pretrained):
-    """A run, then `fit --overwrite` killed between the two renames of its
-    final swap: (folder, the old run's files)."""
+# Per command: (main, argv of a run into OUT, its config.json section,
+# the swap_in call that swaps the run in: after its two backups, the
+# epoch's and the last step's, or fit's backup and export).
+RUNS = {
+    "fit": (fit.main, lambda model, out: fit_argv(out), "train", 3),
+    "finetune": (
+        finetune.main,
+        lambda model, out: (
+            ["--model", model, "--train", TRAIN]
+            + ["--output-dir", out, *FINETUNE]
+        ),
+        "finetune",
+        3,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def killed_run_swap(request, tmp_path_factory, pretrained):
+    """A run, then the same command with `--overwrite` (another seed)
+    killed between the two renames of its final swap: (command, folder,
+    the old run's files)."""
+    name = request.param
+    main, argv, _, swap = RUNS[name]
     base = tmp_path_factory.mktemp("swap")
-    shutil.copytree(pretrained, base / "run")
+    if name == "fit":
+        shutil.copytree(pretrained, base / "run")
+    else:
+        code = run_in(main, argv(pretrained, base / "run"), base / "cache")
+        assert code == 0
     before = snapshot(base / "run")
-    # Swaps of a 1-step run: its backup, its export, then the run itself.
     result = run_module(
-        "fit",
-        fit_argv("run", "--overwrite", "--seed", "7"),
+        name,
+        [*argv(pretrained, "run"), "--overwrite", "--seed", "7"],
         base,
-        fault="swap_in:3",
+        fault=f"swap_in:{swap}",
     )
     assert result.returncode == -9, result.stderr
     names = left(base)
     assert "run" not in names and ".run.replacing" in names, names
     assert any(n.startswith(".run.old") for n in names), names
-    return base, before
+    return name, base, before
 
 
 @pytest.mark.parametrize("again", ["original", "overwrite"])
-def test_a_kill_inside_the_run_swap(cli, killed_fit_swap, tmp_path, again):
+def test_a_kill_inside_the_run_swap(
+    cli, killed_run_swap, pretrained, tmp_path, again
+):
     """The original command finds the old run (complete) and removes the
     abandoned replacement, saying so; the --overwrite command swaps in the
     complete replacement without training again."""
-    base, before = killed_fit_swap
+    name, base, before = killed_run_swap
+    main, argv, section, _ = RUNS[name]
     folder = tmp_path / "w"
     shutil.copytree(base, folder, symlinks=True)
     extra = [] if again == "original" else ["--overwrite", "--seed", "7"]
-    code, out, err = cli(fit.main, fit_argv(folder / "run", *extra))
+    code, out, err = cli(main, [*argv(pretrained, folder / "run"), *extra])
     assert code == 0, err
     assert left(folder) == ["run"]
-    assert "already complete" in out and "resuming" not in out
-    seed = json.loads((folder / "run" / "config.json").read_text())
+    assert "complete (" in out and "resuming" not in out
+    config = json.loads((folder / "run" / "config.json").read_text())
     if again == "original":
         assert snapshot(folder / "run") == before
         assert "removed" in out and ".run.replacing" in out
     else:
-        assert seed["train"]["seed"] == 7
+        assert config[section]["seed"] == 7
 
 
 def test_an_abandoned_fit_overwrite_is_removed(cli, pretrained, tmp_path):
