@@ -9,7 +9,9 @@ through `atomic_path` or `atomic_dir`.
 `check_output` is the one rule every command applies to the paths it
 writes (see docs/safety.md): never one that is, contains or lies inside an
 input, and never an existing one without --overwrite. A replaced folder is
-built beside the old one and swapped in when complete (`swap_in`).
+built beside the old one and swapped in when complete (`swap_in`); a new
+output is moved in only if no other process wrote it meanwhile
+(`move_new`).
 
 `fault_point(name)` lets the tests kill a run at a named place (after a
 backup, inside a checkpoint write, during evaluation...) by setting
@@ -21,6 +23,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -190,6 +193,7 @@ def swap_in(new: str, path: str) -> None:
         os.remove(aside)
 
 
+@functools.cache
 def _renameat2():
     """glibc's renameat2 (Linux 3.15+), or None."""
     try:
