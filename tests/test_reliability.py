@@ -340,8 +340,9 @@ def test_adapt_overwrite_killed_in_stage_2_keeps_the_old_folder(
     cli, adapted, source, tmp_path
 ):
     """The old folder stays whole (no new heads/ beside old stages); the
-    same command resumes the replacement and swaps it in whole; the
-    folder, moved, still resumes (nothing trains again)."""
+    same command resumes the replacement, and killed again inside the
+    swap of the whole folder, then rerun, swaps it in without training;
+    the folder, moved, still resumes (nothing trains again)."""
     base, before = adapted
     folder = tmp_path / "w"
     shutil.copytree(base, folder, symlinks=True)
@@ -350,10 +351,23 @@ def test_adapt_overwrite_killed_in_stage_2_keeps_the_old_folder(
     replacing = folder / ".out.replacing"
     assert (replacing / "heads" / "summary.json").exists()
     assert not (replacing / "adapted" / "summary.json").exists()
+    # Swaps of the resumed session: stage 2's last backup and its export,
+    # stage 3's two backups, then the adapt folder.
+    result = run_module(
+        "adapt",
+        adapt_argv(source, "out", "--overwrite", "--seed", "1"),
+        folder,
+        fault="swap_in:5",
+    )
+    assert result.returncode == -9, result.stderr
+    assert "resuming the replacement" in result.stdout
+    assert "out" not in left(folder)
+    assert (replacing / "classifier" / "metrics.json").exists()
     argv = adapt_argv(source, out, "--overwrite", "--seed", "1")
     code, stdout, err = cli(adapt.main, argv)
     assert code == 0, err
     assert "resuming" in stdout and "precision: " not in err
+    assert "stage 2/3" in stdout and "complete (" in stdout
     assert left(folder) == ["out"]
     assert sorted(os.listdir(out)) == [
         "adapt.json",
