@@ -10,6 +10,7 @@ OUT/adapted are the two pretraining runs before it (see
 `kerasbert.training.adapt`). Rerunning the same command resumes.
 """
 
+import dataclasses
 import json
 import os
 
@@ -20,7 +21,11 @@ from kerasbert.cli import (  # noqa: E402
     import_tensorflow_quietly,
     split_values,
 )
-from kerasbert.config import AdaptConfig, FinetuneConfig  # noqa: E402
+from kerasbert.config import (  # noqa: E402
+    EXAMPLE_FORMATS,
+    AdaptConfig,
+    FinetuneConfig,
+)
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 from kerasbert.finetune import summarize  # noqa: E402
 
@@ -33,7 +38,34 @@ def build_parser():
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser, AdaptConfig, title="adaptation")
-    add_config_flags(parser, FinetuneConfig, title="fine-tuning")
+    add_config_flags(
+        parser,
+        FinetuneConfig,
+        # Adaptation starts from --model's tokenizer and reads --train as
+        # a corpus: no --from-scratch, --vocab-size, jsonl or hf data.
+        names=[
+            f.name
+            for f in dataclasses.fields(FinetuneConfig)
+            if f.name not in ("from_scratch", "vocab_size", "hf_config")
+        ],
+        title="fine-tuning",
+        narrow={
+            "data_format": {
+                "choices": ("auto", *EXAMPLE_FORMATS),
+                "help": "how to read the data files (auto: by extension; "
+                "a folder: folder)",
+            },
+            "output_dir": {
+                "help": "folder to write (heads/, adapted/, classifier/, "
+                "adapt.json); rerun the same command to resume",
+            },
+            "train": {
+                "help": "training data, also the adaptation's texts: "
+                ".tsv/.csv, an emotion-style text;label file or a folder "
+                "of <label>/*.txt",
+            },
+        },
+    )
     return parser
 
 

@@ -18,8 +18,10 @@ from kerasbert.config import field_type, flag_name, read_json_object
 from kerasbert.errors import UsageError
 
 
-def add_config_flags(parser, cls, names=None, title=None) -> None:
-    """Adds a flag for each field of `cls` (or those in `names`)."""
+def add_config_flags(parser, cls, names=None, title=None, narrow=None) -> None:
+    """Adds a flag for each field of `cls` (or those in `names`);
+    `narrow` ({field: {"choices": ..., "help": ...}}) gives a command
+    that takes less of a field its own choices and help."""
     group = parser.add_argument_group(title or cls.__name__)
     defaults = cls()
     for f in dataclasses.fields(cls):
@@ -28,11 +30,12 @@ def add_config_flags(parser, cls, names=None, title=None) -> None:
         ):
             continue
         kind = field_type(f)
+        own = {**f.metadata, **(narrow or {}).get(f.name, {})}
         spellings = (flag_name(f.name), *f.metadata.get("aliases", ()))
         kwargs = dict(
             dest=f.name,
             default=argparse.SUPPRESS,
-            help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)})",
+            help=f"{own['help']} (default: {getattr(defaults, f.name)})",
         )
         if kind is bool:
             group.add_argument(
@@ -42,10 +45,8 @@ def add_config_flags(parser, cls, names=None, title=None) -> None:
             group.add_argument(
                 *spellings,
                 type=kind,
-                choices=f.metadata.get("choices"),
-                metavar=kind.__name__.upper()
-                if "choices" not in f.metadata
-                else None,
+                choices=own.get("choices"),
+                metavar=kind.__name__.upper() if "choices" not in own else None,
                 **kwargs,
             )
 

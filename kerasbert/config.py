@@ -17,6 +17,7 @@ Constructors elsewhere take plain keyword arguments: `BertBackbone(
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -85,16 +86,24 @@ def check_field(cls, name: str, value) -> None:
     _check_field(next(f for f in fields(cls) if f.name == name), value)
 
 
+def _no_constant(name: str):
+    """Python's json reads NaN and Infinity, which JSON has not: an
+    untrusted config would carry them into weights and files."""
+    raise ValueError(f"{name} is no JSON number")
+
+
 def read_json_object(path: str, label: str) -> dict:
     """A JSON object from `path`; bad files raise `UsageError(label: ...)`."""
     try:
         with open(path, encoding="utf-8") as f:
-            values = json.load(f)
+            values = json.load(f, parse_constant=_no_constant)
     except FileNotFoundError:
         raise UsageError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{label}: is a directory, not a file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:  # a symlink loop, a permission...
+        raise UsageError(f"{label}: cannot be read ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError too
         raise UsageError(f"{label}: not valid JSON ({e})") from None
     if not isinstance(values, dict):
         raise UsageError(f"{label}: expected a JSON object")
@@ -121,6 +130,8 @@ def _check_field(f, value) -> None:
     )
     if not ok:
         raise UsageError(f"{flag}: expected {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise UsageError(f"{flag}: must be a finite number, got {value}")
     if "choices" in rules and value not in rules["choices"]:
         raise UsageError(
             f"{flag}: unknown value {value!r} (choose from "
@@ -134,6 +145,14 @@ def _check_field(f, value) -> None:
     ):
         if key in rules and not inside(value, rules[key]):
             raise UsageError(f"{flag}: must be {op} {rules[key]}, got {value}")
+
+
+# What --overwrite does, for every command that trains into --output-dir.
+OVERWRITE_HELP = (
+    "replace an existing --output-dir: the new run is built beside it "
+    "(.NAME.replacing/) and swapped in when complete; until then the old "
+    "one stays as it was"
+)
 
 
 def precision_option():
@@ -250,12 +269,15 @@ class ModelConfig(_Config):
         min=0,
         below=1,
     )
-    layer_norm_epsilon: float = option(1e-12, "LayerNorm epsilon", above=0)
+    layer_norm_epsilon: float = option(
+        1e-12, "LayerNorm epsilon", above=0, max=1
+    )
     initializer_range: float | None = option(
         None,
         "std of the truncated-normal initialisers (default 0.02, "
         "0.02*sqrt(768/hidden-dim) when narrower than 768)",
         above=0,
+        max=1,  # BERT's 0.02; a std of 1 already saturates every layer
     )
     activation: str = option(
         "gelu_tanh",
@@ -550,9 +572,7 @@ class TrainConfig(_Config):
         min=1,
     )
     log_every: int = option(10, "steps per metrics.csv row", min=1)
-    overwrite: bool = option(
-        False, "delete an existing run in --output-dir first"
-    )
+    overwrite: bool = option(False, OVERWRITE_HELP)
 
 
 def validate_pretraining(
@@ -662,7 +682,7 @@ class FinetuneConfig(_Config):
     backup_every: int = option(
         0, "steps between resume backups (0: at each epoch's end)", min=0
     )
-    overwrite: bool = option(False, "delete an existing --output-dir first")
+    overwrite: bool = option(False, OVERWRITE_HELP)
 
     def _cross_checks(self) -> None:
         if (self.model is None) == (self.from_scratch is None):

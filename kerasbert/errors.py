@@ -6,6 +6,7 @@ that message as one line on stderr and exits with code 2 -- no traceback.
 """
 
 import argparse
+import os
 import sys
 
 
@@ -30,9 +31,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(main, argv=None):
-    """Runs `main(argv)`; a `UsageError` becomes one line and exit code 2."""
+    """Runs `main(argv)`; a `UsageError` becomes one line and exit code 2.
+
+    After a full disk a command run as `python -m` (`argv` None) exits at
+    once: an h5py file whose writes failed stays open inside HDF5, and
+    closing it at interpreter exit prints tracebacks, then segfaults."""
     try:
         return main(argv)
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        if argv is None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
+        sys.exit(2)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

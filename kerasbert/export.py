@@ -48,8 +48,15 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     import_tensorflow_quietly()
-    from kerasbert.files import check_output, check_writable_dir
-    from kerasbert.serving.export import export_saved_model
+    from kerasbert.files import (
+        Exists,
+        atomic_dir,
+        atomic_path,
+        check_output,
+        check_writable_dir,
+        exists_error,
+    )
+    from kerasbert.serving.export import export_saved_model, require_heads
     from kerasbert.serving.modeldir import load_model
     from kerasbert.serving.text_classifier import (
         export_classifier_dir,
@@ -65,18 +72,28 @@ def main(argv=None):
     check_output(
         args.output, "--output", {"RUN_DIR": args.run_dir}, args.overwrite
     )
-    if args.format == "saved_model":
-        if is_classifier_dir(args.run_dir):
-            export_classifier_dir(args.run_dir, args.output, args.checkpoint)
+    # Written beside --output and moved in when complete; without
+    # --overwrite an --output that another process wrote meanwhile is
+    # kept and this one refused (`files.move_new`), not silently replaced.
+    try:
+        if args.format == "saved_model":
+            classifier = is_classifier_dir(args.run_dir)
+            if not classifier:
+                model = load_model(args.run_dir, args.checkpoint)
+                require_heads(model, f"RUN_DIR {args.run_dir}")
+            with atomic_dir(args.output, replace=args.overwrite) as tmp:
+                if classifier:
+                    export_classifier_dir(args.run_dir, tmp, args.checkpoint)
+                else:
+                    export_saved_model(model, tmp)
         else:
-            export_saved_model(
-                load_model(args.run_dir, args.checkpoint), args.output
-            )
-    else:
-        model = load_model(args.run_dir, args.checkpoint)
-        from kerasbert.training.callbacks import save_model_atomic
+            model = load_model(args.run_dir, args.checkpoint)
+            from kerasbert.training.callbacks import save_model_atomic
 
-        save_model_atomic(model, args.output)
+            with atomic_path(args.output, replace=args.overwrite) as tmp:
+                save_model_atomic(model, tmp)
+    except Exists:
+        raise exists_error(args.output, "--output") from None
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -9,7 +9,9 @@ through `atomic_path` or `atomic_dir`.
 `check_output` is the one rule every command applies to the paths it
 writes (see docs/safety.md): never one that is, contains or lies inside an
 input, and never an existing one without --overwrite. A replaced folder is
-built beside the old one and swapped in when complete (`swap_in`).
+built beside the old one and swapped in when complete (`swap_in`); a new
+output is moved in only if no other process wrote it meanwhile
+(`move_new`).
 
 `fault_point(name)` lets the tests kill a run at a named place (after a
 backup, inside a checkpoint write, during evaluation...) by setting
@@ -18,7 +20,10 @@ costs one dictionary lookup.
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -41,20 +46,40 @@ def _tmp_name(path: str, kind: str = "tmp") -> str:
     return os.path.join(head, f".{stem}.{kind}{os.getpid()}{dot}{ext}")
 
 
+_FULL_SIGNS = ("No space left on device", "File too large")
+
+
 def _disk_full(e: BaseException) -> bool:
-    """ENOSPC as Python, h5py or TensorFlow report it (TF's
-    ResourceExhaustedError is no OSError; its message is the only sign).
-    A `DiskFull` from a nested writer already names its file."""
+    """ENOSPC, EDQUOT or EFBIG (a file-size limit, `ulimit -f`) as Python,
+    h5py or TensorFlow report them (TF's ResourceExhaustedError is no
+    OSError; its message is the only sign). A `DiskFull` from a nested
+    writer already names its file."""
     if isinstance(e, DiskFull):
         return False
     return getattr(e, "errno", None) in (
         errno.ENOSPC,
         errno.EDQUOT,
-    ) or "No space left on device" in str(e)
+        errno.EFBIG,
+    ) or any(sign in str(e) for sign in _FULL_SIGNS)
 
 
-def disk_full_error(path: str) -> DiskFull:
-    """The one-line error for a full disk while writing `path`."""
+def _names(e: BaseException, tmp: str) -> bool:
+    """A `DiskFull` of a writer nested in ours, naming our temp path: the
+    user knows `path`, not that."""
+    return isinstance(e, DiskFull) and str(e).startswith(tmp)
+
+
+def disk_full_error(path: str, e: BaseException | None = None) -> DiskFull:
+    """The one-line error for a full disk (or a file-size limit, when `e`
+    says so) while writing `path`."""
+    if e is not None and (
+        getattr(e, "errno", None) == errno.EFBIG
+        or "file too large" in str(e).lower()
+    ):
+        return DiskFull(
+            f"{path}: file too large for this process's file-size limit "
+            "(ulimit -f); raise the limit and run again"
+        )
     parent = os.path.dirname(os.path.abspath(path))
     while parent and not os.path.isdir(parent):
         parent = os.path.dirname(parent)
@@ -65,13 +90,26 @@ def disk_full_error(path: str) -> DiskFull:
     )
 
 
+def folder_bytes(path: str) -> int:
+    """The bytes of the files under folder `path` (0 if there is none)."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 def check_free_space(path: str, needed: int, flag: str) -> None:
     """Refuses to start a write of about `needed` bytes under `path` when
-    its file system has less free: better than failing half way."""
+    its file system has less free: better than failing half way. What
+    folder `path` holds already counts as written (a resumed run replaces
+    its checkpoints, it does not add to them)."""
     probe = os.path.abspath(path)
     while not os.path.isdir(probe):
         probe = os.path.dirname(probe)
     free = shutil.disk_usage(probe).free
+    needed -= folder_bytes(path)
     if free < needed:
         raise UsageError(
             f"{flag}: {path}: about {needed / 1e6:.0f} MB "
@@ -80,11 +118,13 @@ def check_free_space(path: str, needed: int, flag: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, replace: bool = True):
     """Yields a temp path to write; on success it replaces `path`.
 
     On an exception the temp file is removed and `path` is untouched; a
-    full disk is a `UsageError` naming `path`.
+    full disk is a `UsageError` naming `path`. With `replace` False a
+    `path` that appeared meanwhile (another process) is kept and
+    `FileExistsError` raised (`move_new`).
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -93,10 +133,13 @@ def atomic_path(path: str):
     try:
         yield tmp
         fault_point("atomic_write")
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            move_new(tmp, path)
     except Exception as e:
-        if _disk_full(e):
-            raise disk_full_error(path) from None
+        if _disk_full(e) or _names(e, tmp):
+            raise disk_full_error(path, e) from None
         raise
     finally:
         if os.path.exists(tmp):
@@ -104,11 +147,13 @@ def atomic_path(path: str):
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str):
+def atomic_dir(path: str, replace: bool = True):
     """Yields an empty temp folder beside `path`; on success it replaces
     folder `path` (`swap_in`), so `path` is the old folder or the complete
     new one, never a mix. A regular file at `path` is an error. Temp
-    folders of `path` that killed processes left are removed first."""
+    folders of `path` that killed processes left are removed first. With
+    `replace` False a `path` that appeared meanwhile is kept and
+    `FileExistsError` raised (`move_new`)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{path}: exists and is not a folder")
     parent = os.path.dirname(os.path.abspath(path))
@@ -121,10 +166,13 @@ def atomic_dir(path: str):
     try:
         yield tmp
         fault_point("atomic_write")
-        swap_in(tmp, path)
+        if replace:
+            swap_in(tmp, path)
+        else:
+            move_new(tmp, path)
     except Exception as e:
-        if _disk_full(e):
-            raise disk_full_error(path) from None
+        if _disk_full(e) or _names(e, tmp):
+            raise disk_full_error(path, e) from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -145,6 +193,87 @@ def swap_in(new: str, path: str) -> None:
         os.remove(aside)
 
 
+@functools.cache
+def _renameat2():
+    """glibc's renameat2 (Linux 3.15+), or None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    return function
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+class Exists(FileExistsError):
+    """`move_new`: the path appeared while it was being written."""
+
+
+def exists_error(path: str, flag: str) -> UsageError:
+    """The one-line error for an existing output without --overwrite."""
+    return UsageError(f"{flag}: {path} exists (pass --overwrite to replace it)")
+
+
+def move_new(new: str, path: str) -> None:
+    """Renames `new` to `path` unless `path` exists, in one step where the
+    system allows (renameat2's RENAME_NOREPLACE): of two processes that
+    both checked that `path` was free, the second gets `FileExistsError`
+    instead of silently replacing the first one's output."""
+    function = _renameat2()
+    if function is not None:
+        done = function(
+            _AT_FDCWD,
+            os.fsencode(new),
+            _AT_FDCWD,
+            os.fsencode(path),
+            _RENAME_NOREPLACE,
+        )
+        if done == 0:
+            return
+        code = ctypes.get_errno()
+        if code in (errno.EEXIST, errno.ENOTEMPTY):
+            raise Exists(code, os.strerror(code), path)
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            raise OSError(code, os.strerror(code), path)
+    # No atomic way here (another system, or a file system without it).
+    if os.path.lexists(path):
+        raise Exists(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    os.rename(new, path)
+
+
+def restore_swapped_out(path: str) -> None:
+    """Puts back an old `path` that a kill between the two renames of
+    `swap_in` left aside as `.NAME.oldPID` (its process gone), so that no
+    check sees `path` missing while the user's output is only hidden."""
+    head, tail = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    stem, dot, ext = tail.partition(".")
+    pattern = re.compile(
+        rf"^\.{re.escape(stem)}\.old(\d+){re.escape(dot + ext)}$"
+    )
+    try:
+        names = sorted(os.listdir(head))
+    except OSError:
+        return
+    for name in names:
+        match = pattern.match(name)
+        if (
+            match
+            and not pid_alive(int(match.group(1)))
+            and not os.path.lexists(os.path.join(head, tail))
+        ):
+            os.replace(os.path.join(head, name), os.path.join(head, tail))
+
+
 def remove_stale_siblings(path: str) -> None:
     """Removes the temp files and folders of `path` (`.NAME.tmpPID...`)
     that killed processes left beside it, and puts back an old `path`
@@ -159,14 +288,17 @@ def remove_stale_siblings(path: str) -> None:
         names = os.listdir(head)
     except OSError:
         return
+    restore_swapped_out(path)  # the kill came between the renames
     for name in sorted(names):
         match = pattern.match(name)
-        if not match or pid_alive(int(match.group(2))):
-            continue
         stale = os.path.join(head, name)
-        if match.group(1) == "old" and not os.path.lexists(path):
-            os.replace(stale, path)  # the kill came between the renames
-        elif os.path.isdir(stale) and not os.path.islink(stale):
+        if (
+            not match
+            or pid_alive(int(match.group(2)))
+            or not os.path.lexists(stale)
+        ):
+            continue
+        if os.path.isdir(stale) and not os.path.islink(stale):
             shutil.rmtree(stale, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
@@ -195,8 +327,13 @@ def check_output(
     path or None}): replacing it would delete what is about to be read.
     Paths are compared resolved (symlinks, `..`), so an alias is caught.
     With `overwrite` False an existing `output` is refused; None leaves
-    that to the caller (a run directory that resumes).
+    that to the caller (a run directory that resumes). An old `output`
+    that a kill inside `swap_in` left aside is put back first, and temp
+    copies that killed writers left are removed (`remove_stale_siblings`).
     """
+    # What killed writers left: an old output hidden by a kill inside
+    # the swap is put back, their temp copies go.
+    remove_stale_siblings(output)
     out = os.path.realpath(output)
     for name, path in inputs.items():
         if not path or not os.path.lexists(path):
@@ -220,9 +357,7 @@ def check_output(
             f"{alias}; choose another {flag}"
         )
     if overwrite is False and os.path.lexists(output):
-        raise UsageError(
-            f"{flag}: {output} exists (pass --overwrite to replace it)"
-        )
+        raise exists_error(output, flag)
 
 
 def remove_stale_temps(folder: str) -> None:

@@ -12,7 +12,6 @@ See `kerasbert.training.finetune` for what OUT holds.
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,12 +63,9 @@ def main(argv=None):
     import_tensorflow_quietly()
     from kerasbert.training.finetune import finetune
 
-    result = finetune(
-        cfg,
-        parts["model"],
-        verbose=0 if quiet else 1,
-        log=lambda message: print(message, file=sys.stderr),
-    )
+    # Progress on stdout, as fit's and adapt's (and Keras' own progress
+    # bars): stderr is for the one error line.
+    result = finetune(cfg, parts["model"], verbose=0 if quiet else 1)
     print(json.dumps(summarize(result), indent=2))
     return 0
 

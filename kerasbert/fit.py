@@ -90,6 +90,7 @@ def _init_from(directory, values, parts, data, given=()):
     """The model config and tokenizer of --init-from's directory; flags may
     change dropout and the like, not the architecture."""
     from kerasbert.config import read_json_object
+    from kerasbert.serving.classifier import flagged
     from kerasbert.serving.modeldir import load_model, read_model_config
 
     if "size" in values:
@@ -97,7 +98,8 @@ def _init_from(directory, values, parts, data, given=()):
             "--size: not with --init-from (the model directory "
             "fixes the architecture)"
         )
-    model = read_model_config(directory)
+    with flagged("--init-from"):
+        model = read_model_config(directory)
     if data.tokenizer is None:
         # The directory's tokenizer is used: --vocab-size is its size (as
         # its run recorded it) or an error, never a value nothing obeys.

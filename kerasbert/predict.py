@@ -85,6 +85,14 @@ def main(argv=None):
     from kerasbert.data.classification import Examples, encode
     from kerasbert.serving.classifier import load_classifier, predict_proba
 
+    inner = os.path.join(args.model, "classifier")
+    if not os.path.lexists(
+        os.path.join(args.model, "config.json")
+    ) and os.path.isfile(os.path.join(inner, "config.json")):
+        raise UsageError(
+            f"--model: {args.model} is an adapt folder; its fine-tuned "
+            f"classifier is {inner}"
+        )
     model, tokenizer, config = load_classifier(args.model)
     firsts, seconds = split_pairs(texts, config.get("pair", False))
     settings = config["finetune"]

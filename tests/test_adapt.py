@@ -268,7 +268,12 @@ def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
     # After the stages' progress lines, the summary (a top-level object).
     summary = json.loads(stdout[stdout.rindex("\n{\n") + 1 :])
     assert summary["classifier"] == str(out / "classifier")
-    assert set(os.listdir(out)) == {"heads", "adapted", "classifier"}
+    assert set(os.listdir(out)) == {
+        "heads",
+        "adapted",
+        "classifier",
+        "adapt.json",
+    }
 
     # Stage 1 trained the heads and left the encoder exactly as it was.
     for mine, theirs in zip(

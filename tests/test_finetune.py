@@ -194,7 +194,7 @@ def test_a_complete_run_is_left_alone_and_an_old_one_refused(
     (Resuming after a kill anywhere: tests/test_resume.py.)"""
     args = TINY + source_task(epochs=5)
     finetune_main(args + ["--output-dir", single])
-    assert "complete" in capsys.readouterr().err
+    assert "complete" in capsys.readouterr().out
     old = tmp_path / "old"
     (old / "checkpoints").mkdir(parents=True)
     (old / "checkpoints" / "state.json").write_text('{"epoch": 1}')

@@ -481,7 +481,8 @@ def test_a_kill_inside_the_swap_keeps_the_old_folder(tmp_path):
 
 
 def finetuned(cli, model_dir, out, *extra):
-    code, _, err = cli(
+    """(exit code, what finetune printed: progress, then any error)."""
+    code, stdout, err = cli(
         finetune.main,
         [
             "--model",
@@ -494,7 +495,7 @@ def finetuned(cli, model_dir, out, *extra):
             *extra,
         ],
     )
-    return code, err
+    return code, stdout + err
 
 
 def test_divergence_then_the_suggested_rerun_then_a_failed_overwrite(

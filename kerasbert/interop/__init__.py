@@ -14,10 +14,12 @@ import os
 
 from kerasbert.errors import UsageError
 from kerasbert.files import (
+    Exists,
     atomic_dir,
     check_free_space,
     check_output,
     check_writable_dir,
+    exists_error,
 )
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -99,6 +101,13 @@ def convert(
     kind = detect(src)
     check_output(dst, "DST", {"SRC": src}, overwrite)
     check_writable_dir(dst, "DST")
+    try:
+        return _convert(src, dst, kind, precision, allow_pickle, overwrite)
+    except Exists:  # another process wrote DST meanwhile
+        raise exists_error(dst, "DST") from None
+
+
+def _convert(src, dst, kind, precision, allow_pickle, overwrite) -> str:
     if kind == "kerasbert":
         from kerasbert.interop.hf import write_hf_folder
         from kerasbert.serving.modeldir import load_model, load_tokenizer
@@ -106,7 +115,7 @@ def convert(
         tokenizer = load_tokenizer(src)
         model = load_model(src)
         check_free_space(dst, 4 * model.count_params(), "DST")
-        with atomic_dir(dst) as tmp:
+        with atomic_dir(dst, replace=overwrite) as tmp:
             architecture = write_hf_folder(model, tokenizer, tmp)
         if architecture == "BertModel" and hasattr(model, "backbone"):
             _note_dropped_head(src, model)
@@ -125,6 +134,6 @@ def convert(
     from kerasbert.config import parameter_count
 
     check_free_space(dst, 4 * parameter_count(**ckpt.config.to_dict()), "DST")
-    with atomic_dir(dst) as tmp:
+    with atomic_dir(dst, replace=overwrite) as tmp:
         model = write_model_dir(ckpt, tmp, precision)
     return f"kerasbert {type(model).__name__}"

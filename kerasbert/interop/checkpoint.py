@@ -168,11 +168,13 @@ def write_model_dir(ckpt: Checkpoint, out: str, precision: str = "float32"):
     os.makedirs(tok_dir)
     with open(os.path.join(tok_dir, "vocab.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(ckpt.tokens) + "\n")
-    tokenizer = Tokenizer.load(
-        os.path.join(tok_dir, "vocab.txt"),
-        lowercase=ckpt.lowercase,
-        strip_accents=ckpt.strip_accents,
-    )
+    vocab = os.path.join(tok_dir, "vocab.txt")
+    try:
+        tokenizer = Tokenizer.load(
+            vocab, lowercase=ckpt.lowercase, strip_accents=ckpt.strip_accents
+        )
+    except UsageError as e:  # the input's vocabulary, not our temp copy
+        raise UsageError(str(e).replace(vocab, ckpt.label)) from None
     tokenizer.save(tok_dir)
     model = build_model(ckpt, precision)
     write_json_atomic(

@@ -102,12 +102,20 @@ def _read_tokenizer(path: str) -> tuple[list[str], bool, bool | None]:
     if os.path.isfile(tok_json):
         spec = read_json_object(tok_json, tok_json)
         model = spec.get("model") or {}
+        if not isinstance(model, dict):
+            raise UsageError(f'{tok_json}: "model" is not a JSON object')
         if model.get("type") != "WordPiece":
             raise UsageError(
                 f"{tok_json}: a {model.get('type')} tokenizer"
                 ", not BERT's WordPiece"
             )
         vocab = model.get("vocab") or {}
+        if not isinstance(vocab, dict) or not all(
+            type(i) is int for i in vocab.values()
+        ):
+            raise UsageError(
+                f'{tok_json}: "model"."vocab" is not an object of token ids'
+            )
         tokens = sorted(vocab, key=vocab.get)
         normalizer = spec.get("normalizer") or {}
         if normalizer.get("type") == "BertNormalizer":

@@ -37,6 +37,17 @@ def float32_copy(model):
     return copy
 
 
+def require_heads(model, source: str) -> None:
+    """Refuses a model without MLM/NSP heads; `source` names where it
+    comes from (the command's input, not the output)."""
+    if not hasattr(model, "mlm_head"):
+        raise UsageError(
+            f"{source}: has no MLM/NSP heads (a converted BertModel?): "
+            "export it with --format keras, convert it to Hugging Face or "
+            "fine-tune it"
+        )
+
+
 def export_saved_model(pretrainer, path: str) -> str:
     """Writes a float32 SavedModel of `pretrainer` (a `BertPretrainer`).
 
@@ -46,12 +57,7 @@ def export_saved_model(pretrainer, path: str) -> str:
     import keras
     import tensorflow as tf
 
-    if not hasattr(pretrainer, "mlm_head"):
-        raise UsageError(
-            f"{path}: the model has no MLM/NSP heads (a converted BertModel"
-            "?): export it with --format keras, convert it to Hugging Face "
-            "or fine-tune it"
-        )
+    require_heads(pretrainer, "the model")
     pretrainer = float32_copy(pretrainer)
     backbone = pretrainer.backbone
 

@@ -17,12 +17,21 @@ together with the encoder, their first large gradients reach a trained
 encoder through random weights; a short warm-up with the encoder frozen
 gives them trained values first (what it reaches: docs/adapt.md).
 
+    adapt.json   the command's settings (a rerun with others is refused
+                 before anything runs, unless --overwrite)
+
 Each stage is a normal run: rerunning the command skips finished stages
-and resumes the interrupted one.
+and resumes the interrupted one. The stages refer to each other by path
+(`adapted` starts from `heads`); a moved or copied folder resumes all the
+same (`rundir.config_changes` follows a run's siblings).
 """
 
+import contextlib
 import dataclasses
+import json
 import os
+import re
+import shutil
 
 from kerasbert.config import (
     EXAMPLE_FORMATS,
@@ -33,7 +42,14 @@ from kerasbert.config import (
     validate_pretraining,
 )
 from kerasbert.errors import UsageError
-from kerasbert.files import check_output
+from kerasbert.files import (
+    check_output,
+    check_writable_dir,
+    replacement_dir,
+    swap_in,
+    write_json_atomic,
+)
+from kerasbert.training.rundir import config_changes, run_lock
 
 STAGES = ("heads", "adapted", "classifier")
 
@@ -71,9 +87,19 @@ def _has_heads(directory: str) -> bool:
 def adapt(
     adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1, log=print
 ) -> dict:
-    """Runs (or resumes) the three stages; returns their summaries."""
+    """Runs (or resumes) the three stages; returns their summaries.
+
+    Every input of every stage is checked before anything is written (as
+    `finetune` does): the fine-tuning data and labels too, not only at
+    stage 3. The output folder holds the stage folders and `adapt.json`
+    (these settings) and nothing else; `--overwrite` of an existing one
+    builds the whole new folder beside it (`.NAME.replacing/`, resumed by
+    the same command after a kill) and swaps it in when complete, so the
+    folder never mixes two runs' stages.
+    """
+    from kerasbert.serving.classifier import flagged
     from kerasbert.serving.modeldir import read_model_config
-    from kerasbert.training.finetune import inputs
+    from kerasbert.training.finetune import inputs, read_data
 
     adapt_cfg.validate()
     cfg.validate()
@@ -88,7 +114,9 @@ def adapt(
         )
     # The stages' own checks see only their part; this one sees them all.
     check_output(cfg.output_dir, "--output-dir", inputs(cfg))
-    model_cfg = read_model_config(cfg.model)
+    check_writable_dir(cfg.output_dir, "--output-dir")
+    with flagged("--model"):
+        model_cfg = read_model_config(cfg.model)
     data_cfg = corpus_config(
         adapt_cfg, cfg, os.path.join(cfg.model, "tokenizer")
     )
@@ -97,52 +125,144 @@ def adapt(
             f"--train: {cfg.train}: read as {data_cfg.corpus_format}; "
             f"adaptation reads {', '.join(EXAMPLE_FORMATS)} data"
         )
-    paths = {s: os.path.join(cfg.output_dir, s) for s in STAGES}
+    read_data(cfg)  # stage 3's files and labels, before stage 1
     train = TrainConfig(
         batch_size=adapt_cfg.adapt_batch_size,
         nsp=adapt_cfg.nsp,
         precision=cfg.precision,
         jit_compile=cfg.jit_compile,
         seed=cfg.seed,
-        overwrite=cfg.overwrite,
         log_every=10,
         eval_batches=10,
     )
-    validate_pretraining(model_cfg, data_cfg, train)
-    new = not os.path.exists(cfg.output_dir)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    try:
-        return _stages(
-            adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log
+    with ours_named():
+        validate_pretraining(model_cfg, data_cfg, train)
+    settings = {"adapt": adapt_cfg.to_dict(), "finetune": cfg.to_dict()}
+    with run_lock(cfg.output_dir):
+        folder = _output_folder(cfg, settings, log)
+        new = not os.path.exists(folder)
+        paths = {s: os.path.join(folder, s) for s in STAGES}
+        os.makedirs(folder, exist_ok=True)
+        write_json_atomic(os.path.join(folder, SETTINGS), settings)
+        try:
+            summaries = _stages(
+                adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log
+            )
+        except BaseException:
+            # A first stage refused (a bad flag, too little text): leave no
+            # folder behind that the corrected command would trip on.
+            if new and os.listdir(folder) == [SETTINGS]:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if folder != cfg.output_dir:
+            swap_in(folder, cfg.output_dir)
+        return summaries
+
+
+# What an adapt folder holds besides the stage folders: its settings, to
+# refuse a rerun with others up front and to resume a replacement.
+SETTINGS = "adapt.json"
+
+
+def _output_folder(cfg, settings: dict, log) -> str:
+    """The folder the stages are written in: --output-dir, or its
+    replacement beside it (`--overwrite` of an existing one). Refuses a
+    folder of the user's own files, stage folders that are not runs, and
+    (without --overwrite) an adapt run of other settings."""
+    out = cfg.output_dir
+    replacement = replacement_dir(out)
+    if cfg.overwrite and os.path.isdir(out) and os.listdir(out):
+        if _changes(replacement, settings) == []:
+            log(f"resuming the replacement of {out} in {replacement}")
+        else:  # none, or another command's: start afresh
+            shutil.rmtree(replacement, ignore_errors=True)
+        return replacement
+    if os.path.isdir(replacement):
+        log(
+            f"note: removed {replacement}, the unfinished replacement of an "
+            "earlier --overwrite run (this command has no --overwrite)"
         )
-    except BaseException:
-        # A first stage refused (a bad flag, too little text): leave no
-        # empty folder behind that the corrected command would trip on.
-        if new and not os.listdir(cfg.output_dir):
-            os.rmdir(cfg.output_dir)
-        raise
+        shutil.rmtree(replacement)
+    if not os.path.isdir(out):
+        return out
+    foreign = sorted(set(os.listdir(out)) - {*STAGES, SETTINGS})
+    if foreign:
+        raise UsageError(
+            f"--output-dir: {out} holds files that are not an adapt run's "
+            f"({', '.join(foreign[:3])}); choose another or pass --overwrite"
+        )
+    for stage in STAGES:
+        path = os.path.join(out, stage)
+        if (
+            os.path.isdir(path)
+            and os.listdir(path)
+            and not os.path.isfile(os.path.join(path, "config.json"))
+        ):
+            raise UsageError(
+                f"--output-dir: {path} exists and is not a kerasbert run "
+                "directory (choose another or pass --overwrite)"
+            )
+    diffs = _changes(out, settings)
+    if diffs and any(os.path.isdir(os.path.join(out, s)) for s in STAGES):
+        raise UsageError(
+            f"--output-dir: {out} holds an adapt run with other settings "
+            f"({'; '.join(diffs[:3])}); pass --overwrite or another "
+            "--output-dir"
+        )
+    return out
 
 
-# Pretraining's flags that this command spells its own way.
-_OUR_FLAGS = {
-    "--batch-size": "--adapt-batch-size",
-    "--sequence-length": "--adapt-sequence-length",
-    "--max-steps": "--adapt-steps",
-}
+def _changes(folder: str, settings: dict) -> list[str] | None:
+    """How `settings` differ from those in `folder`'s adapt.json ([]: the
+    same); None: no readable adapt.json there."""
+    path = os.path.join(folder, SETTINGS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    return config_changes(saved, settings)
+
+
+# Pretraining's flags and advice that this command spells its own way.
+_OUR_FLAGS = (
+    ("--max-sequence-length", "--model's max_sequence_length"),
+    ("--sequence-length", "--adapt-sequence-length"),
+    ("--batch-size", "--adapt-batch-size"),
+    ("--max-steps", "--adapt-steps"),
+    ("--corpus-format", "--data-format"),
+    ("--corpus", "--train"),
+    (
+        "separate documents with a blank line, or set --one-doc-per-line",
+        "each --train example is one: give more examples",
+    ),
+)
+
+
+@contextlib.contextmanager
+def ours_named():
+    """Pretraining's errors, naming this command's flags."""
+    try:
+        yield
+    except UsageError as e:
+        message = str(e)
+        for theirs, ours in _OUR_FLAGS:
+            message = re.sub(
+                rf"(?<![\w-]){re.escape(theirs)}(?![\w-])",
+                ours,
+                message,
+            )
+        raise UsageError(message) from None
 
 
 def _pretrain(*args, **kwargs):
     """`pretrain`, its errors naming this command's flags."""
     from kerasbert.training.pretrain import pretrain
 
-    try:
+    with ours_named():
         return pretrain(*args, **kwargs)
-    except UsageError as e:
-        message = str(e)
-        for theirs, ours in _OUR_FLAGS.items():
-            if message.startswith(theirs + ":"):
-                message = ours + message[len(theirs) :]
-        raise UsageError(message) from None
 
 
 def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
@@ -187,7 +307,10 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
     log("stage 3/3: fine-tuning")
     summaries["classifier"] = finetune(
         dataclasses.replace(
-            cfg, model=paths["adapted"], output_dir=paths["classifier"]
+            cfg,
+            model=paths["adapted"],
+            output_dir=paths["classifier"],
+            overwrite=False,  # the whole folder is replaced, not a stage
         ),
         verbose=verbose,
         log=log,

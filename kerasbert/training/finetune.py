@@ -222,7 +222,7 @@ def _finetune(cfg, model_overrides, verbose, log):
             "kerasbert (checkpoints/state.json), which this one cannot "
             "resume; pass --overwrite to start it afresh"
         )
-    state, run, final = open_run(run, configs, cfg.overwrite)
+    state, run, final = open_run(run, configs, cfg.overwrite, log)
     if state == "done":
         log(
             f"{run.path}: this run is complete (metrics.json); pass "

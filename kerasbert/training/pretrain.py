@@ -159,7 +159,7 @@ def _pretrain(
         model_cfg, vocabulary_size=tokenizer.vocabulary_size
     )
     configs = run_config(model_cfg, data_cfg, train_cfg)
-    state, run, final = open_run(run, configs, train_cfg.overwrite)
+    state, run, final = open_run(run, configs, train_cfg.overwrite, log)
     if state == "done":
         log(
             f"{run.path}: this run is already complete (summary.json); "

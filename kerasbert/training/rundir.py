@@ -28,6 +28,7 @@ import os
 import shutil
 
 from kerasbert.config import (
+    AdaptConfig,
     DataConfig,
     FinetuneConfig,
     ModelConfig,
@@ -119,17 +120,26 @@ class RunDir:
         write_json_atomic(self.config, configs)
 
 
-def open_run(run: RunDir, configs: dict, overwrite: bool):
+def open_run(run: RunDir, configs: dict, overwrite: bool, log=print):
     """(state, run to write, run to swap it into or None).
 
     `--overwrite` of an existing run builds the new one beside it, in
     `.NAME.replacing/`, swapped in (`files.swap_in`) when complete: the old
     run stays whole until then, and the same command after a kill resumes
     the replacement. A replacement that completed but was not yet swapped
-    in is swapped here ('done').
+    in is swapped here ('done'). One that a command without --overwrite
+    finds was abandoned for the old run: it is removed, and said so.
     """
     state = run.state(configs, overwrite)
     if not (overwrite and os.path.isdir(run.path) and os.listdir(run.path)):
+        abandoned = replacement_dir(run.path)
+        if not overwrite and os.path.isdir(abandoned):
+            log(
+                f"note: removed {abandoned}, the unfinished replacement of "
+                "an earlier --overwrite run (this command has no "
+                "--overwrite)"
+            )
+            shutil.rmtree(abandoned)
         return state, run, None
     final = run
     run = RunDir(replacement_dir(final.path), os.path.basename(final.summary))
@@ -179,11 +189,44 @@ _SECTIONS = {
     "data": DataConfig,
     "train": TrainConfig,
     "finetune": FinetuneConfig,
+    "adapt": AdaptConfig,
 }
 
 
+# Fields through which a run starts from another run (adapt's `adapted`
+# from `heads`, its classifier from `adapted`): a sibling of the run moves
+# with it.
+RUN_LINKS = frozenset({"init_from", "model"})
+
+
+def _folder_of(configs: dict) -> str | None:
+    """The folder that holds the run of `configs` (its output_dir's
+    parent), or None."""
+    for part in ("train", "finetune"):
+        path = (configs.get(part) or {}).get("output_dir")
+        if isinstance(path, str):
+            return os.path.dirname(os.path.abspath(path.rstrip(os.sep)))
+    return None
+
+
+def _moved(value, old: str | None, new: str | None):
+    """`value` with folder `old` spelled `new`, if it is a path inside
+    `old`: a run's siblings (adapt's stages) move with it."""
+    if not (isinstance(value, str) and old and new and old != new):
+        return value
+    path = os.path.abspath(value)
+    if os.path.commonpath([path, old]) != old:
+        return value
+    return os.path.join(new, os.path.relpath(path, old))
+
+
 def config_changes(saved: dict, current: dict) -> list[str]:
-    """Differences that make a backup meaningless (RESUME_FREE aside)."""
+    """Differences that make a backup meaningless (RESUME_FREE aside).
+
+    A `RUN_LINKS` path inside the folder that held the saved run is also
+    compared as if it had moved with the run (a copied or moved adapt
+    folder, whose `adapted` stage starts from its `heads` sibling)."""
+    was, now = _folder_of(saved), _folder_of(current)
     diffs = []
     for part, value in current.items():
         cls = _SECTIONS.get(part)
@@ -197,7 +240,10 @@ def config_changes(saved: dict, current: dict) -> list[str]:
             **(saved.get(part) or {}),
         }
         for key, new in value.items():
-            if key not in RESUME_FREE and old.get(key) != new:
+            same = [old.get(key)]
+            if key in RUN_LINKS:
+                same.append(_moved(old.get(key), was, now))
+            if key not in RESUME_FREE and new not in same:
                 diffs.append(f"{key}: {old.get(key)!r} -> {new!r}")
     return diffs
 
