@@ -587,6 +587,11 @@ def validate_pretraining(
             f"--sequence-length: {data.sequence_length} is above "
             f"--max-sequence-length {model.max_sequence_length}"
         )
+    if train.heads_only and not train.init_from:
+        raise UsageError(
+            "--heads-only: needs --init-from (the trained encoder whose "
+            "heads to train; a random encoder, frozen, learns nothing)"
+        )
 
 
 DATA_FORMATS = ("auto", *EXAMPLE_FORMATS, "jsonl", "hf")

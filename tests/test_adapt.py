@@ -362,3 +362,68 @@ def test_adapt_too_little_text_one_error_no_output(cli, tmp_path, source):
     assert lines[0].startswith("error: --adapt-batch-size: 4096 is more")
     assert "sentence pairs" in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_fit_auto_reads_labelled_files_as_finetune_does(cli, tmp_path, source):
+    """`fit --init-from M --corpus train.tsv` (and an emotion-style
+    `text;label` file) work as typed: --corpus-format auto reads their
+    texts, not their lines as one plain-text document."""
+    for name, fmt in (
+        ("source_train.tsv", "tsv"),
+        ("emotion_train.txt", "semicolon"),
+    ):
+        out = tmp_path / fmt
+        code, _, err = cli(
+            fit.main,
+            [
+                "--init-from",
+                source,
+                "--corpus",
+                fixture(name),
+                "--sequence-length",
+                "32",
+                "--batch-size",
+                "8",
+                "--max-predictions",
+                "5",
+                "--max-steps",
+                "2",
+                "--eval-batches",
+                "1",
+                "--output-dir",
+                out,
+                "--quiet",
+            ],
+        )
+        assert code == 0, err
+        with open(out / "config.json") as f:
+            assert json.load(f)["data"]["corpus_format"] == fmt
+
+
+def test_too_few_documents_names_corpus_format(cli, tmp_path):
+    """A labelled file read as plain text is one document: the message
+    says how to read it as labelled data."""
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("".join(f"text {i}\tlabel\n" for i in range(50)))
+    code, out, err = cli(
+        fit.main,
+        [
+            "--corpus",
+            corpus,
+            "--corpus-format",
+            "text",
+            "--output-dir",
+            tmp_path / "run",
+        ],
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "1 document(s)" in err and "--corpus-format tsv" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_heads_only_needs_init_from(cli, tmp_path):
+    code, _, err = cli(
+        fit.main, ["--heads-only", "--output-dir", tmp_path / "run"]
+    )
+    assert code == 2 and err.startswith("error: --heads-only: needs --init")
+    assert not (tmp_path / "run").exists()

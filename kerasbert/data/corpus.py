@@ -28,6 +28,7 @@ to a file first; with a given tokenizer the split sentences stream
 straight into it (the main process tokenizes while workers split).
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -291,16 +292,58 @@ def _corpus_name(data_config):
     return data_config.corpus or readers.BUNDLED_CORPUS
 
 
+def _first_line(path) -> str:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError:
+        return ""
+
+
+def resolve_corpus_format(data_config):
+    """`--corpus-format auto` on one labelled file: read it as `finetune`
+    reads it (labels unused), so `fit --init-from M --corpus train.tsv`
+    works as typed. A .tsv file, or a first line `text;...` (the header
+    of emotion-style `text;label` files). Other files keep `auto` (per
+    file, readers.detect_format; a .csv is read by its text column)."""
+    dc = data_config
+    if dc.corpus_format != "auto" or not dc.corpus:
+        return dc
+    if not os.path.isfile(dc.corpus):
+        return dc
+    if os.path.splitext(dc.corpus)[1].lower() == ".tsv":
+        fmt = "tsv"
+    elif _first_line(dc.corpus).lower().startswith("text;"):
+        fmt = "semicolon"
+    else:
+        return dc
+    return dataclasses.replace(dc, corpus_format=fmt)
+
+
+def too_few_documents(name: str, count: int, corpus=None) -> UsageError:
+    """The one message for a corpus with fewer than 2 documents; names
+    --corpus-format where `corpus` looks like labelled data (a tab or a
+    ';' on its first line) read as plain text."""
+    hint = "separate documents with a blank line, or set --one-doc-per-line"
+    if corpus and os.path.isfile(corpus):
+        first = _first_line(corpus)
+        if "\t" in first or ";" in first:
+            hint += (
+                "; a labelled file? pass --corpus-format tsv, csv or "
+                "semicolon (and --text-column) to read its texts"
+            )
+    return UsageError(
+        f"{name}: corpus has {count} document(s); next-sentence pairs "
+        f"need at least 2 ({hint})"
+    )
+
+
 def _check_documents(data_config, num_documents):
     name = _corpus_name(data_config)
     if num_documents == 0:
         raise UsageError(f"{name}: corpus is empty (no text after cleaning)")
     if num_documents == 1:
-        raise UsageError(
-            f"{name}: corpus has 1 document; next-sentence pairs need at "
-            "least 2 (separate documents with a blank line, or set "
-            "--one-doc-per-line)"
-        )
+        raise too_few_documents(name, 1, data_config.corpus)
 
 
 # Cleaning and sentence splitting are pure Python (punkt, kss): a corpus

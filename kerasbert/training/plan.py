@@ -48,11 +48,9 @@ def make_plan(
     notes = []
     n = corpus.num_documents
     if n < 2:
-        raise UsageError(
-            f"{corpus_name}: {n} document(s); next-sentence pairs need at "
-            "least 2 (separate documents with a blank line, or set "
-            "--one-doc-per-line)"
-        )
+        from kerasbert.data.corpus import too_few_documents
+
+        raise too_few_documents(corpus_name, n, data_cfg.corpus)
     train_ids = heldout_ids = None
     if heldout_corpus is None and data_cfg.holdout_fraction > 0:
         if n < MIN_DOCUMENTS_TO_HOLD_OUT:

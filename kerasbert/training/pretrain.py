@@ -60,7 +60,10 @@ def pretrain(
     `callbacks` are extra Keras callbacks for `model.fit` (not used by the
     multi-worker loop).
     """
+    from kerasbert.data.corpus import resolve_corpus_format
+
     validate_pretraining(model_cfg, data_cfg, train_cfg)
+    data_cfg = resolve_corpus_format(data_cfg)
     if not train_cfg.nsp:
         # Masked LM only: a random B would just join unrelated texts.
         data_cfg = dataclasses.replace(data_cfg, nsp_probability=0.0)
