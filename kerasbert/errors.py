@@ -19,7 +19,19 @@ class DiskFull(UsageError):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+    """The loss became NaN/inf; the last good checkpoint is kept.
+
+    One policy for every command: one line naming the command's own
+    learning-rate flag (`flag`; adapt sets its stage's), exit code 1 (the
+    input was fine; the run failed)."""
+
+    def __init__(self, message: str, flag: str = "--learning-rate"):
+        super().__init__(message)
+        self.message = message
+        self.flag = flag
+
+    def __str__(self):
+        return f"{self.message}; try a lower {self.flag}"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -48,6 +60,9 @@ def run_cli(main, argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,7 +29,6 @@ from kerasbert.config import (  # noqa: E402
 )
 from kerasbert.errors import (  # noqa: E402
     ArgumentParser,
-    TrainingDiverged,
     UsageError,
     run_cli,
 )
@@ -139,13 +137,9 @@ def main(argv=None):
     import_tensorflow_quietly()
     from kerasbert.training.pretrain import pretrain
 
-    try:
-        summary = pretrain(
-            model_cfg, data_cfg, train_cfg, size=size, verbose=0 if quiet else 1
-        )
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    summary = pretrain(
+        model_cfg, data_cfg, train_cfg, size=size, verbose=0 if quiet else 1
+    )
     if summary:
         print(json.dumps(summary, indent=2))
     return 0

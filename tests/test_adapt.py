@@ -427,3 +427,63 @@ def test_heads_only_needs_init_from(cli, tmp_path):
     )
     assert code == 2 and err.startswith("error: --heads-only: needs --init")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "command, stage_flags, flag",
+    [
+        ("adapt", ["--head-steps", "4"], "--head-learning-rate"),
+        ("adapt", ["--head-steps", "0"], "--adapt-learning-rate"),
+        ("finetune", [], "--learning-rate"),
+    ],
+)
+def test_a_diverged_run_is_one_line_naming_its_flag(
+    cli, tmp_path, source, monkeypatch, command, stage_flags, flag
+):
+    """One divergence policy: a non-finite loss at step 2 of any stage
+    ends the command with one line naming that stage's learning-rate flag
+    and exit code 1 (fit's own case is in test_fit.py)."""
+    from kerasbert import finetune
+    from kerasbert.training import callbacks
+
+    seen = callbacks.DivergenceGuard.on_train_batch_end
+
+    def poisoned(self, batch, logs=None):
+        if self.counter.step == 2:
+            logs = {**(logs or {}), "loss": float("nan")}
+        seen(self, batch, logs)
+
+    monkeypatch.setattr(
+        callbacks.DivergenceGuard, "on_train_batch_end", poisoned
+    )
+    common = [
+        "--model",
+        source,
+        "--train",
+        fixture("source_train.tsv"),
+        "--output-dir",
+        tmp_path / "out",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "64",
+        "--quiet",
+    ]
+    if command == "adapt":
+        argv = [
+            *common,
+            *stage_flags,
+            "--adapt-steps",
+            "4",
+            "--adapt-batch-size",
+            "8",
+            "--adapt-sequence-length",
+            "32",
+        ]
+        code, _, err = cli(adapt.main, argv)
+    else:
+        code, _, err = cli(finetune.main, common)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "training diverged at step 2" in lines[0]
+    assert lines[0].endswith(f"try a lower {flag}"), lines[0]

@@ -434,6 +434,7 @@ def test_divergence_stops_with_clear_message(
 
     import kerasbert.modeling  # noqa: F401
     from kerasbert import fit as fit_cli
+    from kerasbert.errors import run_cli
     from kerasbert.training import pretrain as run
 
     class PoisonAt(keras.callbacks.Callback):
@@ -451,7 +452,8 @@ def test_divergence_stops_with_clear_message(
     monkeypatch.setenv("KERASBERT_CACHE", env["KERASBERT_CACHE"])
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        fit_cli.main(
+        run_cli(
+            fit_cli.main,
             [
                 "--max-steps",
                 "20",
@@ -462,7 +464,7 @@ def test_divergence_stops_with_clear_message(
                 "--output-dir",
                 str(run_dir),
                 *SHORT,
-            ]
+            ],
         )
     assert exit_info.value.code == 1
     message = capsys.readouterr().err.strip().splitlines()[-1]

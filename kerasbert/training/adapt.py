@@ -41,7 +41,7 @@ from kerasbert.config import (
     TrainConfig,
     validate_pretraining,
 )
-from kerasbert.errors import UsageError
+from kerasbert.errors import TrainingDiverged, UsageError
 from kerasbert.files import (
     check_output,
     check_writable_dir,
@@ -257,12 +257,16 @@ def ours_named():
         raise UsageError(message) from None
 
 
-def _pretrain(*args, **kwargs):
+def _pretrain(*args, learning_rate_flag, **kwargs):
     """`pretrain`, its errors naming this command's flags."""
     from kerasbert.training.pretrain import pretrain
 
     with ours_named():
-        return pretrain(*args, **kwargs)
+        try:
+            return pretrain(*args, **kwargs)
+        except TrainingDiverged as e:
+            e.flag = learning_rate_flag
+            raise
 
 
 def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
@@ -285,6 +289,7 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
             ),
             verbose=verbose,
             log=log,
+            learning_rate_flag="--head-learning-rate",
         )
         start = paths["heads"]
     log(
@@ -303,6 +308,7 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
         ),
         verbose=verbose,
         log=log,
+        learning_rate_flag="--adapt-learning-rate",
     )
     log("stage 3/3: fine-tuning")
     summaries["classifier"] = finetune(

@@ -34,7 +34,7 @@ import numpy as np
 
 from kerasbert.config import FinetuneConfig, ModelConfig, parameter_count
 from kerasbert.data import classification as cls_data
-from kerasbert.errors import DiskFull, TrainingDiverged, UsageError
+from kerasbert.errors import DiskFull, UsageError
 from kerasbert.files import (
     check_free_space,
     check_output,
@@ -183,8 +183,6 @@ def finetune(
             raise DiskFull(
                 f"{e} (the same command resumes from the last backup)"
             ) from None
-        except TrainingDiverged as e:
-            raise UsageError(str(e)) from None
 
 
 def _finetune(cfg, model_overrides, verbose, log):

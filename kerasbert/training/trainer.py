@@ -180,8 +180,7 @@ class Trainer:
             where = "nothing was saved"
         raise TrainingDiverged(
             f"training diverged at step {guard.diverged_at} "
-            f"(loss={guard.bad_loss}): a non-finite loss; stopped, {where}; "
-            "try a lower --learning-rate"
+            f"(loss={guard.bad_loss}): a non-finite loss; stopped, {where}"
         )
 
     def _fit(self, model, stack, start):
