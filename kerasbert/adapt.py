@@ -24,6 +24,7 @@ from kerasbert.cli import (  # noqa: E402
 from kerasbert.config import (  # noqa: E402
     EXAMPLE_FORMATS,
     AdaptConfig,
+    DataConfig,
     FinetuneConfig,
 )
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
@@ -38,6 +39,8 @@ def build_parser():
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser, AdaptConfig, title="adaptation")
+    # Pretraining's own masking flag (its help, default and range).
+    add_config_flags(parser, DataConfig, names=["mask_rate"], title="masking")
     add_config_flags(
         parser,
         FinetuneConfig,
@@ -72,6 +75,7 @@ def build_parser():
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     quiet = args.pop("quiet")
+    mask_rate = args.pop("mask_rate", DataConfig.mask_rate)
     parts = split_values(
         args, {"adapt": AdaptConfig, "finetune": FinetuneConfig}
     )
@@ -81,7 +85,9 @@ def main(argv=None):
     from kerasbert.training.adapt import adapt
 
     # Progress on stdout, as fit's: stderr is for the one error line.
-    result = adapt(adapt_cfg, cfg, verbose=0 if quiet else 1)
+    result = adapt(
+        adapt_cfg, cfg, verbose=0 if quiet else 1, mask_rate=mask_rate
+    )
     summary = {"classifier": os.path.join(cfg.output_dir, "classifier")}
     for stage in ("heads", "adapted"):
         if stage in result:

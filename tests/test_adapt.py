@@ -487,3 +487,35 @@ def test_a_diverged_run_is_one_line_naming_its_flag(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "training diverged at step 2" in lines[0]
     assert lines[0].endswith(f"try a lower {flag}"), lines[0]
+
+
+def test_adapt_masks_at_its_mask_rate():
+    """--mask-rate reaches adaptation's corpus: its rate and the room for
+    predictions (BERT's 15% of 128 is the default 20)."""
+    from kerasbert.config import AdaptConfig, FinetuneConfig
+    from kerasbert.training.adapt import corpus_config
+
+    cfg = FinetuneConfig(train=fixture("source_train.tsv"))
+    for seq, rate, room in ((128, 0.15, 20), (128, 0.3, 39), (32, 0.3, 11)):
+        data = corpus_config(
+            AdaptConfig(adapt_sequence_length=seq), cfg, "tok", rate
+        )
+        assert (data.mask_rate, data.max_predictions) == (rate, room)
+
+
+def test_adapt_refuses_a_bad_mask_rate(cli, tmp_path, source):
+    code, _, err = cli(
+        adapt.main,
+        [
+            "--model",
+            source,
+            "--train",
+            fixture("source_train.tsv"),
+            "--mask-rate",
+            "1.5",
+            "--output-dir",
+            tmp_path / "out",
+        ],
+    )
+    assert code == 2 and "--mask-rate" in err, err
+    assert not (tmp_path / "out").exists()

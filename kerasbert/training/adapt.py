@@ -55,9 +55,13 @@ STAGES = ("heads", "adapted", "classifier")
 
 
 def corpus_config(
-    adapt_cfg: AdaptConfig, cfg: FinetuneConfig, tokenizer: str
+    adapt_cfg: AdaptConfig,
+    cfg: FinetuneConfig,
+    tokenizer: str,
+    mask_rate: float = DataConfig.mask_rate,
 ) -> DataConfig:
-    """The `DataConfig` that reads --train's texts as a corpus."""
+    """The `DataConfig` that reads --train's texts as a corpus, masking
+    `mask_rate` of each sequence's tokens."""
     fmt = cfg.data_format
     if fmt == "auto":
         from kerasbert.data.classification import detect_format
@@ -72,8 +76,10 @@ def corpus_config(
         hf_config=cfg.hf_config,
         tokenizer=tokenizer,
         sequence_length=seq,
-        # BERT's 15% of the sequence, as the default 20 is of 128.
-        max_predictions=min(seq - 3, max(1, round(0.15 * seq) + 1)),
+        mask_rate=mask_rate,
+        # Room for `mask_rate` of the sequence, as the default 20 is for
+        # BERT's 15% of 128.
+        max_predictions=min(seq - 3, max(1, round(mask_rate * seq) + 1)),
     )
 
 
@@ -85,7 +91,11 @@ def _has_heads(directory: str) -> bool:
 
 
 def adapt(
-    adapt_cfg: AdaptConfig, cfg: FinetuneConfig, verbose: int = 1, log=print
+    adapt_cfg: AdaptConfig,
+    cfg: FinetuneConfig,
+    verbose: int = 1,
+    log=print,
+    mask_rate: float = DataConfig.mask_rate,
 ) -> dict:
     """Runs (or resumes) the three stages; returns their summaries.
 
@@ -118,7 +128,7 @@ def adapt(
     with flagged("--model"):
         model_cfg = read_model_config(cfg.model)
     data_cfg = corpus_config(
-        adapt_cfg, cfg, os.path.join(cfg.model, "tokenizer")
+        adapt_cfg, cfg, os.path.join(cfg.model, "tokenizer"), mask_rate
     )
     if data_cfg.corpus_format not in EXAMPLE_FORMATS:
         raise UsageError(
@@ -137,7 +147,11 @@ def adapt(
     )
     with ours_named():
         validate_pretraining(model_cfg, data_cfg, train)
-    settings = {"adapt": adapt_cfg.to_dict(), "finetune": cfg.to_dict()}
+    settings = {
+        "adapt": adapt_cfg.to_dict(),
+        "finetune": cfg.to_dict(),
+        "data": {"mask_rate": mask_rate},
+    }
     with run_lock(cfg.output_dir):
         folder = _output_folder(cfg, settings, log)
         new = not os.path.exists(folder)
