@@ -139,7 +139,7 @@ def run_transformers(a, extra, log):
 
     from kerasbert.data.corpus import prepare_corpus
     from kerasbert.fit import resolve_configs
-    from kerasbert.training.hardware import _cpu_has_bf16
+    from kerasbert.training.hardware import cpu_has_bf16
     from kerasbert.training.plan import make_plan
     from kerasbert.training.pretrain import PretrainingTask
 
@@ -203,7 +203,7 @@ def run_transformers(a, extra, log):
     schedule = transformers.get_linear_schedule_with_warmup(
         optimizer, round(train_cfg.warmup_ratio * steps), steps
     )
-    bf16 = _cpu_has_bf16()
+    bf16 = cpu_has_bf16()
 
     def inputs(x):
         return {

@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass, field, fields
 
 from kerasbert.errors import UsageError
-from kerasbert.files import write_json_atomic
 
 # layers / hidden / heads / intermediate. tiny..large follow the BERT
 # miniatures (Turc et al. 2019) and the original paper; `comment` is the
@@ -211,13 +210,10 @@ def jit_compile_option():
 
 
 class _Config:
-    """JSON round trip and field validation shared by the configs."""
+    """Dict round trip and field validation shared by the configs."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def save(self, path: str) -> None:
-        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config"):
@@ -226,10 +222,6 @@ class _Config:
         if unknown:
             raise UsageError(f"{source}: unknown field(s) {', '.join(unknown)}")
         return cls(**values)
-
-    @classmethod
-    def load(cls, path: str):
-        return cls.from_dict(read_json_object(path, path), source=path)
 
     def validate(self):
         """Checks every field (type, choices, range), then cross-field

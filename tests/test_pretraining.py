@@ -5,21 +5,49 @@ import itertools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kerasbert.data.corpus import TokenCorpus
-from kerasbert.data.masking import DynamicMasker
+from kerasbert.data.masking import DynamicMasker, draw_noise
 from kerasbert.data.pairing import assemble
 from kerasbert.data.pretraining import (
     block_batches,
     count_pairs,
     epoch_pairs,
-    mask_noise,
     pretraining_dataset,
 )
 from kerasbert.errors import UsageError
 
 X_KEYS = ("token_ids", "segment_ids", "padding_mask", "mask_positions")
 Y_KEYS = ("mask_ids", "mask_weights", "next_sentence_label")
+
+
+def mask_noise(
+    seed: int,
+    batch_index: int,
+    *,
+    batch_size: int,
+    sequence_length: int,
+    max_predictions: int,
+):
+    """The masking noise [batch_size, width] of one global batch.
+
+    Masking runs on blocks of `block_batches(batch_size)` global batches:
+    one stateless draw per block, seeded by (seed, block number), and batch
+    i takes slice i % block of it. The masks of a batch are thus a function
+    of (seed, global batch index, batch size) only: reproducible, fresh for
+    every batch and epoch, and the same after a resume or on any worker.
+    This oracle spells out that rule for one batch, independently of
+    the pipeline's block-at-a-time drawing, for the tests to compare.
+    """
+    block = block_batches(batch_size)
+    noise = draw_noise(
+        tf.constant([seed, batch_index // block], tf.int64),
+        [block, batch_size],
+        sequence_length,
+        max_predictions,
+    )
+    return noise[batch_index % block]
 
 
 def _take(ds, n):

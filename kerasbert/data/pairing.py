@@ -32,7 +32,6 @@ import numpy as np
 
 from kerasbert.errors import UsageError
 
-PAIR_FIELDS = ("a_start", "a_len", "b_start", "b_len", "label")
 MIN_DOCUMENTS_TO_HOLD_OUT = 4
 
 

@@ -45,33 +45,6 @@ def block_batches(batch_size: int) -> int:
     return max(1, _BLOCK_ROWS // batch_size)
 
 
-def mask_noise(
-    seed: int,
-    batch_index: int,
-    *,
-    batch_size: int,
-    sequence_length: int,
-    max_predictions: int,
-):
-    """The masking noise [batch_size, width] of one global batch.
-
-    Masking runs on blocks of `block_batches(batch_size)` global batches:
-    one stateless draw per block, seeded by (seed, block number), and batch
-    i takes slice i % block of it. The masks of a batch are thus a function
-    of (seed, global batch index, batch size) only: reproducible, fresh for
-    every batch and epoch, and the same after a resume or on any worker.
-    This helper gives the noise of one batch, as the pipeline draws it.
-    """
-    block = block_batches(batch_size)
-    noise = draw_noise(
-        tf.constant([seed, batch_index // block], tf.int64),
-        [block, batch_size],
-        sequence_length,
-        max_predictions,
-    )
-    return noise[batch_index % block]
-
-
 def pretraining_dataset(
     corpus,
     tokenizer,

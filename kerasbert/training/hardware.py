@@ -11,7 +11,7 @@ from kerasbert.config import TrainConfig, check_field
 from kerasbert.errors import UsageError
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     # AVX512_BF16 / AMX make bf16 matmuls native; without them TF emulates
     # bf16 on the CPU and mixed precision is slower than float32.
     try:
@@ -38,7 +38,7 @@ def select_precision(precision: str) -> tuple[str, str]:
             return "mixed_bfloat16", "GPU with native bfloat16"
         # Older GPUs: fp16 tensor cores; Keras adds dynamic loss scaling.
         return "mixed_float16", "GPU without bfloat16 (loss scaling on)"
-    if _cpu_has_bf16():
+    if cpu_has_bf16():
         return "mixed_bfloat16", "CPU with AVX512_BF16/AMX"
     return "float32", "CPU without native bfloat16"
 
