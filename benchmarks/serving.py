@@ -55,9 +55,9 @@ sys.path.insert(0, HERE)
 import throughput  # noqa: E402
 
 
-def run(cmd, env=None):
+def run(cmd, env=None, cwd=None):
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if done.returncode:
         sys.exit(f"failed ({done.returncode}): {done.stderr[-3000:]}")
 
@@ -141,19 +141,23 @@ def hf_classifier(model, tokenizer, folder):
 
 
 def export_with(source, model_dir, out):
-    """The SavedModel `source`'s kerasbert writes for `model_dir`."""
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(source)}
+    """The SavedModel `source`'s kerasbert writes for `model_dir`. Run in
+    `source`: `python -m` puts the working directory first on the path,
+    ahead of PYTHONPATH, so from this checkout it would import this one."""
+    source = os.path.abspath(source)
+    env = {**os.environ, "PYTHONPATH": source}
     run(
         [
             sys.executable,
             "-m",
             "kerasbert.export",
-            model_dir,
+            os.path.abspath(model_dir),
             "--output",
-            out,
+            os.path.abspath(out),
             "--overwrite",
         ],
         env=env,
+        cwd=source,
     )
     return out
 
