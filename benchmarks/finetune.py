@@ -1,6 +1,6 @@
 """Fine-tuning benchmarks on ../shared/data (numbers in docs/benchmarks.md).
 
-    python benchmarks/finetune.py speed    [--steps 40]
+    python benchmarks/finetune.py speed    [--steps 40] [--precision float32]
     python benchmarks/finetune.py emotion  [--epochs 2] [--max-examples N]
     python benchmarks/finetune.py cola     [--epochs 3] [--model DIR]
     python benchmarks/finetune.py reviews  [--epochs 3]
@@ -13,6 +13,8 @@ one after the other in this process's session. kerasbert runs 2 epochs of
 `--steps` batches: its steady state is epoch 2, its whole run both epochs
 (epoch 1 includes tracing the graph); HF's number covers all its steps
 (eager, nothing to trace). Ratios are against HF's faster precision.
+`--precision float32` runs both in float32 only (a CPU without native
+bfloat16, where `auto` picks float32).
 emotion: test accuracy (target >= 0.92; HF 2 epochs lr 1e-4: 0.927).
 cola: in-domain dev MCC. reviews: nltk movie_reviews, accuracy/P/R/F1 on a
 stratified held-out 20%. scratch: a kerasbert-pretrained `mini` vs
@@ -118,7 +120,12 @@ def speed(args):
     train, val, _ = emotion_files(args.data)
     hf = os.path.join(SHARED, "bench", "hf_finetune_emotion.py")
     peers = {}
-    for precision in ("float32", "bfloat16"):
+    # --precision float32 stands for a CPU without native bfloat16, where
+    # `auto` picks float32 and transformers' best is float32 too.
+    hf_precisions = (
+        ("float32",) if args.precision == "float32" else ("float32", "bfloat16")
+    )
+    for precision in hf_precisions:
         load = os.getloadavg()[0]
         done, _ = run(
             [
@@ -165,6 +172,8 @@ def speed(args):
                 "2",
                 "--learning-rate",
                 "1e-4",
+                "--precision",
+                args.precision,
                 bucketing,
             ],
         )
@@ -365,6 +374,12 @@ def main():
         help="model directory (default: the converted all-MiniLM-L6-v2)",
     )
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32"],
+        default="auto",
+        help="speed: float32 = kerasbert and transformers in float32 only",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-examples", type=int)

@@ -274,3 +274,66 @@ def test_curve_table_compares_each_point_with_its_own_random_init():
     assert lines[3].endswith("| 50.00 ± 0.00 | +15.00 |")
     assert lines[5].endswith("| 69.00 ± 0.00 | -1.00 |")
     assert "| 0.100 / 0.500 |" in lines[5]
+
+
+def test_serving_benchmark_times_every_row_on_one_model(tmp_path, capsys):
+    """benchmarks/serving.py at tiny scale: a random 1-layer classifier
+    with its own WordPiece, the fixture's emotion texts, one round."""
+    import serving
+
+    from kerasbert.modeling import BertBackbone, BertClassifier
+    from kerasbert.text.tokenizer import train_wordpiece
+
+    texts = os.path.join(
+        os.path.dirname(__file__), "fixtures", "finetune", "emotion_test.txt"
+    )
+    tokenizer = train_wordpiece(
+        serving.read_texts(texts, 60), vocab_size=200, progress=False
+    )
+    backbone = BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=32,
+        activation="gelu",
+    )
+    model_dir = tmp_path / "classifier"
+    tokenizer.save(str(model_dir / "tokenizer"))
+    BertClassifier(backbone, num_classes=3).save(str(model_dir / "model.keras"))
+    (model_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "model": {},
+                "labels": ["sadness", "joy", "anger"],
+                "finetune": {"max_length": 24, "truncation": "head"},
+            }
+        )
+    )
+    serving.main(
+        [
+            "--model",
+            str(model_dir),
+            "--texts",
+            texts,
+            "--examples",
+            "20",
+            "--batch-size",
+            "8",
+            "--rounds",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = ("savedmodel", "predict", "keras", "pipeline", "torch")
+    assert set(out["examples_per_s"]) == set(rows)
+    assert all(out["examples_per_s"][k] > 0 for k in rows)
+    assert out["over_pipeline"]["pipeline"] == 1.0
+    # The same model on both sides: same probabilities, same labels.
+    assert out["probability_gap_first_batch"] < 1e-5
+    assert out["label_agreement_with_pipeline"] == {k: 1.0 for k in rows}
+    assert out["examples"] == 20 and out["max_length"] == 24
+    assert out["cpu"]["flags"] == throughput.cpu_info()["flags"]

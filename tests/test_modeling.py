@@ -169,6 +169,48 @@ def test_padding_does_not_leak_into_real_positions():
     assert not np.allclose(a["sequence_output"][pad], b["sequence_output"][pad])
 
 
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_unpadded_call_matches_the_padded_one(
+    attention_dropout, policy, dtype_policy
+):
+    # Both attention paths (fused at 0, explicit otherwise), under eager
+    # and tf.function (which Predictor and the SavedModel trace).
+    dtype_policy(policy)
+    backbone = BertBackbone(**TINY, attention_dropout=attention_dropout)
+    model = BertClassifier(backbone, num_classes=3)
+    x, _ = fake_batch(batch=6)
+    inputs = backbone_inputs(x)
+    real = inputs["padding_mask"] == 1
+    assert not real.all()
+    tol = 1e-5 if policy == "float32" else 2e-2
+    full = numpy_outputs(backbone(inputs, training=False))
+    for call in (backbone.call_unpadded, tf.function(backbone.call_unpadded)):
+        out = numpy_outputs(call(inputs))
+        assert out["sequence_output"].dtype == full["sequence_output"].dtype
+        np.testing.assert_allclose(
+            np.float32(out["sequence_output"][real]),
+            np.float32(full["sequence_output"][real]),
+            rtol=tol,
+            atol=tol,
+        )
+        assert not out["sequence_output"][~real].any()  # zeros
+        np.testing.assert_allclose(
+            np.float32(out["pooled_output"]),
+            np.float32(full["pooled_output"]),
+            rtol=tol,
+            atol=tol,
+        )
+    logits = ops.convert_to_numpy(model.call_unpadded(inputs))
+    assert logits.dtype == "float32"
+    np.testing.assert_allclose(
+        logits,
+        ops.convert_to_numpy(model(inputs, training=False)),
+        rtol=tol,
+        atol=tol,
+    )
+
+
 def test_base_parameter_count_matches_transformers():
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")

@@ -9,6 +9,7 @@ reload with `safe_mode=True`.
 import math
 
 import keras
+from keras import ops
 
 from kerasbert.modeling.layers import BertEmbedding, EncoderBlock, Pooler
 
@@ -171,6 +172,39 @@ class BertBackbone(keras.Model):
         self.activation = activation
         self.return_hidden_states = return_hidden_states
         self.return_attention_scores = return_attention_scores
+
+    def call_unpadded(self, inputs):
+        """`self(inputs, training=False)`, computed on the real tokens only.
+
+        Every dense layer (nearly all of the FLOPs) runs on the rows where
+        `padding_mask` is 1, gathered once after the embeddings; each
+        block's attention scatters its query, key and value back into the
+        padded layout, where padded keys are masked as in `call`. Real
+        positions get the values `call` gives (to float32 rounding);
+        padded positions of `sequence_output` are 0 (`call` fills them
+        with values nothing reads). Texts batched to their longest are
+        often half padding, so inference (`Predictor`, the exported
+        SavedModel) runs this. Position 0 ([CLS], pooled) must be real.
+        Row counts are data-dependent: eager or `tf.function`, not XLA.
+        Returns `sequence_output` and `pooled_output`.
+        """
+        mask = inputs["padding_mask"]
+        x = self.embedding(
+            inputs["token_ids"], inputs["segment_ids"], training=False
+        )
+        shape = ops.shape(x)
+        rows = ops.nonzero(ops.reshape(mask, (-1,)))[0]
+        x = ops.take(ops.reshape(x, (-1, shape[-1])), rows, axis=0)
+        for block in self.blocks:
+            x = block(x, padding_mask=mask, training=False, rows=rows)
+        total = shape[0] * shape[1]
+        sequence = ops.reshape(
+            ops.scatter(rows[:, None], x, (total, shape[-1])), shape
+        )
+        return {
+            "sequence_output": sequence,
+            "pooled_output": self.pooler(sequence),
+        }
 
     def get_config(self):
         return {

@@ -51,6 +51,11 @@ class BertClassifier(keras.Model):
         self.num_classes = num_classes
         self.dropout = dropout
 
+    def call_unpadded(self, inputs):
+        """The logits of `self(inputs, training=False)` through
+        `BertBackbone.call_unpadded`: dense layers on real tokens only."""
+        return self.head(self.backbone.call_unpadded(inputs)["pooled_output"])
+
     def get_config(self):
         return {
             "name": self.name,

@@ -142,6 +142,10 @@ class BertEmbedding(keras.layers.Layer):
         }
 
 
+def _take_rows(x, rows):
+    return x if rows is None else ops.take(x, rows, axis=0)
+
+
 @keras.saving.register_keras_serializable(package="kerasbert")
 class EncoderBlock(keras.layers.Layer):
     """Post-LayerNorm transformer encoder block (BERT).
@@ -177,6 +181,11 @@ class EncoderBlock(keras.layers.Layer):
         return_attention_scores: bool. Also return the attention
             probabilities `[batch, heads, seq, seq]` (for visualisation;
             forces the slower explicit path).
+        rows: optional int tensor `[n]`: `inputs` is then `[n, hidden]`,
+            the rows at these positions of the flattened `[batch * seq]`
+            (the real tokens, `BertBackbone.call_unpadded`), and so is
+            the output; `padding_mask` is required and must be 0 at every
+            other position.
     """
 
     def __init__(
@@ -287,29 +296,39 @@ class EncoderBlock(keras.layers.Layer):
         self.qkv_kernel.assign(np.concatenate(kernels, axis=-1))
         self.qkv_bias.assign(np.concatenate(biases, axis=-1))
 
-    def _attention(self, x, padding_mask, training, return_scores):
+    def _attention(self, x, seq, padding_mask, training, return_scores, rows):
+        """Self-attention of `x` `[batch * seq, hidden]` (the rows of
+        `seq`-long sequences), or of the `rows` of that matrix only; returns
+        the same shape as `x`, and the probabilities `[batch, heads, seq,
+        seq]` of the explicit path."""
+        hidden_dim = self.num_heads * self.head_dim
         qkv = ops.matmul(x, self.qkv_kernel) + self.qkv_bias
-        # A split, not three slices: its gradient is one concatenation,
-        # where each slice's would be a zero-filled [b, s, 3 * hidden].
-        q, k, v = (
-            ops.reshape(t, ops.shape(x)[:-1] + (self.num_heads, self.head_dim))
-            for t in ops.split(qkv, 3, axis=-1)
-        )
+        if rows is not None:  # back to [batch * seq], zeros where padded
+            total = ops.shape(padding_mask)[0] * seq
+            qkv = ops.scatter(rows[:, None], qkv, (total, 3 * hidden_dim))
+        qkv = ops.reshape(qkv, (-1, seq, 3, self.num_heads, self.head_dim))
         mask = None
         if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
             mask = ops.cast(padding_mask, "bool")[:, None, None, :]
+        # An unstack, not three slices: its gradient is one stacking, where
+        # each slice's would be a zero-filled copy of the whole projection.
         if self.attention_dropout == 0 and not return_scores:
+            q, k, v = ops.unstack(qkv, 3, axis=2)  # [b, s, heads, head]
             out = ops.dot_product_attention(q, k, v, mask=mask)
-            return ops.reshape(out, ops.shape(x)), None
-        scores = ops.einsum("btnh,bsnh->bnts", q, k)
+            return _take_rows(ops.reshape(out, (-1, hidden_dim)), rows), None
+        # [b, s, 3, heads, head] -> 3 x [b, heads, s, head] with one
+        # transpose; the einsums it replaces transposed q, k, v and the
+        # output one by one (four copies per block).
+        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        scores = ops.matmul(q, ops.swapaxes(k, -1, -2))  # [b, n, t, s]
         scores = ops.cast(scores, "float32") / (self.head_dim**0.5)
         if mask is not None:
             # A large finite negative keeps fully padded rows finite.
             scores = ops.where(mask, scores, -1e9)
         probs = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
         dropped = self.attention_probs_dropout(probs, training=training)
-        out = ops.einsum("bnts,bsnh->btnh", dropped, v)
-        return ops.reshape(out, ops.shape(x)), probs
+        out = ops.swapaxes(ops.matmul(dropped, v), 1, 2)  # [b, s, n, h]
+        return _take_rows(ops.reshape(out, (-1, hidden_dim)), rows), probs
 
     def call(
         self,
@@ -317,16 +336,28 @@ class EncoderBlock(keras.layers.Layer):
         padding_mask=None,
         training=None,
         return_attention_scores=False,
+        rows=None,
     ):
+        # The block works on the [batch * seq, hidden] matrix: TensorFlow's
+        # oneDNN remapper fuses a 2-D MatMul with its bias, GELU and
+        # residual add into one kernel, but not the 3-D matmul Keras
+        # reshapes around (docs/performance.md, float32 CPUs).
+        if rows is None:
+            shape = ops.shape(inputs)
+            x, seq = ops.reshape(inputs, (-1, shape[-1])), shape[1]
+        else:  # already the real-token rows
+            x, seq = inputs, ops.shape(padding_mask)[1]
         attended, probs = self._attention(
-            inputs, padding_mask, training, return_attention_scores
+            x, seq, padding_mask, training, return_attention_scores, rows
         )
         attended = self.attention_output(attended)
         attended = self.attention_output_dropout(attended, training=training)
-        x = self.attention_layer_norm(inputs + attended)
+        x = self.attention_layer_norm(x + attended)
         ffn = self.output_dense(gelu(self.intermediate(x), self.activation))
         ffn = self.output_dropout(ffn, training=training)
         x = self.output_layer_norm(x + ffn)
+        if rows is None:
+            x = ops.reshape(x, shape)
         if return_attention_scores:
             return x, probs
         return x

@@ -26,7 +26,8 @@ def flagged(flag):
 
 class Predictor:
     """Class probabilities of one model, through one traced graph for every
-    batch shape (a new tf.function per call would retrace each time)."""
+    batch shape (a new tf.function per call would retrace each time); the
+    dense layers run on real tokens only (`BertClassifier.call_unpadded`)."""
 
     def __init__(self, model):
         import tensorflow as tf
@@ -35,7 +36,7 @@ class Predictor:
         self.model = model
         self._call = tf.function(
             lambda x: tf.nn.softmax(
-                tf.cast(model(x, training=False), tf.float32)
+                tf.cast(model.call_unpadded(x), tf.float32)
             ),
             input_signature=[
                 {k: spec for k in ("token_ids", "segment_ids", "padding_mask")}
