@@ -417,7 +417,7 @@ def test_too_few_documents_names_corpus_format(cli, tmp_path):
         ],
     )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "1 document(s)" in err and "--corpus-format tsv" in err
+    assert "corpus has 1 document;" in err and "--corpus-format tsv" in err
     assert not (tmp_path / "run").exists()
 
 

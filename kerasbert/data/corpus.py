@@ -332,8 +332,9 @@ def too_few_documents(name: str, count: int, corpus=None) -> UsageError:
                 "; a labelled file? pass --corpus-format tsv, csv or "
                 "semicolon (and --text-column) to read its texts"
             )
+    documents = "document" if count == 1 else "documents"
     return UsageError(
-        f"{name}: corpus has {count} document(s); next-sentence pairs "
+        f"{name}: corpus has {count} {documents}; next-sentence pairs "
         f"need at least 2 ({hint})"
     )
 
