@@ -65,3 +65,14 @@ def cli(tmp_path, monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A backbone-only model directory (as `convert` writes one), tiny and
+    random: adapt runs all three stages from it."""
+    from tiny_finetune import make_source_model
+
+    path = tmp_path_factory.mktemp("source") / "model"
+    make_source_model(str(path), path.parent / "cache")
+    return path

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kerasbert import adapt, fit
-from kerasbert.config import DataConfig, ModelConfig
+from kerasbert.config import DataConfig
 from kerasbert.data.corpus import (
     halve_lone_sentences,
     read_documents_as_sentences,
@@ -183,45 +183,6 @@ def test_masked_lm_only_loss():
     np.testing.assert_allclose(
         float(both["loss"]), float(both["mlm_loss"] + both["nsp_loss"])
     )
-
-
-def make_source_model(directory, cache):
-    """A backbone-only model directory, as `convert` writes one: tiny,
-    random, with a WordPiece vocabulary of the fixture texts."""
-    import keras
-
-    from kerasbert.data.corpus import prepare_corpus
-    from kerasbert.modeling import BertBackbone
-
-    tokenizer, _ = prepare_corpus(
-        DataConfig(
-            corpus=fixture("source_train.tsv"),
-            corpus_format="tsv",
-            vocab_size=300,
-            cache_dir=str(cache),
-        ),
-        tokenizer_dir=os.path.join(directory, "tokenizer"),
-        progress=False,
-    )
-    cfg = ModelConfig(
-        vocabulary_size=tokenizer.vocabulary_size,
-        hidden_dim=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=64,
-        max_sequence_length=64,
-    )
-    keras.utils.set_random_seed(0)
-    BertBackbone(**cfg.to_dict()).save(os.path.join(directory, "model.keras"))
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({"model": cfg.to_dict()}, f)
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    path = tmp_path_factory.mktemp("source") / "model"
-    make_source_model(str(path), path.parent / "cache")
-    return path
 
 
 def weights(directory, part):

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-from test_adapt import make_source_model
 from test_safety import (
     FINETUNE,
     FIT,
@@ -307,15 +306,6 @@ def adapt_argv(model, out, *extra):
         "--quiet",
         *extra,
     ]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A backbone-only model (as `convert` writes one): adapt runs all
-    three stages from it."""
-    path = tmp_path_factory.mktemp("source") / "model"
-    make_source_model(str(path), path.parent / "cache")
-    return path
 
 
 @pytest.fixture(scope="module")
