@@ -656,7 +656,15 @@ class FinetuneConfig(_Config):
         "bucketing pads every batch to --max-length)",
     )
     batch_size: int = option(32, "examples per batch", min=1)
-    epochs: int = option(3, "passes over the training set", min=1)
+    epochs: int = option(
+        3, "passes over the training set (with --patience: the most)", min=1
+    )
+    patience: int | None = option(
+        None,
+        "stop once this many epochs in a row bring no better validation "
+        "--metric (early stopping; the best epoch is kept and tested)",
+        min=1,
+    )
     learning_rate: float = option(2e-5, "peak learning rate", above=0)
     warmup_ratio: float = warmup_ratio_option()
     weight_decay: float = weight_decay_option()

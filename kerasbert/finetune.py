@@ -72,7 +72,11 @@ def main(argv=None):
 
 def summarize(result: dict) -> dict:
     """What the command prints of a run's metrics.json."""
-    summary = {"best_epoch": result["best_epoch"], "metric": result["metric"]}
+    summary = {
+        "best_epoch": result["best_epoch"],
+        "epochs_trained": len(result["epochs"]),
+        "metric": result["metric"],
+    }
     for split in ("validation", "test"):
         if split in result:
             summary[split] = {

@@ -216,6 +216,8 @@ def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
         "1e-2",
         "--epochs",
         "1",
+        "--patience",
+        "1",
         "--batch-size",
         "16",
         "--max-length",
@@ -252,7 +254,10 @@ def test_adapt_then_finetune_end_to_end(cli, tmp_path, source):
     ]
     assert any(moved)
     with open(out / "classifier" / "config.json") as f:
-        assert json.load(f)["finetune"]["model"] == str(out / "adapted")
+        finetune_cfg = json.load(f)["finetune"]
+    assert finetune_cfg["model"] == str(out / "adapted")
+    assert finetune_cfg["patience"] == 1  # early stopping reaches stage 3
+    assert summary["epochs_trained"] == 1
     with open(out / "adapted" / "config.json") as f:
         run = json.load(f)
     assert run["train"]["nsp"] is True and run["data"]["corpus_format"] == "tsv"

@@ -89,12 +89,35 @@ FINETUNE_FAULTS = [
     "checkpoint:1",
     "export:1",
 ]
+# Early stopping: the validation accuracy of a model that barely moves
+# never improves on epoch 1's, so --patience 1 ends the run after epoch 2
+# of 6. The sessions die in epoch 2's evaluation (resume from step 12)
+# and after the stop, in the export (resume from 24: nothing to train).
+PATIENCE_ARGS = [
+    *FINETUNE_ARGS[:-4],
+    "--epochs",
+    "6",
+    "--patience",
+    "1",
+    "--learning-rate",
+    "1e-9",
+    "--backup-every",
+    "5",
+]
+PATIENCE_FAULTS = ["evaluation:2", "export:1"]
 CASES = {
     "fit": ("kerasbert.fit", ARGS, FAULTS, 12, "summary.json"),
     "finetune": (
         "kerasbert.finetune",
         FINETUNE_ARGS,
         FINETUNE_FAULTS,
+        24,
+        "metrics.json",
+    ),
+    "finetune_patience": (
+        "kerasbert.finetune",
+        PATIENCE_ARGS,
+        PATIENCE_FAULTS,
         24,
         "metrics.json",
     ),
@@ -172,6 +195,10 @@ def test_killed_anywhere_resumes_bit_exact(tmp_path, command):
     assert f"resuming from step {last_step}" in out.stdout + out.stderr
 
     assert rows(killed) == rows(clean)
+    if command == "finetune_patience":
+        result = json.loads((clean / summary_name).read_text())
+        assert result["stopped_early"] and result["epochs_trained"] == 2
+        assert "early stop after epoch 2" in out.stdout
     assert summary(killed, summary_name) == summary(clean, summary_name)
     names = ["model.keras"]
     if command == "fit":  # fine-tuning removes its checkpoints once done

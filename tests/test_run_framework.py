@@ -209,3 +209,77 @@ def test_a_toy_task_trains_and_resumes_through_the_framework(tmp_path):
     b = keras.saving.load_model(str(resumed / "model.keras"), compile=False)
     for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+class ScriptedTagging(TokenTagging):
+    """The toy task with a scripted validation accuracy per epoch: best at
+    epoch 2, then two epochs without a better one."""
+
+    ACCURACY = (0.5, 0.7, 0.6, 0.7, 0.9, 0.95)
+
+    def __init__(self, crash_in_finish=False):
+        super().__init__()
+        self.crash_in_finish = crash_in_finish
+
+    def evaluate(self, model):
+        epoch = int(model.optimizer.iterations.numpy()) // 8
+        return {"loss": 1.0, "accuracy": self.ACCURACY[epoch - 1]}
+
+    def finish(self, model, finished):
+        if self.crash_in_finish:
+            raise KeyboardInterrupt  # killed after the stop, before the end
+        return {
+            "best_step": finished.best_step,
+            "stopped_at": finished.stopped_at,
+        }
+
+
+def train_with_patience(path, resume=False, callbacks=(), **task):
+    run = RunDir(str(path))
+    os.makedirs(run.path, exist_ok=True)
+    messages = []
+    trainer = Trainer(
+        ScriptedTagging(**task),
+        dataclasses.replace(SCHEDULE, total_steps=48, patience=2),
+        run,
+        Precision(),
+        verbose=0,
+        log=messages.append,
+        extra_callbacks=callbacks,
+    )
+    return trainer.run(resume=resume), messages
+
+
+def test_patience_stops_at_the_same_epoch_after_any_interruption(tmp_path):
+    clean = tmp_path / "clean"
+    summary, messages = train_with_patience(clean)
+    # Epoch 2 is best; epochs 3 and 4 bring nothing better (a tie is not
+    # better), so training ends after epoch 4 of 6.
+    assert summary == {"best_step": 16, "stopped_at": 32}
+    assert any("early stop after epoch 4" in m for m in messages), messages
+    assert [r["step"] for r in rows(clean) if r["split"] == "validation"] == [
+        "8",
+        "16",
+        "24",
+        "32",
+    ]
+    assert sorted(os.listdir(clean / "backup")) == ["step-30", "step-32"]
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_with_patience(resumed, resume=True, callbacks=[StopAt(27)])
+    # Killed after the stop: the rerun trains nothing and ends the same.
+    with pytest.raises(KeyboardInterrupt):
+        train_with_patience(resumed, resume=True, crash_in_finish=True)
+    summary_again, messages = train_with_patience(resumed, resume=True)
+    assert summary_again == summary
+    assert any("resuming from step 32" in m for m in messages), messages
+    assert rows(resumed) == rows(clean)
+    a, b = (
+        keras.saving.load_model(
+            str(p / "checkpoints/best.keras"), compile=False
+        )
+        for p in (clean, resumed)
+    )
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -4,9 +4,10 @@ Their order in `fit` matters and `callback_stack` is the one place that
 builds them: StepCounter first (every other callback reads its step), then
 DivergenceGuard (the others skip saving once it fired), then the epoch-end
 evaluation (`EpochEvaluation`, which adds `val_*` to the epoch's logs),
-then MetricsLogger, CheckpointSaver and StepBackup last, so an epoch-end
-backup is written after that epoch's validation row and checkpoint: a
-resume from it never skips them. Each callback gets what it
+then MetricsLogger, CheckpointSaver, EarlyStopper (which reads the best
+checkpoint's step) and StepBackup last, so an epoch-end backup is written
+after that epoch's validation row and checkpoint: a resume from it never
+skips them. Each callback gets what it
 reads from the others as a constructor argument; none sets another's
 attributes.
 """
@@ -546,6 +547,39 @@ class CheckpointSaver(keras.callbacks.Callback):
             )
 
 
+class EarlyStopper(keras.callbacks.Callback):
+    """Ends training at the end of the epoch that makes `patience` epochs
+    in a row without a new best checkpoint (CheckpointSaver: the validation
+    `monitor`); None: never.
+
+    It keeps no state of its own: the best checkpoint's step and the step
+    counter decide, and a backup holds both, so a run resumed anywhere
+    stops where the uninterrupted one did (`due` tells a resumed run that
+    it had already stopped).
+    """
+
+    def __init__(self, patience, steps_per_epoch, counter, checkpoints, guard):
+        super().__init__()
+        self.patience = patience
+        self.steps_per_epoch = steps_per_epoch
+        self.counter = counter
+        self.checkpoints = checkpoints
+        self.guard = guard
+        self.stopped_at = None  # the step training stopped at, if early
+
+    def due(self, step: int) -> bool:
+        best = self.checkpoints.best_step
+        if self.patience is None or best is None or step % self.steps_per_epoch:
+            return False
+        return (step - best) // self.steps_per_epoch >= self.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.counter.step
+        if not _diverged(self.guard) and self.due(step):
+            self.stopped_at = step
+            self.model.stop_training = True
+
+
 @dataclasses.dataclass
 class CallbackStack:
     """The callbacks of a run, in the one order `fit` must call them."""
@@ -555,13 +589,19 @@ class CallbackStack:
     evaluation: EpochEvaluation | None
     metrics: MetricsLogger
     checkpoints: CheckpointSaver
+    stopper: EarlyStopper
     backup: StepBackup
 
     @property
     def ordered(self) -> list:
         first = [self.counter, self.guard]
         first += [self.evaluation] if self.evaluation else []
-        return first + [self.metrics, self.checkpoints, self.backup]
+        return first + [
+            self.metrics,
+            self.checkpoints,
+            self.stopper,
+            self.backup,
+        ]
 
 
 def callback_stack(
@@ -578,12 +618,15 @@ def callback_stack(
     log_every,
     backup_every,
     total_steps,
+    steps_per_epoch,
+    patience=None,
     restore_dir=None,
     log=print,
 ) -> CallbackStack:
     """Builds a run's callbacks (see the module docstring for the order),
     each given what it reads from the ones before it. `run`: a `RunDir`;
-    `evaluate(model)`: the epoch-end validation metrics, or None."""
+    `evaluate(model)`: the epoch-end validation metrics, or None;
+    `patience`: epochs without a better checkpoint before stopping."""
     counter = StepCounter()
     guard = DivergenceGuard(counter)
     evaluation = EpochEvaluation(evaluate, guard=guard) if evaluate else None
@@ -601,6 +644,9 @@ def callback_stack(
     checkpoints = CheckpointSaver(
         run.latest, run.best, counter, monitor=monitor, mode=mode, guard=guard
     )
+    stopper = EarlyStopper(
+        patience, steps_per_epoch, counter, checkpoints, guard
+    )
     backup = StepBackup(
         run.backup,
         backup_every,
@@ -612,7 +658,7 @@ def callback_stack(
         log=log,
     )
     stack = CallbackStack(
-        counter, guard, evaluation, metrics, checkpoints, backup
+        counter, guard, evaluation, metrics, checkpoints, stopper, backup
     )
     for callback in stack.ordered:
         callback.set_model(model)

@@ -11,8 +11,9 @@ model directory (`kerasbert.serving.modeldir`) of a classifier:
                    "labels": [name of class 0, 1, ...], "pair": bool}
     tokenizer/    copied from --model, or trained (--from-scratch)
     model.keras   the best epoch's BertClassifier, float32
-    metrics.json  per-epoch metrics, best epoch, validation and test
-                  metrics of the best epoch (written last: complete)
+    metrics.json  per-epoch metrics, best epoch, epochs trained (fewer than
+                  --epochs after an early stop, --patience), validation
+                  and test metrics of the best epoch (written last)
     metrics.csv   a train and a validation row per epoch, a test row
     confusion.png; logs/ (TensorBoard)
     checkpoints/, backup/   resume state, removed once complete
@@ -257,6 +258,7 @@ def _finetune(cfg, model_overrides, verbose, log):
             steps_per_epoch=steps,
             log_every=steps,  # a train row per epoch: its mean
             backup_every=cfg.backup_every or steps,
+            patience=cfg.patience,
         ),
         run,
         precision=cfg,
@@ -386,11 +388,15 @@ class ClassificationTask:
         save_model_atomic(best, run.model)
         fault_point("export")
         predict = Predictor(best)
+        epochs = self._epochs(finished.rows)
         result = {
             "metric": cfg.metric,
             "best_epoch": best_epoch,
             "labels": data.labels,
-            "epochs": self._epochs(finished.rows),
+            # Fewer than --epochs when --patience stopped the run.
+            "epochs_trained": len(epochs),
+            "stopped_early": finished.stopped_at is not None,
+            "epochs": epochs,
             # As the epoch-end evaluation that chose the epoch saw it (in
             # the training precision), now with the confusion matrix.
             "validation": classification_metrics(

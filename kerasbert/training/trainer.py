@@ -11,7 +11,8 @@ backups), resuming from a backup, and the end of the run. A task supplies:
     unit              what throughput counts ("tokens", "examples")
     units_per_step    that many per training step
     validation_split  the split name of the epoch-end validation rows
-    monitor, mode     the metric that picks best.keras, "min" or "max"
+    monitor, mode     the metric that picks best.keras (and early
+                      stopping's), "min" or "max"
     keep_training_state
                       False: checkpoints/ and backup/ go once complete
     build_model(jit)  the compiled model, its weights and optimizer built
@@ -56,6 +57,9 @@ class Schedule:
     steps_per_epoch: int
     log_every: int  # a train row of metrics.csv every this many steps
     backup_every: int  # a backup/step-N every this many steps
+    # Early stopping: epochs in a row without a better validation value of
+    # the task's monitor before training ends (None: train total_steps).
+    patience: int | None = None
 
 
 @dataclasses.dataclass
@@ -69,6 +73,7 @@ class Finished:
     # of the last epoch unless told another
     best_step: int | None  # the step best.keras was saved at
     log: object
+    stopped_at: int | None = None  # the step of an early stop, if any
 
 
 class Trainer:
@@ -129,6 +134,8 @@ class Trainer:
             log_every=schedule.log_every,
             backup_every=schedule.backup_every,
             total_steps=schedule.total_steps,
+            steps_per_epoch=schedule.steps_per_epoch,
+            patience=schedule.patience,
             restore_dir=self.restore_dir,
             log=self.log,
         )
@@ -142,27 +149,41 @@ class Trainer:
             )
             stack.counter.step = start
             stack.checkpoints.set_record(meta["best"])
+            if stack.stopper.due(start):
+                # Killed after its early stop: nothing left to train.
+                stack.stopper.stopped_at = start
         elif resume:
             self.log("no backup found; starting from step 0")
         if chief:
             stack.metrics.keep_rows(meta["metrics_rows"] if meta else 0)
 
         t0 = time.perf_counter()
-        if self.strategy_name == "multi_worker":
+        if stack.stopper.stopped_at is not None:
+            pass
+        elif self.strategy_name == "multi_worker":
             self._custom_loop(model, stack, strategy, start)
         else:
             self._fit(model, stack, start)
         seconds = time.perf_counter() - t0
+        stopped = stack.stopper.stopped_at
+        if stopped is not None and stack.guard.diverged_at is None:
+            best = stack.checkpoints.best_step
+            self.log(
+                f"early stop after epoch {stopped // schedule.steps_per_epoch}"
+                f": {schedule.patience} epoch(s) without a better validation "
+                f"{task.monitor} than epoch "
+                f"{best // schedule.steps_per_epoch}'s"
+            )
 
         if stack.guard.diverged_at is not None:
             self._diverged(stack)
         if not chief:
             return {}
         summary = self._finish(model, stack)
-        if start:
+        if start and stopped != start:
             self.log(
                 f"this session trained steps {start + 1}-"
-                f"{schedule.total_steps} in {seconds:.1f} s"
+                f"{stack.counter.step} in {seconds:.1f} s"
             )
         return summary
 
@@ -206,6 +227,8 @@ class Trainer:
                 verbose=self.verbose,
             )
             if stack.guard.diverged_at is not None:
+                return
+            if stack.stopper.stopped_at is not None:
                 return
 
     def _custom_loop(self, model, stack, strategy, start):
@@ -252,13 +275,16 @@ class Trainer:
                         f"{logs['loss']:.4f}"
                     )
                 callback_list.on_epoch_end(epoch, dict(logs))
+                if model.stop_training:
+                    return
 
     def _finish(self, model, stack):
         """The last checkpoint and backup, then the task's final evaluation
         and export, then the summary. Every step is idempotent and written
         atomically, and the backup at the last step is taken before the
         export, so a kill anywhere here reruns this function alone."""
-        total = self.schedule.total_steps
+        total = stack.stopper.stopped_at or self.schedule.total_steps
+        assert stack.counter.step == total, (stack.counter.step, total)
         metrics = stack.metrics
         # The last step ends an epoch (see plan_fit_calls), so its
         # validation row is there; best-checkpoint values compare like with
@@ -285,6 +311,7 @@ class Trainer:
                 ),
                 best_step=stack.checkpoints.best_step,
                 log=self.log,
+                stopped_at=stack.stopper.stopped_at,
             ),
         )
         write_json_atomic(self.dir.summary, summary)
