@@ -705,8 +705,16 @@ class AdaptConfig(_Config):
     """Task-adaptive pretraining before fine-tuning (`kerasbert.adapt`):
     masked LM (+ NSP) on the texts of --train, labels unused."""
 
+    unlabelled: str | None = option(
+        None,
+        "texts to adapt on instead of --train's (labels, if any, unused): "
+        "a file or folder in one of --train's formats, read the same way",
+    )
     adapt_steps: int = option(
-        300, "pretraining steps on the --train texts before fine-tuning", min=1
+        300,
+        "pretraining steps on the --unlabelled (default: --train) texts "
+        "before fine-tuning",
+        min=1,
     )
     head_steps: int = option(
         100,

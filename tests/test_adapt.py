@@ -485,3 +485,50 @@ def test_adapt_refuses_a_bad_mask_rate(cli, tmp_path, source):
     )
     assert code == 2 and "--mask-rate" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_adapt_on_unlabelled_texts_of_their_own(cli, tmp_path, source):
+    """--unlabelled: the adaptation reads those texts (labels unused),
+    fine-tuning --train's; a bad one is refused before anything runs."""
+    out = tmp_path / "out"
+    argv = [
+        "--model",
+        str(source),
+        "--unlabelled",
+        fixture("emotion_train.txt"),
+        "--train",
+        fixture("source_train.tsv"),
+        "--head-steps",
+        "2",
+        "--adapt-steps",
+        "2",
+        "--adapt-batch-size",
+        "8",
+        "--adapt-sequence-length",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "64",
+        "--output-dir",
+        str(out),
+        "--quiet",
+    ]
+    missing = [*argv]
+    missing[3] = str(tmp_path / "nothing.txt")
+    code, _, err = cli(adapt.main, missing)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: --unlabelled: "), lines[0]
+    assert not out.exists()
+
+    code, _, err = cli(adapt.main, argv)
+    assert code == 0, err
+    with open(out / "adapted" / "config.json") as f:
+        data = json.load(f)["data"]
+    assert data["corpus"] == fixture("emotion_train.txt")
+    assert data["corpus_format"] == "semicolon"
+    with open(out / "classifier" / "config.json") as f:
+        assert json.load(f)["labels"] == ["tweet", "wiki"]  # --train's

@@ -60,16 +60,17 @@ def corpus_config(
     tokenizer: str,
     mask_rate: float = DataConfig.mask_rate,
 ) -> DataConfig:
-    """The `DataConfig` that reads --train's texts as a corpus, masking
-    `mask_rate` of each sequence's tokens."""
+    """The `DataConfig` that reads --unlabelled's (default: --train's)
+    texts as a corpus, masking `mask_rate` of each sequence's tokens."""
+    path, flag = corpus_of(adapt_cfg, cfg)
     fmt = cfg.data_format
     if fmt == "auto":
         from kerasbert.data.classification import detect_format
 
-        fmt = detect_format(cfg.train, "--train")
+        fmt = detect_format(path, flag)
     seq = adapt_cfg.adapt_sequence_length
     return DataConfig(
-        corpus=cfg.train,
+        corpus=path,
         corpus_format=fmt,
         text_field=cfg.text_column,
         columns=cfg.columns,
@@ -81,6 +82,13 @@ def corpus_config(
         # BERT's 15% of 128.
         max_predictions=min(seq - 3, max(1, round(mask_rate * seq) + 1)),
     )
+
+
+def corpus_of(adapt_cfg: AdaptConfig, cfg: FinetuneConfig) -> tuple:
+    """(path, flag) of the texts the adaptation reads."""
+    if adapt_cfg.unlabelled:
+        return adapt_cfg.unlabelled, "--unlabelled"
+    return cfg.train, "--train"
 
 
 def _has_heads(directory: str) -> bool:
@@ -123,16 +131,21 @@ def adapt(
             f" use one of {', '.join(EXAMPLE_FORMATS)}"
         )
     # The stages' own checks see only their part; this one sees them all.
-    check_output(cfg.output_dir, "--output-dir", inputs(cfg))
+    check_output(
+        cfg.output_dir,
+        "--output-dir",
+        {**inputs(cfg), "--unlabelled": adapt_cfg.unlabelled},
+    )
     check_writable_dir(cfg.output_dir, "--output-dir")
     with flagged("--model"):
         model_cfg = read_model_config(cfg.model)
     data_cfg = corpus_config(
         adapt_cfg, cfg, os.path.join(cfg.model, "tokenizer"), mask_rate
     )
+    corpus, corpus_flag = corpus_of(adapt_cfg, cfg)
     if data_cfg.corpus_format not in EXAMPLE_FORMATS:
         raise UsageError(
-            f"--train: {cfg.train}: read as {data_cfg.corpus_format}; "
+            f"{corpus_flag}: {corpus}: read as {data_cfg.corpus_format}; "
             f"adaptation reads {', '.join(EXAMPLE_FORMATS)} data"
         )
     read_data(cfg)  # stage 3's files and labels, before stage 1
@@ -145,7 +158,7 @@ def adapt(
         log_every=10,
         eval_batches=10,
     )
-    with ours_named():
+    with ours_named(corpus_flag):
         validate_pretraining(model_cfg, data_cfg, train)
     settings = {
         "adapt": adapt_cfg.to_dict(),
@@ -256,13 +269,16 @@ _OUR_FLAGS = (
 
 
 @contextlib.contextmanager
-def ours_named():
-    """Pretraining's errors, naming this command's flags."""
+def ours_named(corpus_flag="--train"):
+    """Pretraining's errors, naming this command's flags (`corpus_flag`:
+    the one that names the adaptation's texts)."""
     try:
         yield
     except UsageError as e:
         message = str(e)
         for theirs, ours in _OUR_FLAGS:
+            if ours == "--train":
+                ours = corpus_flag
             message = re.sub(
                 rf"(?<![\w-]){re.escape(theirs)}(?![\w-])",
                 ours,
@@ -271,11 +287,11 @@ def ours_named():
         raise UsageError(message) from None
 
 
-def _pretrain(*args, learning_rate_flag, **kwargs):
+def _pretrain(*args, learning_rate_flag, corpus_flag, **kwargs):
     """`pretrain`, its errors naming this command's flags."""
     from kerasbert.training.pretrain import pretrain
 
-    with ours_named():
+    with ours_named(corpus_flag):
         try:
             return pretrain(*args, **kwargs)
         except TrainingDiverged as e:
@@ -304,6 +320,7 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
             verbose=verbose,
             log=log,
             learning_rate_flag="--head-learning-rate",
+            corpus_flag=corpus_of(adapt_cfg, cfg)[1],
         )
         start = paths["heads"]
     log(
@@ -323,6 +340,7 @@ def _stages(adapt_cfg, cfg, model_cfg, data_cfg, train, paths, verbose, log):
         verbose=verbose,
         log=log,
         learning_rate_flag="--adapt-learning-rate",
+        corpus_flag=corpus_of(adapt_cfg, cfg)[1],
     )
     log("stage 3/3: fine-tuning")
     summaries["classifier"] = finetune(
