@@ -337,3 +337,82 @@ def test_serving_benchmark_times_every_row_on_one_model(tmp_path, capsys):
     assert out["label_agreement_with_pipeline"] == {k: 1.0 for k in rows}
     assert out["examples"] == 20 and out["max_length"] == 24
     assert out["cpu"]["flags"] == throughput.cpu_info()["flags"]
+
+
+def test_payoff_smoke_runs_every_arm_and_a_rerun_skips(tmp_path):
+    """benchmarks/payoff.py --smoke: every arm pretrains (tiny, on the
+    fixtures) and fine-tunes with --patience; one row per run in the
+    results file; a rerun finds them all and trains nothing."""
+    import subprocess
+
+    results = tmp_path / "results.jsonl"
+    cmd = [
+        sys.executable,
+        os.path.join(BENCHMARKS, "payoff.py"),
+        *("--smoke", "--work", str(tmp_path / "work")),
+        *("--results", str(results)),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    kinds = [(r["kind"], r["arm"]) for r in rows]
+    assert kinds == [
+        ("grid", "random"),
+        ("cell", "random"),
+        ("pretrain", "self"),
+        ("grid", "self"),
+        ("cell", "self"),
+        ("pretrain", "general"),
+        ("grid", "general"),
+        ("cell", "general"),
+        ("pretrain", "general+adapt"),
+        ("grid", "general+adapt"),
+        ("cell", "general+adapt"),
+    ]
+    for r in rows:
+        assert "flags" in r["machine"] and r["commit"] and r["date"]
+        if r["kind"] != "pretrain":
+            assert 0 <= r["test"] <= 1 and 1 <= r["epochs_trained"] <= 2
+    assert rows[8]["base"]["pretrain_steps"] == 2  # adapt's general
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == len(rows)
+    assert "| general+adapt (0.003) |" in again.stdout
+
+
+def test_payoff_table_gain_is_the_mean_paired_difference():
+    import payoff
+
+    def cell(arm, seed, test):
+        return dict(
+            kind="cell",
+            task="emotion",
+            arm=arm,
+            labels=100,
+            seed=seed,
+            lr=1e-4,
+            test=test,
+        )
+
+    rows = [
+        cell("random", 0, 0.40),
+        cell("random", 1, 0.50),
+        cell("self", 0, 0.46),
+        cell("self", 1, 0.52),
+        dict(
+            kind="pretrain",
+            task="emotion",
+            arm="self",
+            pretrain_steps=9,
+            wall_seconds=120.0,
+            heldout_mlm_accuracy=0.25,
+        ),
+    ]
+    table = payoff.table(rows, "emotion", ["random", "self"])
+    lines = table.splitlines()
+    assert lines[2] == "| random (0.0001) | none | 45.0 ± 7.1 (n=2) |"
+    # per-seed gains +6 and +2: mean +4, standard error 2
+    assert lines[3] == (
+        "| self (0.0001) | 9 steps, 2 min, held-out MLM 0.250 | "
+        "49.0 ± 4.2 (n=2), **+4.0** ± 2.0 |"
+    )
