@@ -164,6 +164,36 @@ def precision_option():
     )
 
 
+STRATEGY_HELP = (
+    "distribution: default (TF's default strategy: the first GPU, else the "
+    "CPU), mirrored (every local GPU), multi_worker (reads TF_CONFIG); "
+    "auto = mirrored with 2+ GPUs, else default"
+)
+
+
+def strategy_option(multi_worker=True):
+    """The --strategy field. Fine-tuning runs on one machine (its run
+    directory has no chief/worker split), so it has no multi_worker."""
+    if multi_worker:
+        return option(
+            "auto",
+            f"{STRATEGY_HELP}. one_device is default's former name, kept "
+            "so that old run directories resume",
+            choices=(
+                "auto",
+                "default",
+                "mirrored",
+                "multi_worker",
+                "one_device",
+            ),
+        )
+    return option(
+        "auto",
+        STRATEGY_HELP.replace(", multi_worker (reads TF_CONFIG)", ""),
+        choices=("auto", "default", "mirrored"),
+    )
+
+
 def warmup_ratio_option():
     """The --warmup-ratio field, the same for pretraining and fine-tuning."""
     return option(
@@ -526,15 +556,7 @@ class TrainConfig(_Config):
     clipnorm: float = clipnorm_option()
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
-    strategy: str = option(
-        "auto",
-        "distribution: default (TF's default strategy: the first "
-        "GPU, else the CPU), mirrored (every local GPU), multi_worker "
-        "(reads TF_CONFIG); auto = mirrored with 2+ GPUs, else default. "
-        "one_device is default's former name, kept so that old run "
-        "directories resume",
-        choices=("auto", "default", "mirrored", "multi_worker", "one_device"),
-    )
+    strategy: str = strategy_option()
     seed: int = option(0, "seed for weights, pairs, masks and dropout")
     nsp: bool = nsp_option()
     heads_only: bool = option(
@@ -683,6 +705,7 @@ class FinetuneConfig(_Config):
     )
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
+    strategy: str = strategy_option(multi_worker=False)
     seed: int = option(0, "seed for the split, batch order and weights")
     backup_every: int = option(
         0, "steps between resume backups (0: at each epoch's end)", min=0

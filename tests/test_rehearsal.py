@@ -8,6 +8,7 @@ replicas. A covering subset, not the product of every setting:
     fit       mixed_float16 + XLA, killed mid-run and resumed: identical
               to a run never interrupted
     fit       mixed_bfloat16 + mirrored over two devices
+    finetune  mixed_bfloat16 + mirrored over two devices
     finetune  mixed_float16 + XLA: the compiled programs are counted
     finetune  mixed_bfloat16 + XLA, padded to --max-length (no bucketing)
     adapt     mixed_float16, all three stages (XLA: the same tasks as
@@ -196,6 +197,25 @@ def test_fit_mixed_bfloat16_mirrored_on_two_devices(env, tmp_path, cli):
 
 
 FINETUNE = tiny_args() + source_task(epochs=3)
+
+
+def test_finetune_mixed_bfloat16_mirrored_on_two_devices(env, tmp_path, cli):
+    from kerasbert.data.classification import steps_per_epoch
+
+    out_dir = tmp_path / "out"
+    args = [*FINETUNE, "--precision", "mixed_bfloat16"]
+    out = run(
+        "kerasbert.finetune",
+        [*args, "--strategy", "mirrored", "--output-dir", out_dir],
+        env,
+        devices=2,
+    )
+    assert "MirroredStrategy (2 replica(s))" in out.stdout
+    with open(os.path.join(FIXTURES, "source_train.tsv")) as f:
+        n = sum(1 for _ in f) - 1  # its header
+    epochs = [steps_per_epoch(n, 16) * e for e in (1, 2, 3)]
+    check_rows(out_dir, epochs, epochs, "validation", ["loss"])
+    check_classifier(out_dir, cli)
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,7 @@ def adapt(
         nsp=adapt_cfg.nsp,
         precision=cfg.precision,
         jit_compile=cfg.jit_compile,
+        strategy=cfg.strategy,
         seed=cfg.seed,
         log_every=10,
         eval_batches=10,

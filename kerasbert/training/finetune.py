@@ -262,6 +262,7 @@ def _finetune(cfg, model_overrides, verbose, log):
         ),
         run,
         precision=cfg,
+        strategy=cfg.strategy,
         verbose=verbose if verbose < 1 or sys.stdout.isatty() else 2,
         log=log,
     )
