@@ -241,9 +241,27 @@ def _commit():
         return None
 
 
+def recipe(args) -> dict:
+    """The settings every row is keyed by: a row of other settings is
+    neither skipped over nor tabled with these."""
+    return {
+        "size": args.size,
+        "pretrain_steps": args.pretrain_steps,
+        "adapt_steps": args.adapt_steps,
+        "adapt_learning_rate": args.adapt_learning_rate,
+        "vocab_size": args.vocab_size,
+        "validation_size": args.validation_size,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+    }
+
+
 class Bench:
     def __init__(self, args, log):
         self.args, self.log = args, log
+        self.recipe = recipe(args)
         self.data = Data(args.task, args.data, args.work, args.validation_size)
         self.results = Results(
             args.results,
@@ -261,7 +279,7 @@ class Bench:
         args = self.args
         if arm == "random":
             return ["--from-scratch", args.size], {}
-        key = dict(kind="pretrain", task=args.task, arm=arm)
+        key = dict(kind="pretrain", task=args.task, arm=arm, recipe=self.recipe)
         out = self._out(f"pretrain-{arm}")
         done = os.path.join(out, "summary.json")
         if arm == "general+adapt":
@@ -354,7 +372,13 @@ class Bench:
     def finetune(self, arm, start, facts, labels, seed, lr, kind):
         args = self.args
         key = dict(
-            kind=kind, task=args.task, arm=arm, labels=labels, seed=seed, lr=lr
+            kind=kind,
+            task=args.task,
+            arm=arm,
+            labels=labels,
+            seed=seed,
+            lr=lr,
+            recipe=self.recipe,
         )
         found = self.results.find(**key)
         if found:
@@ -420,7 +444,11 @@ class Bench:
 
     def arm(self, arm):
         a = self.args
-        task, find = a.task, self.results.find
+        task = a.task
+
+        def find(**key):
+            return self.results.find(**key, recipe=self.recipe)
+
         grid = [
             find(kind="grid", task=task, arm=arm, labels=a.grid_labels, lr=lr)
             for lr in a.learning_rates
@@ -453,12 +481,15 @@ def _best(grid):
     return max(scored, key=lambda r: r["validation"])["lr"]
 
 
-def table(rows, task, arms):
+def table(rows, task, arms, settings=None):
     """Markdown: arms x label counts, mean ± sd over seeds, gain over
-    random (mean paired per-seed difference ± its standard error)."""
+    random (mean paired per-seed difference ± its standard error), of the
+    rows of `settings` (a recipe; None: every row)."""
     cells, lrs, cost = {}, {}, {}
     for r in rows:
         if r.get("task") != task:
+            continue
+        if settings is not None and r.get("recipe") != settings:
             continue
         if r["kind"] == "pretrain":
             cost[r["arm"]] = r
@@ -563,9 +594,12 @@ def main(argv=None):
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--adapt-steps", type=int, default=500)
     parser.add_argument("--adapt-learning-rate", type=float, default=1e-4)
-    parser.add_argument("--epochs", type=int, default=40, help="the most")
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=16)
+    # Few labels make short epochs: 60 x (100 / 8) is still 780 steps, and
+    # a pilot with --patience 5 and batch 16 stopped random weights on the
+    # majority-class plateau after 6 epochs (results/payoff-pilot.jsonl).
+    parser.add_argument("--epochs", type=int, default=60, help="the most")
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--data", default=os.path.join(SHARED, "data"))
@@ -593,7 +627,8 @@ def main(argv=None):
     args.size, args.general_corpus = "mini", None
     args.pretrain_extra, args.finetune_extra = [], []
     if args.markdown:
-        print(table(Results(args.results, {}).rows, args.task, args.arms))
+        rows = Results(args.results, {}).rows
+        print(table(rows, args.task, args.arms, recipe(args)))
         return 0
     if args.smoke:
         args = smoke_settings(args)
@@ -604,7 +639,7 @@ def main(argv=None):
         bench = Bench(args, log)
         for arm in args.arms:
             bench.arm(arm)
-    print(table(bench.results.rows, args.task, args.arms))
+    print(table(bench.results.rows, args.task, args.arms, bench.recipe))
     return 0
 
 
