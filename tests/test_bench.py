@@ -337,3 +337,35 @@ def test_serving_benchmark_times_every_row_on_one_model(tmp_path, capsys):
     assert out["label_agreement_with_pipeline"] == {k: 1.0 for k in rows}
     assert out["examples"] == 20 and out["max_length"] == 24
     assert out["cpu"]["flags"] == throughput.cpu_info()["flags"]
+
+
+def test_packing_benchmark_smoke_runs_both_contenders(tmp_path):
+    """benchmarks/packing.py --smoke: both contenders train on the same
+    real-token budget from the test fixture's tweets, and report fill,
+    speed and held-out accuracy (numbers, not asserted speeds)."""
+    import subprocess
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "packing.py"),
+            "--smoke",
+            *("--output-dir", str(tmp_path)),
+        ],
+        env=dict(os.environ, KERASBERT_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x[:1] == "{"]
+    assert "flags" in lines[0]["machine"]
+    rows = {r["contender"]: r for r in lines if "contender" in r}
+    assert set(rows) == {"unpacked", "packed"}
+    assert rows["packed"]["fill"] > rows["unpacked"]["fill"]
+    assert rows["packed"]["steps"] < rows["unpacked"]["steps"]
+    for r in rows.values():
+        assert abs(r["real_tokens"] - 3000) < 0.1 * 3000, r
+        assert r["real_tokens_per_second"] > 0
+        assert 0 <= r["heldout_mlm_accuracy"] <= 1
+    assert "speedup_real_tokens_per_second" in lines[-1]
