@@ -447,13 +447,15 @@ class PretrainingTask:
             (_num(r["tokens_per_second"]) or 0.0) * (_num(r["seconds"]) or 0.0)
             for r in train_rows
         )
-        # Real tokens: positions times each window's fill (rows written
-        # before the fill column count as full).
-        real_tokens = sum(
-            (_num(r["tokens_per_second"]) or 0.0)
-            * (_num(r["seconds"]) or 0.0)
-            * (_num(r.get("fill")) or 1.0)
-            for r in train_rows
+        # Each row's fill weighted by its window's steps (not by timings:
+        # a resumed run must report the same); rows written before the
+        # fill column count as full.
+        windows = np.diff([0] + [int(r["step"]) for r in train_rows])
+        fills = [_num(r.get("fill")) or 1.0 for r in train_rows]
+        fill = (
+            float(np.dot(windows, fills) / windows.sum())
+            if train_rows
+            else None
         )
         summary = {
             "steps": total,
@@ -462,11 +464,9 @@ class PretrainingTask:
                 train_tokens / max(train_seconds, 1e-9), 1
             ),
             "real_tokens_per_second": round(
-                real_tokens / max(train_seconds, 1e-9), 1
+                train_tokens * (fill or 0.0) / max(train_seconds, 1e-9), 1
             ),
-            "fill": round(real_tokens / train_tokens, 4)
-            if train_tokens
-            else None,
+            "fill": None if fill is None else round(fill, 4),
             "packing": self.data_cfg.packing,
             "batch_size": self.cfg.batch_size,
             "sequence_length": self.data_cfg.sequence_length,
