@@ -312,7 +312,8 @@ def test_adapt_packing_needs_no_nsp_and_reaches_the_corpus(
         adapt.main,
         [
             *("--model", str(source), "--train", fixture("source_train.tsv")),
-            *("--packing", "on", "--output-dir", str(out), "--quiet"),
+            *("--adapt-sequence-length", "32", "--packing", "on"),
+            *("--output-dir", str(out), "--quiet"),
         ],
     )
     assert code == 2 and err.strip().splitlines() == [

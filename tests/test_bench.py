@@ -361,11 +361,14 @@ def test_packing_benchmark_smoke_runs_both_contenders(tmp_path):
     lines = [json.loads(x) for x in done.stdout.splitlines() if x[:1] == "{"]
     assert "flags" in lines[0]["machine"]
     rows = {r["contender"]: r for r in lines if "contender" in r}
-    assert set(rows) == {"unpacked", "packed"}
+    assert set(rows) == {"unpacked", "packed", "packed_same_steps"}
     assert rows["packed"]["fill"] > rows["unpacked"]["fill"]
     assert rows["packed"]["steps"] < rows["unpacked"]["steps"]
+    same = rows["packed_same_steps"]
+    assert same["batch_size"] < rows["packed"]["batch_size"]
     for r in rows.values():
         assert abs(r["real_tokens"] - 3000) < 0.1 * 3000, r
         assert r["real_tokens_per_second"] > 0
         assert 0 <= r["heldout_mlm_accuracy"] <= 1
-    assert "speedup_real_tokens_per_second" in lines[-1]
+    assert lines[-1]["speedup_real_tokens_per_second"] > 0
+    assert set(lines[-1]["in_turns"]) == {"unpacked", "packed"}
