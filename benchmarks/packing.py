@@ -26,9 +26,10 @@ logging windows after the first, which holds the graph's tracing; the
 input pipeline included; the mean over all windows beside it), and
 held-out MLM accuracy and loss at the end. Then one model takes turns on
 batches of both pipelines (`speed_in_turns`): load changes between the
-training runs cannot tilt that speed ratio, the headline number. The first line is the
-machine (CPU, cores, load, SIMD flags). `--smoke` runs both on the test
-fixture's 240 tweets at toy sizes in seconds (tests/test_bench.py).
+training runs cannot tilt that speed ratio, the headline number. The
+first line is the machine (CPU, cores, load, SIMD flags). `--smoke` runs
+all of it on the test fixture's 240 tweets at toy sizes (about 30 s;
+tests/test_bench.py).
 """
 
 import argparse
@@ -116,7 +117,7 @@ def median_speed(run_dir, batch_size, sequence_length):
     return batch_size * sequence_length * fill / statistics.median(per_step)
 
 
-def speed_in_turns(a, fills, rounds=6, steps=5):
+def speed_in_turns(a, rounds=6, steps=5):
     """Seconds per step of one model on unpacked and packed batches from
     fit's input pipeline, timed in turns (so load changes hit both):
     {contender: median seconds per step}."""
@@ -208,7 +209,7 @@ def run(a):
         }
         results[contender] = row
         print(json.dumps(row), flush=True)
-    step = speed_in_turns(a, fills)
+    step = speed_in_turns(a)
     turns = {
         c: a.batch_size * a.sequence_length * fills[c][0] / step[c]
         for c in step
