@@ -225,6 +225,29 @@ def nsp_option():
     )
 
 
+def packing_option():
+    """The --packing field, the same for pretraining and adaptation."""
+    return option(
+        "auto",
+        "pack several whole texts per row, each with its own positions and "
+        "attention (masked LM only; auto: on with --no-nsp)",
+        choices=("auto", "on", "off"),
+    )
+
+
+def resolve_packing(packing: str, nsp: bool) -> str:
+    """--packing's "auto": "on" for masked LM only (short texts fill a
+    row several times over), "off" with NSP (a row has one [CLS])."""
+    if packing == "on" and nsp:
+        raise UsageError(
+            "--packing: on needs --no-nsp (NSP reads one [CLS] per row; a "
+            "packed row holds several texts)"
+        )
+    if packing == "auto":
+        return "off" if nsp else "on"
+    return packing
+
+
 def columns_option():
     """The --columns field, the same for corpora and fine-tuning data."""
     return option(
@@ -513,6 +536,10 @@ class DataConfig(_Config):
     heldout_corpus: str | None = option(
         None, "evaluate on this corpus instead of a held-out share"
     )
+    packing: str = packing_option()
+
+    # Runs saved before --packing existed were never packed.
+    LEGACY = {"packing": "off"}
 
     def _cross_checks(self) -> None:
         if self.max_predictions > self.sequence_length - 3:
@@ -601,6 +628,7 @@ def validate_pretraining(
             f"--sequence-length: {data.sequence_length} is above "
             f"--max-sequence-length {model.max_sequence_length}"
         )
+    resolve_packing(data.packing, train.nsp)
     if train.heads_only and not train.init_from:
         raise UsageError(
             "--heads-only: needs --init-from (the trained encoder whose "
@@ -756,3 +784,4 @@ class AdaptConfig(_Config):
         128, "tokens per adaptation sequence (A and B together)", min=8
     )
     nsp: bool = nsp_option()
+    packing: str = packing_option()

@@ -303,6 +303,32 @@ def test_masked_lm_only_run_has_no_random_b(cli, tmp_path):
         run = json.load(f)
     assert run["train"]["nsp"] is False
     assert run["data"]["nsp_probability"] == 0.0
+    assert run["data"]["packing"] == "on"  # --packing auto, masked LM only
+
+
+def test_adapt_packing_needs_no_nsp_and_reaches_the_corpus(
+    cli, tmp_path, source
+):
+    from kerasbert.config import AdaptConfig, FinetuneConfig
+    from kerasbert.training.adapt import corpus_config
+
+    out = tmp_path / "out"
+    code, _, err = cli(
+        adapt.main,
+        [
+            *("--model", str(source), "--train", fixture("source_train.tsv")),
+            *("--adapt-sequence-length", "32", "--packing", "on"),
+            *("--output-dir", str(out), "--quiet"),
+        ],
+    )
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --packing: on needs --no-nsp (NSP reads one [CLS] per row; "
+        "a packed row holds several texts)"
+    ], err
+    assert not out.exists()
+    cfg = FinetuneConfig(model=str(source), train=fixture("source_train.tsv"))
+    data = corpus_config(AdaptConfig(nsp=False, packing="on"), cfg, "tok")
+    assert data.packing == "on"
 
 
 def test_adapt_too_little_text_one_error_no_output(cli, tmp_path, source):

@@ -75,3 +75,42 @@ def test_pretrainer_trains_under_jax_without_tensorflow():
     assert all(v == v and abs(v) < 1e6 for v in loss), loss  # finite
     # One batch seen 8 times at a high learning rate: the loss falls.
     assert loss[-1] < loss[0] - 0.2, loss
+
+
+_PACKED_UNDER_JAX = textwrap.dedent("""
+    import json, sys
+
+    import keras
+
+    sys.path.insert(0, sys.argv[1])  # tests/: the packed-row case
+    from packed_case import compare
+
+    print(json.dumps({
+        "backend": keras.config.backend(),
+        "results": {
+            f"{dtype} {dropout}": compare(dropout, dtype)
+            for dtype in ("float32", "mixed_bfloat16")
+            for dropout in (0.0, 0.1)  # fused, explicit attention
+        },
+    }))
+""")
+
+
+def test_packed_rows_under_jax_equal_one_text_per_row():
+    env = dict(
+        os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _PACKED_UNDER_JAX, os.path.join(ROOT, "tests")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "jax"
+    for case, r in got["results"].items():
+        tol = 1e-5 if case.startswith("float32") else 2e-2 * r["scale"]
+        assert r["logits"] <= tol and r["loss"] <= tol, (case, r)
+        assert r["leak"] <= 1e-6 and r["moved"] > 0.01, (case, r)

@@ -416,3 +416,38 @@ def test_payoff_table_gain_is_the_mean_paired_difference():
         "| self (0.0001) | 9 steps, 2 min, held-out MLM 0.250 | "
         "49.0 ± 4.2 (n=2), **+4.0** ± 2.0 |"
     )
+
+
+def test_packing_benchmark_smoke_runs_both_contenders(tmp_path):
+    """benchmarks/packing.py --smoke: both contenders train on the same
+    real-token budget from the test fixture's tweets, and report fill,
+    speed and held-out accuracy (numbers, not asserted speeds)."""
+    import subprocess
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "packing.py"),
+            "--smoke",
+            *("--output-dir", str(tmp_path)),
+        ],
+        env=dict(os.environ, KERASBERT_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x[:1] == "{"]
+    assert "flags" in lines[0]["machine"]
+    rows = {r["contender"]: r for r in lines if "contender" in r}
+    assert set(rows) == {"unpacked", "packed", "packed_same_steps"}
+    assert rows["packed"]["fill"] > rows["unpacked"]["fill"]
+    assert rows["packed"]["steps"] < rows["unpacked"]["steps"]
+    same = rows["packed_same_steps"]
+    assert same["batch_size"] < rows["packed"]["batch_size"]
+    for r in rows.values():
+        assert abs(r["real_tokens"] - 3000) < 0.1 * 3000, r
+        assert r["real_tokens_per_second"] > 0
+        assert 0 <= r["heldout_mlm_accuracy"] <= 1
+    assert lines[-1]["speedup_real_tokens_per_second"] > 0
+    assert set(lines[-1]["in_turns"]) == {"unpacked", "packed"}

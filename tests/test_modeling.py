@@ -31,7 +31,14 @@ TINY = dict(
     max_sequence_length=9,
 )
 BATCH, SEQ, PREDS = 4, 9, 3
-METRICS = {"loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"}
+METRICS = {
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_accuracy",
+    "nsp_accuracy",
+    "fill",
+}
 
 
 def fake_batch(seed=0, batch=BATCH):

@@ -8,6 +8,8 @@ replicas. A covering subset, not the product of every setting:
     fit       mixed_float16 + XLA, killed mid-run and resumed: identical
               to a run never interrupted
     fit       mixed_bfloat16 + mirrored over two devices
+    fit       packed short texts (--no-nsp), mixed_float16 + XLA, killed
+              mid-run and resumed: identical to a run never interrupted
     finetune  mixed_bfloat16 + mirrored over two devices
     finetune  mixed_float16 + XLA: the compiled programs are counted
     finetune  mixed_bfloat16 + XLA, padded to --max-length (no bucketing)
@@ -177,6 +179,37 @@ def test_fit_mixed_float16_xla_resumes_identically(env, tmp_path, cli):
     out = run("kerasbert.fit", [*args, "--output-dir", killed], env)
     assert "resuming from step 6" in out.stdout
     # test_resume's comparison: rows, summary and weights, timings aside.
+    assert timeless_rows(killed) == timeless_rows(clean)
+    assert summary(killed, "summary.json") == summary(clean, "summary.json")
+    for x, y in zip(
+        weights(killed / "model.keras"),
+        weights(clean / "model.keras"),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_fit_packed_mixed_float16_xla_resumes_identically(env, tmp_path, cli):
+    tweets = os.path.join(FIXTURES, "emotion_train.txt")  # text;label
+    args = [
+        *FIT,
+        *("--corpus", tweets, "--corpus-format", "semicolon", "--no-nsp"),
+        *("--precision", "mixed_float16", "--jit-compile", "on"),
+    ]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    out = run("kerasbert.fit", [*args, "--output-dir", clean], env)
+    assert "data: packing on; fill" in out.stdout
+    check_rows(clean, [2, 4, 6, 8], [4, 8], "heldout", ["loss", "mlm_loss"])
+    written = check_pretrained(clean, 8, cli)
+    assert written["packing"] == "on" and 0 < written["fill"] <= 1
+    run(
+        "kerasbert.fit",
+        [*args, "--output-dir", killed],
+        env,
+        fault="train_step:7",
+    )
+    out = run("kerasbert.fit", [*args, "--output-dir", killed], env)
+    assert "resuming from step 6" in out.stdout
     assert timeless_rows(killed) == timeless_rows(clean)
     assert summary(killed, "summary.json") == summary(clean, "summary.json")
     for x, y in zip(

@@ -50,6 +50,7 @@ ARGS = [
 ]
 TIMINGS = {
     "tokens_per_second",
+    "real_tokens_per_second",
     "examples_per_second",
     "seconds",
     "train_seconds",

@@ -10,7 +10,10 @@ Per sequence, `n = min(max_predictions, max(1, round(eligible * mask_rate)))`
 positions are predicted, where eligible tokens are real tokens that are not
 special (`[CLS]`, `[SEP]`, `[PAD]`, `[MASK]`, `[UNK]`, ...: whatever the
 tokenizer lists). Google counts `[CLS]`/`[SEP]` in the length; we do not, so
-the rate is a rate of maskable text. `mask_rate=0` means no masking at all
+the rate is a rate of maskable text. A packed row (several texts,
+`kerasbert.data.packed`) counts as one sequence: its n is drawn over all
+of its texts' eligible tokens, so each text gets the rate on average and
+the output width stays `max_predictions`. `mask_rate=0` means no masking at all
 (n = 0: NSP-only training). Of the predicted positions 80% become `[MASK]`,
 10% a random non-special token and 10% stay unchanged, so the model cannot
 rely on `[MASK]` marking the positions it is asked about (it never appears

@@ -6,6 +6,10 @@
     unbatch to global batches --DynamicMasker, Dataset.map, parallel-->
     (x, y) dicts --prefetch
 
+With `packing=True` (masked LM only) rows are packed texts instead of
+pairs (`kerasbert.data.packed`): every epoch packs the same texts in a new
+order, and everything below holds for them as for pairs.
+
 The stream is a sequence of *global batches*: epoch 0's pairs (shuffled,
 the last partial batch dropped), then epoch 1's -- new pairs from
 `default_rng([seed, epoch])` and new masks from (seed, global batch index) --
@@ -26,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbert.data.masking import DynamicMasker, draw_noise, validate_masking
+from kerasbert.data.packed import assemble_packed, epoch_packing, text_ranges
 from kerasbert.data.pairing import (  # noqa: F401  count_pairs: API
     assemble,
     count_pairs,
@@ -45,6 +50,75 @@ def block_batches(batch_size: int) -> int:
     return max(1, _BLOCK_ROWS // batch_size)
 
 
+class EpochRows:
+    """The rows of any epoch of one stream: NSP pairs, or packed texts.
+
+    `epoch(e)` is epoch e's rows (an array of pairs or a `Packing`), and
+    `assemble(rows, indices)` their token_ids, segment_ids, padding_mask
+    and next_sentence_label; `real_tokens(rows)` the real tokens per row.
+    """
+
+    def __init__(
+        self,
+        corpus,
+        *,
+        packing: bool = False,
+        sequence_length: int = 128,
+        short_seq_prob: float = 0.1,
+        nsp_probability: float = 0.5,
+        seed: int = 0,
+        document_ids=None,
+    ):
+        self.corpus = corpus
+        self.packing = packing
+        self.sequence_length = sequence_length
+        self.seed = seed
+        self.pair_args = dict(
+            sequence_length=sequence_length,
+            short_seq_prob=short_seq_prob,
+            nsp_probability=nsp_probability,
+            seed=seed,
+            document_ids=document_ids,
+        )
+        if packing:  # the texts are the same every epoch: cut them once
+            self.texts = text_ranges(corpus, document_ids, sequence_length - 2)
+
+    def epoch(self, epoch: int):
+        if self.packing:
+            return epoch_packing(
+                self.texts, self.sequence_length, self.seed, epoch
+            )
+        return epoch_pairs(self.corpus, epoch=epoch, **self.pair_args)
+
+    def assemble(self, rows, indices, **special):
+        if self.packing:
+            return assemble_packed(
+                self.corpus.tokens,
+                rows,
+                indices,
+                self.sequence_length,
+                **special,
+            )
+        return assemble(
+            self.corpus.tokens, rows[indices], self.sequence_length, **special
+        )
+
+    def real_tokens(self, rows) -> np.ndarray:
+        if self.packing:
+            return rows.real_tokens()
+        return rows[:, 1] + rows[:, 3] + 3  # [CLS] A [SEP] B [SEP]
+
+
+def fill(rows: EpochRows, batch_size: int, epoch: int = 0) -> float:
+    """Real tokens / positions over the batches of epoch `epoch`."""
+    rows_of_epoch = rows.epoch(epoch)
+    used = len(rows_of_epoch) // batch_size * batch_size
+    if used == 0:
+        return 0.0
+    real = rows.real_tokens(rows_of_epoch)[:used]
+    return float(real.mean() / rows.sequence_length)
+
+
 def pretraining_dataset(
     corpus,
     tokenizer,
@@ -62,6 +136,7 @@ def pretraining_dataset(
     start_batch: int = 0,
     num_workers: int = 1,
     worker_index: int = 0,
+    packing: bool = False,
 ) -> tf.data.Dataset:
     """`(x, y)` batches for `BertPretrainer.fit`; see the module docstring.
 
@@ -97,7 +172,12 @@ def pretraining_dataset(
         )
     if start_batch < 0:
         raise UsageError(f"start_batch: must be >= 0, got {start_batch}")
-    if len(usable_documents(corpus, document_ids)) < 2:
+    if packing and nsp_probability > 0:
+        raise UsageError(
+            "--packing: packed rows train the masked LM only (NSP reads one "
+            "[CLS] per row); use --no-nsp or --packing off"
+        )
+    if not packing and len(usable_documents(corpus, document_ids)) < 2:
         raise UsageError(
             "corpus: next-sentence pairs need at least 2 non-empty "
             "documents (a random B must come from another document)"
@@ -108,14 +188,16 @@ def pretraining_dataset(
         mask_rate=mask_rate,
         whole_word=whole_word,
     )
-    pair_args = dict(
+    source = EpochRows(
+        corpus,
+        packing=packing,
         sequence_length=sequence_length,
         short_seq_prob=short_seq_prob,
         nsp_probability=nsp_probability,
         seed=seed,
         document_ids=document_ids,
     )
-    first_epoch = epoch_pairs(corpus, epoch=0, **pair_args)
+    first_epoch = source.epoch(0)
     if len(first_epoch) < batch_size:
         raise UsageError(
             f"--batch-size: an epoch has only {len(first_epoch)} sequences, "
@@ -129,37 +211,32 @@ def pretraining_dataset(
         sep_id=int(tokenizer.sep_id),
         pad_id=int(tokenizer.pad_id),
     )
-    tokens = corpus.tokens
 
     def pieces():
         """Runs of global batches that lie within one masking block."""
         skip, base, epoch = start_batch, 0, 0
         while True:
-            pairs = (
-                first_epoch
-                if epoch == 0
-                else epoch_pairs(corpus, epoch=epoch, **pair_args)
-            )
-            num_batches = len(pairs) // batch_size
+            epoch_rows = first_epoch if epoch == 0 else source.epoch(epoch)
+            num_batches = len(epoch_rows) // batch_size
             if num_batches == 0:  # never spin without yielding
                 raise UsageError(
-                    f"--batch-size: epoch {epoch} has only {len(pairs)} "
+                    f"--batch-size: epoch {epoch} has only {len(epoch_rows)} "
                     f"sequences, fewer than one batch of {batch_size}"
                 )
-            pairs = pairs[: num_batches * batch_size].reshape(
-                num_batches, batch_size, 5
-            )[:, lo : lo + rows]
             start = min(skip, num_batches)
             while start < num_batches:
                 end = min(
                     num_batches, ((base + start) // block + 1) * block - base
                 )
                 g = end - start
-                ids, seg, pad, label = assemble(
-                    tokens,
-                    pairs[start:end].reshape(-1, 5),
-                    sequence_length,
-                    **special,
+                # This worker's rows of global batches start..end-1.
+                indices = (
+                    np.arange(start, end)[:, None] * batch_size
+                    + lo
+                    + np.arange(rows)[None, :]
+                ).reshape(-1)
+                ids, seg, pad, label = source.assemble(
+                    epoch_rows, indices, **special
                 )
                 yield (
                     np.arange(base + start, base + end),

@@ -67,7 +67,10 @@ class BertBackbone(keras.Model):
         **kwargs: `name`, `trainable`.
 
     Inputs: dict of int32 `[batch, seq]` tensors `token_ids`,
-    `segment_ids`, `padding_mask` (1 = real token, 0 = padding).
+    `segment_ids`, `padding_mask` (0 = padding; 1 = real token, or for a
+    row packed with several texts 1, 2, 3... the text each token belongs
+    to: positions restart and attention stays inside each text, so a
+    packed row computes what its texts would compute one per row).
     Outputs: dict with `sequence_output` `[batch, seq, hidden]` and
     `pooled_output` `[batch, hidden]` (tanh dense on [CLS]).
     """
@@ -132,7 +135,11 @@ class BertBackbone(keras.Model):
             name: int_input(name)
             for name in ("token_ids", "segment_ids", "padding_mask")
         }
-        x = embedding(inputs["token_ids"], inputs["segment_ids"])
+        x = embedding(
+            inputs["token_ids"],
+            inputs["segment_ids"],
+            padding_mask=inputs["padding_mask"],
+        )
         hidden_states, attention_scores = [x], []
         for block in blocks:
             if return_attention_scores:
@@ -190,7 +197,10 @@ class BertBackbone(keras.Model):
         """
         mask = inputs["padding_mask"]
         x = self.embedding(
-            inputs["token_ids"], inputs["segment_ids"], training=False
+            inputs["token_ids"],
+            inputs["segment_ids"],
+            padding_mask=mask,
+            training=False,
         )
         shape = ops.shape(x)
         rows = ops.nonzero(ops.reshape(mask, (-1,)))[0]

@@ -28,6 +28,37 @@ def _check_activation(activation):
         )
 
 
+def text_positions(padding_mask):
+    """Each token's position within its text, `[batch, seq]` int32.
+
+    `padding_mask` numbers the texts of a packed row 1, 2, 3... (0:
+    padding), each text contiguous and after the one numbered before it.
+    A token's position is its index minus the tokens of lower-numbered
+    texts: 0 at each text's [CLS]. Text 1 and padding keep their index,
+    so a 0/1 mask gives the plain 0, 1, 2... of an unpacked row.
+    """
+    m = ops.cast(padding_mask, "int32")
+    before = ops.logical_and(m[:, None, :] > 0, m[:, None, :] < m[:, :, None])
+    seq = ops.shape(m)[1]
+    return ops.arange(seq, dtype="int32")[None, :] - ops.sum(
+        ops.cast(before, "int32"), axis=-1
+    )
+
+
+def attention_mask(padding_mask):
+    """`[batch, 1, seq, seq]` bool: query t may attend to key j.
+
+    Keys are real tokens (`padding_mask` > 0) of the query's own text
+    (the same number), so texts packed in one row never see each other.
+    A padded query sees every real key, as it did with a 0/1 mask; its
+    output is never read.
+    """
+    m = ops.cast(padding_mask, "int32")
+    query, key = m[:, :, None], m[:, None, :]
+    same = ops.logical_or(ops.equal(query, key), ops.equal(query, 0))
+    return ops.logical_and(key > 0, same)[:, None]
+
+
 def _initializer(stddev):
     # A fresh object per weight: one shared unseeded initializer would draw
     # the same seed for every weight and yield identical tables.
@@ -51,6 +82,9 @@ class BertEmbedding(keras.layers.Layer):
     Call arguments:
         token_ids: int tensor `[batch, seq]`.
         segment_ids: int tensor `[batch, seq]`; `None` means all zeros.
+        padding_mask: optional int tensor `[batch, seq]`: positions then
+            restart at each packed text (`text_positions`); `None` or a
+            0/1 mask: positions 0, 1, 2...
         training: bool. Whether dropout is active.
 
     The token table lives in the sublayer `token_embedding` (a
@@ -107,15 +141,23 @@ class BertEmbedding(keras.layers.Layer):
         self.layer_norm.build((*token_ids_shape, self.hidden_dim))
         self.built = True
 
-    def call(self, token_ids, segment_ids=None, training=None):
+    def call(
+        self, token_ids, segment_ids=None, padding_mask=None, training=None
+    ):
         x = self.token_embedding(token_ids)
-        # A tensor, not the variable: JAX's slice refuses a Keras variable.
-        positions = ops.slice(
-            ops.convert_to_tensor(self.position_embeddings),
-            (0, 0),
-            (ops.shape(token_ids)[1], self.hidden_dim),
-        )
-        x = x + ops.cast(positions, x.dtype)[None]
+        if padding_mask is not None:
+            positions = ops.take(
+                self.position_embeddings, text_positions(padding_mask), axis=0
+            )
+        else:
+            # A tensor, not the variable: JAX's slice refuses a Keras
+            # variable.
+            positions = ops.slice(
+                ops.convert_to_tensor(self.position_embeddings),
+                (0, 0),
+                (ops.shape(token_ids)[1], self.hidden_dim),
+            )[None]
+        x = x + ops.cast(positions, x.dtype)
         if segment_ids is not None:
             segments = ops.take(self.segment_embeddings, segment_ids, axis=0)
         else:  # segment 0 everywhere, as for a single sentence
@@ -124,7 +166,9 @@ class BertEmbedding(keras.layers.Layer):
         x = self.layer_norm(x)
         return self.dropout_layer(x, training=training)
 
-    def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):
+    def compute_output_shape(
+        self, token_ids_shape, segment_ids_shape=None, padding_mask_shape=None
+    ):
         # Spares tracing `call` on symbolic shapes, which JAX cannot do
         # for the position slice (its length vs max_sequence_length).
         return (*token_ids_shape, self.hidden_dim)
@@ -175,8 +219,10 @@ class EncoderBlock(keras.layers.Layer):
 
     Call arguments:
         inputs: float tensor `[batch, seq, hidden]`.
-        padding_mask: 0/1 (or bool) tensor `[batch, seq]`; keys at 0 are
-            ignored. `None` attends everywhere.
+        padding_mask: int (or bool) tensor `[batch, seq]`: 0 at padding,
+            else the number of the token's text (1 everywhere for an
+            unpacked row); attention stays inside each text
+            (`attention_mask`). `None` attends everywhere.
         training: bool. Whether dropout is active.
         return_attention_scores: bool. Also return the attention
             probabilities `[batch, heads, seq, seq]` (for visualisation;
@@ -308,8 +354,8 @@ class EncoderBlock(keras.layers.Layer):
             qkv = ops.scatter(rows[:, None], qkv, (total, 3 * hidden_dim))
         qkv = ops.reshape(qkv, (-1, seq, 3, self.num_heads, self.head_dim))
         mask = None
-        if padding_mask is not None:  # [b, s] -> [b, 1, 1, s] over keys
-            mask = ops.cast(padding_mask, "bool")[:, None, None, :]
+        if padding_mask is not None:  # [b, s] -> [b, 1, s, s]
+            mask = attention_mask(padding_mask)
         # An unstack, not three slices: its gradient is one stacking, where
         # each slice's would be a zero-filled copy of the whole projection.
         if self.attention_dropout == 0 and not return_scores:

@@ -118,7 +118,8 @@ class BertPretrainer(keras.Model):
 
     Compile with only an optimizer: the loss is built in (`compute_loss`)
     and so are the metrics `mlm_loss`, `nsp_loss`, `mlm_accuracy`,
-    `nsp_accuracy`, shown next to Keras' `loss` in `fit` and `evaluate`.
+    `nsp_accuracy` and `fill` (the share of positions that are real
+    tokens), shown next to Keras' `loss` in `fit` and `evaluate`.
     Epoch values of the MLM metrics are weighted by `mask_weights` over all
     batches; those of `loss` average the per-batch losses.
 
@@ -182,6 +183,8 @@ class BertPretrainer(keras.Model):
         self.nsp_loss_tracker = keras.metrics.Mean(name="nsp_loss")
         self.mlm_accuracy_tracker = keras.metrics.Mean(name="mlm_accuracy")
         self.nsp_accuracy_tracker = keras.metrics.Mean(name="nsp_accuracy")
+        # Real tokens / positions of the batches: what packing buys.
+        self.fill_tracker = keras.metrics.Mean(name="fill")
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -209,6 +212,8 @@ class BertPretrainer(keras.Model):
         self.mlm_accuracy_tracker.update_state(mlm_hit, sample_weight=weights)
         self.nsp_loss_tracker.update_state(nsp_ce)
         self.nsp_accuracy_tracker.update_state(nsp_hit)
+        real = ops.cast(x["padding_mask"], "int32") > 0
+        self.fill_tracker.update_state(ops.cast(real, "float32"))
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def get_config(self):

@@ -77,6 +77,7 @@ def corpus_config(
         hf_config=cfg.hf_config,
         tokenizer=tokenizer,
         sequence_length=seq,
+        packing=adapt_cfg.packing,
         mask_rate=mask_rate,
         # Room for `mask_rate` of the sequence, as the default 20 is for
         # BERT's 15% of 128.

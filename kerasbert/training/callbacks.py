@@ -424,7 +424,9 @@ class MetricsLogger(keras.callbacks.Callback):
         for row in reversed(self.rows):
             if row["split"] == split and int(row["step"]) == step:
                 return {
-                    k: float(row[k]) for k in self.metric_names if row[k] != ""
+                    k: float(row[k])
+                    for k in self.metric_names
+                    if row.get(k)  # "" or, in older files, no column
                 }
         return {}
 

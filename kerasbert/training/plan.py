@@ -15,9 +15,9 @@ import numpy as np
 
 from kerasbert.data.pairing import (
     MIN_DOCUMENTS_TO_HOLD_OUT,
-    count_pairs,
     split_train_heldout,
 )
+from kerasbert.data.pretraining import EpochRows
 from kerasbert.errors import UsageError
 
 
@@ -31,15 +31,21 @@ class TrainingPlan:
     notes: tuple[str, ...] = ()  # what was adapted, for the log
 
 
-def _pairs(corpus, data_cfg, seed, ids):
-    return count_pairs(
+def epoch_rows(corpus, data_cfg, seed, ids) -> EpochRows:
+    """The rows of a run's stream (pairs, or packed texts)."""
+    return EpochRows(
         corpus,
+        packing=data_cfg.packing == "on",
         sequence_length=data_cfg.sequence_length,
         short_seq_prob=data_cfg.short_seq_prob,
         nsp_probability=data_cfg.nsp_probability,
         seed=seed,
         document_ids=ids,
     )
+
+
+def _pairs(corpus, data_cfg, seed, ids):
+    return len(epoch_rows(corpus, data_cfg, seed, ids).epoch(0))
 
 
 def make_plan(
@@ -66,32 +72,34 @@ def make_plan(
             )
             heldout_corpus = corpus
     pairs = _pairs(corpus, data_cfg, train_cfg.seed, train_ids)
-    if pairs == 0:
+    what = "packed rows" if data_cfg.packing == "on" else "sentence pairs"
+    if pairs == 0 and data_cfg.packing != "on":
         raise UsageError(
             f"{corpus_name}: no sentence pairs: every training document has "
             "a single sentence (or none that fits). NSP pairs split a "
             "document of 2+ sentences; put several sentences per document "
-            "(a blank line ends a document)"
+            "(a blank line ends a document), or train the masked LM alone "
+            "on packed texts (--no-nsp --packing on)"
         )
     spe = train_cfg.steps_per_epoch
     if spe is None:
         if pairs < train_cfg.batch_size:
             raise UsageError(
                 f"--batch-size: {train_cfg.batch_size} is more than the "
-                f"{pairs} sentence pairs of one epoch of {corpus_name}; use "
+                f"{pairs} {what} of one epoch of {corpus_name}; use "
                 f"--batch-size {pairs} or less, or a larger corpus"
             )
         spe = pairs // train_cfg.batch_size
     elif pairs < train_cfg.batch_size:
         raise UsageError(
             f"--batch-size: {train_cfg.batch_size} is more than the {pairs} "
-            f"sentence pairs of one epoch of {corpus_name}"
+            f"{what} of one epoch of {corpus_name}"
         )
     if heldout_corpus is not None and train_cfg.eval_batches > 0:
         held = _pairs(heldout_corpus, data_cfg, train_cfg.seed + 1, heldout_ids)
         if held < train_cfg.batch_size:
             notes.append(
-                f"the held-out documents give {held} sentence pairs, fewer "
+                f"the held-out documents give {held} {what}, fewer "
                 f"than one batch of {train_cfg.batch_size}; no held-out "
                 "evaluation (raise --holdout-fraction or lower --batch-size)"
             )

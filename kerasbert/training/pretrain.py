@@ -25,6 +25,7 @@ from kerasbert.config import (
     ModelConfig,
     TrainConfig,
     parameter_count,
+    resolve_packing,
     validate_pretraining,
 )
 from kerasbert.errors import DiskFull
@@ -67,6 +68,9 @@ def pretrain(
     if not train_cfg.nsp:
         # Masked LM only: a random B would just join unrelated texts.
         data_cfg = dataclasses.replace(data_cfg, nsp_probability=0.0)
+    data_cfg = dataclasses.replace(
+        data_cfg, packing=resolve_packing(data_cfg.packing, train_cfg.nsp)
+    )
     output_dir = train_cfg.output_dir or default_output_dir(size)
     check_output(
         output_dir,
@@ -245,6 +249,7 @@ class PretrainingTask:
         "nsp_loss",
         "mlm_accuracy",
         "nsp_accuracy",
+        "fill",
     )
     unit = "tokens"
     validation_split = "heldout"
@@ -282,6 +287,7 @@ class PretrainingTask:
             whole_word=d.whole_word,
             nsp_probability=d.nsp_probability,
             short_seq_prob=d.short_seq_prob,
+            packing=d.packing == "on",
         )
 
     def train_dataset(self, start_step, num_workers=1, worker_index=0):
@@ -370,6 +376,7 @@ class PretrainingTask:
             model.mlm_head.output_bias.assign(
                 optimization.unigram_log_prior(self.train_token_counts())
             )
+        self.log_fill()
         self.log(
             f"model: {model.count_params():,} parameters; "
             f"{self.plan.total_steps} steps of {self.cfg.batch_size} x "
@@ -378,6 +385,20 @@ class PretrainingTask:
         )
         self.heldout = self.heldout_set()
         return model
+
+    def log_fill(self):
+        """Prints the training stream's fill (epoch 0), packed or not."""
+        from kerasbert.data.pretraining import fill
+        from kerasbert.training.plan import epoch_rows
+
+        rows = epoch_rows(
+            self.corpus, self.data_cfg, self.cfg.seed, self.plan.train_ids
+        )
+        self.log(
+            f"data: packing {self.data_cfg.packing}; fill "
+            f"{fill(rows, self.cfg.batch_size):.3f} (real tokens / "
+            "positions, epoch 0)"
+        )
 
     def evaluate(self, model) -> dict:
         if self.heldout is None:
@@ -426,12 +447,27 @@ class PretrainingTask:
             (_num(r["tokens_per_second"]) or 0.0) * (_num(r["seconds"]) or 0.0)
             for r in train_rows
         )
+        # Each row's fill weighted by its window's steps (not by timings:
+        # a resumed run must report the same); rows written before the
+        # fill column count as full.
+        windows = np.diff([0] + [int(r["step"]) for r in train_rows])
+        fills = [_num(r.get("fill")) or 1.0 for r in train_rows]
+        fill = (
+            float(np.dot(windows, fills) / windows.sum())
+            if train_rows
+            else None
+        )
         summary = {
             "steps": total,
             "train_seconds": round(train_seconds, 2),
             "tokens_per_second": round(
                 train_tokens / max(train_seconds, 1e-9), 1
             ),
+            "real_tokens_per_second": round(
+                train_tokens * (fill or 0.0) / max(train_seconds, 1e-9), 1
+            ),
+            "fill": None if fill is None else round(fill, 4),
+            "packing": self.data_cfg.packing,
             "batch_size": self.cfg.batch_size,
             "sequence_length": self.data_cfg.sequence_length,
             "parameters": int(model.count_params()),
