@@ -439,6 +439,10 @@ def test_heldout_evaluation_matches_keras_evaluate():
     assert len(held) == 3
     ours = held.evaluate(model)
     keras_ = model.evaluate(ds, verbose=0, return_dict=True)
+    # `fill` is the rows' share of real tokens, a property of the data
+    # that metrics.csv's train rows carry; the held-out rows report the
+    # model's losses and accuracies.
+    keras_.pop("fill")
     assert sorted(ours) == sorted(keras_)
     for k in ours:
         assert ours[k] == pytest.approx(keras_[k], rel=1e-5, abs=1e-6), k
