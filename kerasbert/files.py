@@ -376,15 +376,17 @@ def remove_stale_temps(folder: str) -> None:
                     os.remove(path)
 
 
+def stale_temp(name: str) -> bool:
+    """Whether file name `name` is a temp file or folder of a killed
+    process (`.NAME.tmpPID...`, that pid gone)."""
+    match = _TMP.match(name)
+    return bool(match) and not pid_alive(int(match.group(1)))
+
+
 def only_stale_temps(folder: str) -> bool:
-    """True if folder `folder` holds nothing but the temp files and folders
-    of killed processes (a run killed in its very first write): it is as
-    good as empty."""
-    for name in os.listdir(folder):
-        match = _TMP.match(name)
-        if not match or pid_alive(int(match.group(1))):
-            return False
-    return True
+    """True if folder `folder` holds nothing but `stale_temp`s (a run
+    killed in its very first write): it is as good as empty."""
+    return all(stale_temp(name) for name in os.listdir(folder))
 
 
 def remove_stale_scratch(parent: str, prefix: str) -> None:
@@ -591,15 +593,15 @@ def read_json(path: str, label: str, constants: bool = False):
 
 def inside_folder(folder: str, name, label: str) -> str:
     """`folder`/`name` for a file name read from a file of `folder` (an
-    index's shard, a tokenizer's model file): it must be a relative path
-    that stays inside `folder`, links resolved."""
+    index's shard, a tokenizer's model file): a relative path that stays
+    inside `folder`. Judged by the name (a link inside the folder may
+    point elsewhere, as the Hugging Face cache's snapshots do)."""
     if not isinstance(name, str) or not name:
         raise UsageError(f"{label}: file name {name!r} is not a string")
-    path = os.path.join(folder, name)
-    real, top = os.path.realpath(path), os.path.realpath(folder)
-    if os.path.isabs(name) or os.path.commonpath([real, top]) != top:
+    parts = os.path.normpath(name).split(os.sep)
+    if os.path.isabs(name) or ".." in parts:
         raise UsageError(f"{label}: {name!r} lies outside the folder {folder}")
-    return path
+    return os.path.join(folder, name)
 
 
 def pid_alive(pid: int) -> bool:

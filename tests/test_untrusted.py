@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 
 import pytest
@@ -211,22 +212,24 @@ def special_file(name, kind):
     return make
 
 
-def unblock(fifo, after=5):
-    """Opens `fifo` for writing once a reader waits, then closes it: an
-    unguarded reader blocked on it then sees an empty file instead of
-    hanging the suite."""
+def unblock(fifo, after=5, until=60):
+    """From `after` seconds on, for `until` seconds, opens `fifo` for
+    writing whenever a reader waits and closes it at once: an unguarded
+    reader blocked on it then sees an empty file instead of hanging the
+    suite (a guarded one never opens it)."""
 
     def run():
-        for _ in range(int(after * 10) + 600):
+        stop = time.monotonic() + until
+        while time.monotonic() < stop:
             try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # no reader yet (ENXIO), or gone
-                threading.Event().wait(0.1)
-                continue
-            os.close(fd)
-            return
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader waiting (ENXIO), or gone
+                pass
+            time.sleep(0.1)
 
-    threading.Timer(after, run).start()
+    timer = threading.Timer(after, run)
+    timer.daemon = True
+    timer.start()
 
 
 def sentencepiece_meta(text):
@@ -574,16 +577,29 @@ def test_a_google_vocab_txt_not_utf8(cli, tmp_path):
     assert left(tmp_path) == ["google"]
 
 
-def test_a_train_file_that_is_a_fifo(cli, folders, tmp_path):
-    fifo = tmp_path / "train.tsv"
+@pytest.mark.parametrize("name", ["finetune", "fit", "predict"])
+def test_a_data_file_that_is_a_fifo(cli, folders, tmp_path, name):
+    fifo = tmp_path / "texts.tsv"
     os.mkfifo(fifo)
     unblock(str(fifo))
-    argv = ["--model", folders["model"], "--train", fifo]
-    code, _, err = cli(
-        finetune.main, [*argv, "--output-dir", tmp_path / "out", *FINETUNE]
-    )
-    one_error(code, err, "--train", "not a regular file")
-    assert left(tmp_path) == ["train.tsv"]
+    out = tmp_path / "out"
+    main, argv, flag = {
+        "finetune": (
+            finetune.main,
+            ["--model", folders["model"], "--train", fifo, "--output-dir", out]
+            + FINETUNE,
+            "--train",
+        ),
+        "fit": (fit.main, fit_argv(out, "--corpus", fifo), fifo.name),
+        "predict": (
+            predict.main,
+            ["--model", folders["clf"], "--file", fifo],
+            "--file",
+        ),
+    }[name]
+    code, _, err = cli(main, argv)
+    one_error(code, err, flag, "not a regular file")
+    assert left(tmp_path) == ["texts.tsv"]
 
 
 def test_an_unused_4_gib_tensor_is_never_read(folders, tmp_path):
@@ -738,3 +754,22 @@ def test_a_deeply_nested_config_file(cli, tmp_path):
     code, _, err = cli(fit.main, argv)
     one_error(code, err, "--config", "config.json", "nested")
     assert left(tmp_path) == ["config.json"]
+
+
+def test_an_adapt_folder_killed_in_its_first_writes_is_its_own(tmp_path):
+    """adapt.json's temp file beside an empty-but-for-temps first stage:
+    the folder is the run's to start, not a folder of the user's files."""
+    from test_safety import dead_pid
+
+    from kerasbert.config import FinetuneConfig
+    from kerasbert.training.adapt import _output_folder
+
+    out = tmp_path / "out"
+    (out / "heads").mkdir(parents=True)
+    (out / f".adapt.tmp{dead_pid()}.json").write_text("{")
+    (out / "heads" / f".config.tmp{dead_pid()}.json").write_text("{")
+    cfg = FinetuneConfig(model="m", train=TRAIN, output_dir=str(out))
+    assert _output_folder(cfg, {}, print) == str(out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not an adapt run's"):
+        _output_folder(cfg, {}, print)

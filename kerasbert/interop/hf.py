@@ -63,6 +63,10 @@ _DTYPE_BYTES = {
 }
 
 
+def _not_safetensors(path: str, why: str) -> UsageError:
+    return UsageError(f"{path}: cannot be read as safetensors ({why})")
+
+
 def _safetensors_names(path: str) -> list[str]:
     """The tensor names of safetensors file `path`, its header checked
     first: every tensor's shape times its dtype's size is its byte range,
@@ -73,13 +77,12 @@ def _safetensors_names(path: str) -> list[str]:
         prefix = f.read(8)
         length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 2 <= length <= min(READ_LIMIT, size - 8):
-            raise UsageError(
-                f"{path}: cannot be read as safetensors (a header of "
-                f"{length} bytes in a file of {size})"
+            raise _not_safetensors(
+                path, f"a header of {length} bytes in a file of {size}"
             )
         header = parse_json(f.read(length), path)
     if not isinstance(header, dict):
-        raise UsageError(f"{path}: the safetensors header is no JSON object")
+        raise _not_safetensors(path, "the header is no JSON object")
     data = size - 8 - length
     names = []
     for name, entry in header.items():
@@ -96,21 +99,22 @@ def _safetensors_names(path: str) -> list[str]:
             or len(offsets) != 2
             or not all(type(n) is int for n in offsets)
         ):
-            raise UsageError(
-                f"{path}: tensor {name} has no valid dtype, shape and "
-                "data_offsets in the header"
+            raise _not_safetensors(
+                path, f"tensor {name} has no valid dtype, shape and offsets"
             )
         begin, end = offsets
         needed = int(np.prod(shape, dtype=object)) * _DTYPE_BYTES[dtype]
         if not 0 <= begin <= end <= data:
-            raise UsageError(
-                f"{path}: tensor {name} (bytes {begin}..{end}) lies beyond "
-                f"the file's {data} bytes of data"
+            raise _not_safetensors(
+                path,
+                f"tensor {name} (bytes {begin}..{end}) lies beyond the "
+                f"file's {data} bytes of data",
             )
         if end - begin != needed:
-            raise UsageError(
-                f"{path}: tensor {name} is {dtype} {shape}, {needed} bytes, "
-                f"but its data_offsets give {end - begin} bytes"
+            raise _not_safetensors(
+                path,
+                f"tensor {name} is {dtype} {shape}, {needed} bytes, but "
+                f"its data_offsets give {end - begin} bytes",
             )
         names.append(name)
     return names
@@ -125,9 +129,7 @@ def _load_safetensors(path: str) -> dict:
     try:
         tensors = safe_open(path, framework="numpy")
     except Exception as e:  # SafetensorError
-        raise UsageError(
-            f"{path}: cannot be read as safetensors ({str(e).splitlines()[0]})"
-        ) from None
+        raise _not_safetensors(path, str(e).splitlines()[0]) from None
 
     def reader(name):
         def read():
