@@ -226,17 +226,18 @@ def _tokens_by_id(vocab: dict, label: str) -> list[str]:
         raise UsageError(
             f'{label}: "model"."vocab" is not an object of token ids'
         )
-    tokens = [None] * len(vocab)
-    for token, i in vocab.items():
-        if not 0 <= i < len(tokens) or tokens[i] is not None:
-            break
-        tokens[i] = token
-    else:
-        return tokens
-    missing = tokens.index(None)
+    ids = sorted(vocab.values())
+    wrong = next((n for n, i in enumerate(ids) if i != n), None)
+    if wrong is None:
+        return sorted(vocab, key=vocab.get)
+    problem = (
+        f"two tokens have id {ids[wrong]}"
+        if wrong and ids[wrong] == ids[wrong - 1]
+        else f"no token has id {wrong}"
+    )
     raise UsageError(
-        f'{label}: "model"."vocab": no token has id {missing} (the ids of '
-        f"its {len(vocab)} tokens must be 0..{len(vocab) - 1}, each once)"
+        f'{label}: "model"."vocab": {problem} (the ids of its '
+        f"{len(vocab)} tokens must be 0..{len(vocab) - 1}, each once)"
     )
 
 
