@@ -26,6 +26,7 @@ from kerasbert.config import (  # noqa: E402
     AdaptConfig,
     DataConfig,
     FinetuneConfig,
+    check_field,
 )
 from kerasbert.errors import ArgumentParser, run_cli  # noqa: E402
 from kerasbert.finetune import summarize  # noqa: E402
@@ -79,6 +80,7 @@ def main(argv=None):
     parts = split_values(
         args, {"adapt": AdaptConfig, "finetune": FinetuneConfig}
     )
+    check_field(DataConfig, "mask_rate", mask_rate)
     adapt_cfg = AdaptConfig(**parts["adapt"]).validate()
     cfg = FinetuneConfig(**parts["finetune"]).validate()
     import_tensorflow_quietly()

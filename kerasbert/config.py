@@ -16,12 +16,12 @@ Constructors elsewhere take plain keyword arguments: `BertBackbone(
 """
 
 import dataclasses
-import json
-import math
 import os
+import sys
 from dataclasses import dataclass, field, fields
 
 from kerasbert.errors import UsageError
+from kerasbert.files import read_json
 
 # layers / hidden / heads / intermediate. tiny..large follow the BERT
 # miniatures (Turc et al. 2019) and the original paper; `comment` is the
@@ -85,25 +85,11 @@ def check_field(cls, name: str, value) -> None:
     _check_field(next(f for f in fields(cls) if f.name == name), value)
 
 
-def _no_constant(name: str):
-    """Python's json reads NaN and Infinity, which JSON has not: an
-    untrusted config would carry them into weights and files."""
-    raise ValueError(f"{name} is no JSON number")
-
-
 def read_json_object(path: str, label: str) -> dict:
-    """A JSON object from `path`; bad files raise `UsageError(label: ...)`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f, parse_constant=_no_constant)
-    except FileNotFoundError:
-        raise UsageError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{label}: is a directory, not a file") from None
-    except OSError as e:  # a symlink loop, a permission...
-        raise UsageError(f"{label}: cannot be read ({e.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError too
-        raise UsageError(f"{label}: not valid JSON ({e})") from None
+    """A JSON object from `path`, read as every file of an untrusted folder
+    is (`files.read_json`: a regular file, bounded, not nested deeper than
+    `files.JSON_DEPTH`, no NaN); bad files raise `UsageError(label: ...)`."""
+    values = read_json(path, label)
     if not isinstance(values, dict):
         raise UsageError(f"{label}: expected a JSON object")
     return values
@@ -129,7 +115,8 @@ def _check_field(f, value) -> None:
     )
     if not ok:
         raise UsageError(f"{flag}: expected {kind.__name__}, got {value!r}")
-    if kind is float and not math.isfinite(value):
+    # (a JSON int too big for a float is no finite number either)
+    if kind is float and not abs(value) <= sys.float_info.max:
         raise UsageError(f"{flag}: must be a finite number, got {value}")
     if "choices" in rules and value not in rules["choices"]:
         raise UsageError(
@@ -350,6 +337,12 @@ class ModelConfig(_Config):
         return cls(**{**SIZES[size], **overrides})
 
     def _cross_checks(self) -> None:
+        for name in ARCHITECTURE:  # bounds that span configs
+            if getattr(self, name) > SIZE_LIMITS[name]:
+                raise UsageError(
+                    f"{flag_name(name)}: must be <= {SIZE_LIMITS[name]:,}, "
+                    f"got {getattr(self, name):,}"
+                )
         if self.hidden_dim % self.num_heads:
             raise UsageError(
                 f"--hidden-dim: {self.hidden_dim} is not divisible by "
@@ -382,7 +375,19 @@ SIZE_LIMITS = {
     "intermediate_dim": 65_536,
     "max_sequence_length": 65_536,
     "num_segments": 1024,
+    "num_classes": 100_000,  # a classifier's head
 }
+
+# numpy's and TensorFlow's seeds are 32-bit.
+SEED_LIMIT = 2**32
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes, or None if unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def parameter_count(
@@ -434,11 +439,8 @@ def check_model_size(values: dict, label: str, copies: int) -> None:
     sizes = {"max_sequence_length": 512, "num_segments": 2, **values}
     count = parameter_count(**sizes)
     needed = count * 4 * copies
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if needed > memory:
+    memory = machine_memory()
+    if memory and needed > memory:
         raise UsageError(
             f"{label}: a model of {count / 1e6:,.0f}M parameters needs about "
             f"{needed / 1e9:,.1f} GB of memory here, more than this "
@@ -498,7 +500,10 @@ class DataConfig(_Config):
         "WordPiece on the corpus)",
     )
     vocab_size: int = option(
-        8000, "WordPiece vocabulary size when training one", min=10
+        8000,
+        "WordPiece vocabulary size when training one",
+        min=10,
+        max=SIZE_LIMITS["vocabulary_size"],
     )
     lowercase: bool = option(True, "lower-case text when training a tokenizer")
     strip_accents: bool | None = option(
@@ -584,7 +589,12 @@ class TrainConfig(_Config):
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
     strategy: str = strategy_option()
-    seed: int = option(0, "seed for weights, pairs, masks and dropout")
+    seed: int = option(
+        0,
+        "seed for weights, pairs, masks and dropout",
+        min=0,
+        below=SEED_LIMIT,
+    )
     nsp: bool = nsp_option()
     heads_only: bool = option(
         False,
@@ -629,10 +639,31 @@ def validate_pretraining(
             f"--max-sequence-length {model.max_sequence_length}"
         )
     resolve_packing(data.packing, train.nsp)
+    check_attention_memory(model, data.sequence_length, train.batch_size)
     if train.heads_only and not train.init_from:
         raise UsageError(
             "--heads-only: needs --init-from (the trained encoder whose "
             "heads to train; a random encoder, frozen, learns nothing)"
+        )
+
+
+def check_attention_memory(
+    model: ModelConfig, sequence_length: int, batch_size: int
+) -> None:
+    """Refuses a sequence length whose attention cannot fit this machine:
+    each layer keeps batch x heads x length^2 float32 scores, probabilities
+    and their gradient for the backward pass (a lower bound: the rest of
+    the activations come on top)."""
+    memory = machine_memory()
+    needed = (
+        3 * 4 * model.num_layers * batch_size * model.num_heads
+        * sequence_length**2
+    )  # fmt: skip
+    if memory and needed > memory:
+        raise UsageError(
+            f"--sequence-length: {sequence_length} tokens in batches of "
+            f"{batch_size} need about {needed / 1e9:,.0f} GB for attention "
+            f"alone, more than this machine's {memory / 1e9:,.1f} GB"
         )
 
 
@@ -729,12 +760,20 @@ class FinetuneConfig(_Config):
         choices=FINETUNE_METRICS,
     )
     vocab_size: int = option(
-        8000, "--from-scratch: WordPiece vocabulary size", min=10
+        8000,
+        "--from-scratch: WordPiece vocabulary size",
+        min=10,
+        max=SIZE_LIMITS["vocabulary_size"],
     )
     precision: str = precision_option()
     jit_compile: str = jit_compile_option()
     strategy: str = strategy_option(multi_worker=False)
-    seed: int = option(0, "seed for the split, batch order and weights")
+    seed: int = option(
+        0,
+        "seed for the split, batch order and weights",
+        min=0,
+        below=SEED_LIMIT,
+    )
     backup_every: int = option(
         0, "steps between resume backups (0: at each epoch's end)", min=0
     )

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 
 from kerasbert.errors import DiskFull, UsageError
 
@@ -375,6 +376,19 @@ def remove_stale_temps(folder: str) -> None:
                     os.remove(path)
 
 
+def stale_temp(name: str) -> bool:
+    """Whether file name `name` is a temp file or folder of a killed
+    process (`.NAME.tmpPID...`, that pid gone)."""
+    match = _TMP.match(name)
+    return bool(match) and not pid_alive(int(match.group(1)))
+
+
+def only_stale_temps(folder: str) -> bool:
+    """True if folder `folder` holds nothing but `stale_temp`s (a run
+    killed in its very first write): it is as good as empty."""
+    return all(stale_temp(name) for name in os.listdir(folder))
+
+
 def remove_stale_scratch(parent: str, prefix: str) -> None:
     """Removes the `make_scratch_dir` folders of `prefix` in `parent` whose
     process, on this host, is gone. Another host's are left alone: its
@@ -460,6 +474,134 @@ def check_writable_dir(path: str, flag: str) -> None:
         raise UsageError(
             f"{flag}: {path}: cannot write in {probe} ({e.strerror})"
         ) from None
+
+
+# What one file of an untrusted folder may hold when read whole: far above
+# any real config, vocabulary or tokenizer.json (bert-base-multilingual's
+# is 2 MB), far below what would exhaust memory. JSON nests at most
+# `JSON_DEPTH` deep (a Keras model config: about 20).
+READ_LIMIT = 256 << 20
+JSON_DEPTH = 100
+
+
+def check_regular(path: str, label: str) -> None:
+    """Refuses `path` unless it is a regular file (or a link to one): a
+    FIFO blocks a reader forever, /dev/zero never ends."""
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{label}: no such file") from None
+    except OSError as e:  # a symlink loop, a permission...
+        raise UsageError(f"{label}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{label}: is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{label}: not a regular file (a FIFO or device)")
+
+
+def read_bytes(path: str, label: str, limit: int = READ_LIMIT) -> bytes:
+    """The bytes of regular file `path`, at most `limit` of them; anything
+    else is a `UsageError(label: ...)`. Opened without blocking, so a FIFO
+    put there after the check is refused too."""
+
+    check_regular(path, label)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise UsageError(f"{label}: cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{label}: not a regular file (a FIFO or device)")
+        if info.st_size > limit:
+            raise UsageError(
+                f"{label}: {info.st_size / 1e6:,.0f} MB, more than the "
+                f"{limit / 1e6:,.0f} MB such a file may hold"
+            )
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{label}: more than {limit / 1e6:,.0f} MB")
+    return data
+
+
+def read_text(path: str, label: str, limit: int = READ_LIMIT) -> str:
+    """`read_bytes` decoded as UTF-8 (a leading BOM dropped)."""
+    data = read_bytes(path, label, limit)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{label}: not UTF-8 at byte {e.start}") from None
+
+
+def read_lines(path: str, label: str) -> list[str]:
+    """The lines of UTF-8 text file `path` (`read_text`) without their
+    ends (\\n, \\r\\n or \\r), trailing empty lines dropped: a vocab.txt."""
+    text = read_text(path, label)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _no_constant(name: str):
+    """Python's json reads NaN and Infinity, which JSON has not: an
+    untrusted config would carry them into weights and files."""
+    raise ValueError(f"{name} is no JSON number")
+
+
+def parse_json(text, label: str, constants: bool = False):
+    """JSON `text` (str or bytes) nested at most `JSON_DEPTH` deep, without
+    NaN/Infinity unless `constants`; else `UsageError(label: ...)`."""
+    try:
+        value = json.loads(
+            text, parse_constant=float if constants else _no_constant
+        )
+    except RecursionError:
+        value = None
+        depth = JSON_DEPTH + 1
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError too
+        raise UsageError(f"{label}: not valid JSON ({e})") from None
+    else:
+        depth = json_depth(value)
+    if depth > JSON_DEPTH:
+        raise UsageError(
+            f"{label}: JSON nested more than {JSON_DEPTH} levels deep"
+        )
+    return value
+
+
+def json_depth(value) -> int:
+    """How deep lists and objects nest in `value` (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth <= JSON_DEPTH:
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def read_json(path: str, label: str, constants: bool = False):
+    """The JSON value of untrusted file `path` (`read_bytes`, `parse_json`)."""
+    return parse_json(read_bytes(path, label), label, constants)
+
+
+def inside_folder(folder: str, name, label: str) -> str:
+    """`folder`/`name` for a file name read from a file of `folder` (an
+    index's shard, a tokenizer's model file): a relative path that stays
+    inside `folder`. Judged by the name (a link inside the folder may
+    point elsewhere, as the Hugging Face cache's snapshots do)."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{label}: file name {name!r} is not a string")
+    parts = os.path.normpath(name).split(os.sep)
+    if os.path.isabs(name) or ".." in parts:
+        raise UsageError(f"{label}: {name!r} lies outside the folder {folder}")
+    return os.path.join(folder, name)
 
 
 def pid_alive(pid: int) -> bool:

@@ -37,13 +37,20 @@ def main(argv=None):
     if args.top_k < 1:
         raise UsageError("--top-k: must be >= 1")
     check_text(args.text, "text")
+    from kerasbert.serving.classifier import flagged
     from kerasbert.serving.fill_mask import encode_masked, fill_mask
-    from kerasbert.serving.modeldir import load_model, load_tokenizer
+    from kerasbert.serving.modeldir import (
+        check_tokenizer_fits,
+        load_model,
+        load_tokenizer,
+    )
 
     tokenizer = load_tokenizer(args.model)
     encode_masked(tokenizer, args.text)  # bad text fails before TF loads
     import_tensorflow_quietly()
     model = load_model(args.model, args.checkpoint)
+    with flagged("--model"):
+        check_tokenizer_fits(model, tokenizer, args.model)
     results = fill_mask(model, tokenizer, args.text, args.top_k)
     if args.json:
         print(

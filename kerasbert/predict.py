@@ -20,11 +20,14 @@ from kerasbert.cli import (  # noqa: E402
     import_tensorflow_quietly,
 )
 from kerasbert.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from kerasbert.files import check_regular  # noqa: E402
 
 
 def read_texts(args) -> list[str]:
     texts = [check_text(t, f"text {i}") for i, t in enumerate(args.texts, 1)]
     if args.file:
+        if os.path.exists(args.file) and not os.path.isdir(args.file):
+            check_regular(args.file, f"--file: {args.file}")  # no FIFO
         try:
             with open(args.file, encoding="utf-8-sig") as f:
                 lines = [line.rstrip("\r\n") for line in f if line.strip()]

@@ -44,6 +44,7 @@ import numpy as np
 
 from kerasbert.data.packing import pack
 from kerasbert.errors import UsageError
+from kerasbert.files import check_regular
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(
@@ -135,6 +136,8 @@ def read_examples(
     if data_format == "hf":
         rows = _read_hf(path, flag, hf_config)
     else:
+        if os.path.exists(path) and not os.path.isdir(path):
+            check_regular(path, f"{flag}: {path}")  # a FIFO would block
         if data_format == "auto":
             data_format = detect_format(path, flag)
         elif not os.path.exists(path):

@@ -110,10 +110,16 @@ def convert(
 def _convert(src, dst, kind, precision, allow_pickle, overwrite) -> str:
     if kind == "kerasbert":
         from kerasbert.interop.hf import write_hf_folder
-        from kerasbert.serving.modeldir import load_model, load_tokenizer
+        from kerasbert.serving.modeldir import (
+            check_tokenizer_fits,
+            load_model,
+            load_tokenizer,
+        )
 
         tokenizer = load_tokenizer(src)
         model = load_model(src)
+        # Such a folder would fail in transformers on the first extra id.
+        check_tokenizer_fits(model, tokenizer, src)
         check_free_space(dst, 4 * model.count_params(), "DST")
         with atomic_dir(dst, replace=overwrite) as tmp:
             architecture = write_hf_folder(model, tokenizer, tmp)

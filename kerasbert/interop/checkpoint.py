@@ -74,13 +74,13 @@ def model_config(values: dict, label: str, google: bool = False) -> ModelConfig:
     act = values.get("hidden_act", "gelu")
     # Google's TF1 modeling.py calls its tanh approximation "gelu".
     known = {"gelu": "gelu_tanh"} if google else HF_ACTIVATIONS
-    if act not in known:
+    if not isinstance(act, str) or act not in known:
         raise UsageError(
             f"{label}: hidden_act {act!r} is not supported "
             f"(choose from {', '.join(known)})"
         )
     position = values.get("position_embedding_type", "absolute")
-    if position != "absolute":
+    if not isinstance(position, str) or position != "absolute":
         raise UsageError(
             f"{label}: position_embedding_type {position!r} "
             "is not supported (only 'absolute')"

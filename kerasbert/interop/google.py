@@ -12,6 +12,7 @@ import os
 
 from kerasbert.config import read_json_object
 from kerasbert.errors import UsageError
+from kerasbert.files import read_lines
 from kerasbert.interop.checkpoint import Checkpoint, model_config
 from kerasbert.interop.names import google_name
 
@@ -40,6 +41,10 @@ def read_google_folder(path: str) -> Checkpoint:
 
     label = os.path.join(path, "bert_config.json")
     config = model_config(read_json_object(label, label), label, google=True)
+    vocab = os.path.join(path, "vocab.txt")
+    if not os.path.lexists(vocab):
+        raise UsageError(f"{path}: no vocab.txt in this folder")
+    tokens = read_lines(vocab, vocab)
     prefix = _checkpoint_prefix(path)
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -62,13 +67,6 @@ def read_google_folder(path: str) -> Checkpoint:
             ) from None
         return array.T if transposed else array
 
-    vocab = os.path.join(path, "vocab.txt")
-    if not os.path.isfile(vocab):
-        raise UsageError(f"{path}: no vocab.txt in this folder")
-    with open(vocab, encoding="utf-8") as f:
-        tokens = [line.rstrip("\r\n") for line in f]
-    while tokens and not tokens[-1]:
-        tokens.pop()
     # Google ships no tokenizer settings: an uncased vocabulary (no
     # upper-case token) means do_lower_case, which also strips accents.
     lowercase = not any(t != t.lower() for t in tokens if not t.startswith("["))

@@ -76,6 +76,28 @@ def predict_proba(
     return Predictor(model)(encoded, batch_size, bucketing, max_length)
 
 
+def check_settings(config: dict, label: str) -> None:
+    """The settings a fine-tuned directory's config.json must hold to
+    encode texts as in training, typed and ranged as `FinetuneConfig`
+    checks them: labels (names, one per class), pair, max_length and
+    truncation."""
+    from kerasbert.config import FinetuneConfig, check_field
+
+    labels = config["labels"]
+    if not labels or not all(isinstance(x, str) for x in labels):
+        raise UsageError(f'{label}: "labels" is not a list of label names')
+    if not isinstance(config.get("pair", False), bool):
+        raise UsageError(f'{label}: "pair" is not true or false')
+    for name in ("max_length", "truncation"):
+        try:
+            check_field(FinetuneConfig, name, config["finetune"].get(name))
+        except UsageError as e:
+            reason = str(e).split(": ", 1)[1]
+            raise UsageError(
+                f'{label}: "finetune"."{name}": {reason}'
+            ) from None
+
+
 def load_classifier(directory: str, checkpoint="model", flag="--model"):
     """(model, tokenizer, config dict) of a fine-tuned directory, checked:
     config.json with a "labels" list and the "finetune" settings that
@@ -83,29 +105,38 @@ def load_classifier(directory: str, checkpoint="model", flag="--model"):
     ids fit the tokenizer. `flag` names the directory in errors."""
     from kerasbert.config import read_json_object
     from kerasbert.serving.modeldir import (
+        backbone_of,
         check_tokenizer_fits,
         load_model,
         load_tokenizer,
     )
 
-    config = read_json_object(
-        os.path.join(directory, "config.json"),
-        f"{flag}: {directory}/config.json",
-    )
+    label = f"{flag}: {directory}/config.json"
+    config = read_json_object(os.path.join(directory, "config.json"), label)
     finetune = config.get("finetune")
-    if (
-        not isinstance(config.get("labels"), list)
-        or not isinstance(finetune, dict)
-        or "max_length" not in finetune
+    if not isinstance(config.get("labels"), list) or not isinstance(
+        finetune, dict
     ):
         raise UsageError(
             f"{flag}: {directory}: not a fine-tuned classifier (config.json "
             'has no "labels" list or "finetune" settings)'
         )
+    check_settings(config, label)
     tokenizer = load_tokenizer(directory)
     model = load_model(directory, checkpoint)
     if not hasattr(model, "num_classes"):
         raise UsageError(f"{flag}: {directory}: model.keras is no classifier")
     with flagged(flag):
         check_tokenizer_fits(model, tokenizer, directory)
+    if len(config["labels"]) != model.num_classes:
+        raise UsageError(
+            f"{label}: {len(config['labels'])} labels, but the model has "
+            f"{model.num_classes} classes"
+        )
+    limit = backbone_of(model).max_sequence_length
+    if finetune["max_length"] > limit:
+        raise UsageError(
+            f'{label}: "finetune"."max_length" {finetune["max_length"]} is '
+            f"above the model's max_sequence_length {limit}"
+        )
     return model, tokenizer, config

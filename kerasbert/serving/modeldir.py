@@ -11,12 +11,13 @@ checkpoint. Fine-tuning, fill-mask, export and `fit --init-from` read it
 through `load_model`, `load_tokenizer` and `read_model_config`.
 """
 
-import json
+import dataclasses
 import os
 import zipfile
 
 from kerasbert.config import ARCHITECTURE
 from kerasbert.errors import UsageError
+from kerasbert.files import READ_LIMIT, check_regular, parse_json
 
 CHECKPOINTS = ("model", "best", "latest")
 
@@ -50,14 +51,12 @@ def load_keras_model(path: str):
 
     import kerasbert.modeling  # noqa: F401  registers the classes
 
+    check_regular(path, path)
     if not zipfile.is_zipfile(path):
         raise UsageError(
             f"{path}: not a .keras file (truncated or another format)"
         )
-    from kerasbert.config import check_model_size
-
-    for sizes in _declared_sizes(path):
-        check_model_size(sizes, path, copies=2)
+    check_declared(path)
     try:
         # compile=False: readers want weights; a saved optimizer is only
         # restored by resumes, which read backups, not this.
@@ -68,20 +67,47 @@ def load_keras_model(path: str):
     return model
 
 
-def _declared_sizes(path: str) -> list[dict]:
-    """The backbone configs a .keras file declares, read before Keras
-    builds anything from them."""
+def check_declared(path: str) -> None:
+    """Checks what a .keras file declares before Keras builds anything
+    from it: its config.json bounded and not nested too deep, each
+    backbone's fields as `ModelConfig` validates them, sizes and classes
+    within `SIZE_LIMITS` and memory."""
+    from kerasbert.config import ModelConfig, check_field, check_model_size
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    for item in _declared(path):
+        if "num_classes" in item:
+            check_model_size({"num_classes": item["num_classes"]}, path, 2)
+        if not ("hidden_dim" in item and "vocabulary_size" in item):
+            continue
+        check_model_size(item, path, copies=2)
+        for name in names & set(item):
+            try:
+                check_field(ModelConfig, name, item[name])
+            except UsageError as e:
+                raise UsageError(f"{path}: {e}") from None
+
+
+def _declared(path: str) -> list[dict]:
+    """Every object in a .keras file's config.json."""
     try:
         with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+            info = archive.getinfo("config.json")
+            if info.file_size > READ_LIMIT:
+                raise UsageError(
+                    f"{path}: its config.json is {info.file_size:,} bytes"
+                )
+            text = archive.read(info)
+    except (KeyError, OSError, zipfile.BadZipFile):
         return []  # Keras' own loader says what is wrong
+    # Keras writes NaN and Infinity as Python's json does; the field
+    # checks below name the field that holds one.
+    config = parse_json(text, path, constants=True)
     found, stack = [], [config]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if "hidden_dim" in item and "vocabulary_size" in item:
-                found.append(item)
+            found.append(item)
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)

@@ -425,17 +425,16 @@ def export_classifier_dir(
         path,
         labels=config["labels"],
         max_length=finetune["max_length"],
-        truncation=finetune.get("truncation", "head"),
+        truncation=finetune["truncation"],
         pair=bool(config.get("pair", False)),
     )
 
 
 def is_classifier_dir(directory: str) -> bool:
     """True if `directory`'s config.json names labels (fine-tuning's)."""
-    try:
-        with open(
-            os.path.join(directory, "config.json"), encoding="utf-8"
-        ) as f:
-            return "labels" in json.load(f)
-    except (OSError, ValueError):
+    from kerasbert.config import read_json_object
+
+    path = os.path.join(directory, "config.json")
+    if not os.path.isdir(directory) or not os.path.lexists(path):
         return False
+    return "labels" in read_json_object(path, f"RUN_DIR: {path}")

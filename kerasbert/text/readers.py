@@ -29,6 +29,7 @@ import re
 
 from kerasbert.config import DataConfig, check_field
 from kerasbert.errors import UsageError
+from kerasbert.files import check_regular
 
 DATA_DIR = os.path.join(
     os.path.dirname(os.path.dirname(__file__)), "corpus_data"
@@ -65,6 +66,7 @@ def corpus_files(corpus: str | None) -> list[str]:
         return files
     if not os.path.exists(corpus):
         raise UsageError(f"{corpus}: no such file or directory")
+    check_regular(corpus, corpus)  # a FIFO would block, /dev/zero not end
     return [corpus]
 
 

@@ -23,7 +23,14 @@ import re
 import numpy as np
 
 from kerasbert.errors import UsageError
-from kerasbert.files import atomic_path, write_text_atomic
+from kerasbert.files import (
+    atomic_path,
+    inside_folder,
+    read_bytes,
+    read_json,
+    read_lines,
+    write_text_atomic,
+)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _SPECIAL_LITERAL = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
@@ -348,11 +355,14 @@ class Tokenizer:
             raise UsageError(f"{path}: no such tokenizer file or directory")
         if os.path.isdir(path):
             meta = os.path.join(path, _SPM_META)
-            if os.path.exists(os.path.join(path, "vocab.txt")):
+            if os.path.lexists(os.path.join(path, "vocab.txt")):
                 path = os.path.join(path, "vocab.txt")
-            elif os.path.exists(meta):
-                with open(meta, encoding="utf-8") as f:
-                    path = os.path.join(path, json.load(f)["model_file"])
+            elif os.path.lexists(meta):
+                saved = read_json(meta, meta)
+                name = (
+                    saved.get("model_file") if isinstance(saved, dict) else None
+                )
+                path = inside_folder(path, name, f"{meta}: model_file")
             else:
                 models = sorted(
                     n for n in os.listdir(path) if n.endswith(".model")
@@ -371,8 +381,9 @@ class Tokenizer:
     def _load_sentencepiece(cls, path):
         import sentencepiece as spm
 
+        proto = read_bytes(path, path)
         try:
-            sp = spm.SentencePieceProcessor(model_file=path)
+            sp = spm.SentencePieceProcessor(model_proto=proto)
         except (OSError, RuntimeError) as e:
             raise UsageError(
                 f"{path}: not a SentencePiece model ({e})"
@@ -381,13 +392,7 @@ class Tokenizer:
 
     @classmethod
     def _load_vocab(cls, path, lowercase, strip_accents):
-        try:
-            with open(path, encoding="utf-8") as f:
-                tokens = [line.rstrip("\n").rstrip("\r") for line in f]
-        except UnicodeDecodeError as e:
-            raise UsageError(f"{path}: not UTF-8 at byte {e.start}") from None
-        while tokens and not tokens[-1]:
-            tokens.pop()
+        tokens = read_lines(path, path)
         if any("\t" in t for t in tokens[:10]):
             raise UsageError(
                 f"{path}: looks like a SentencePiece .vocab (piece<TAB>"
@@ -400,9 +405,19 @@ class Tokenizer:
             raise UsageError(f"{path}: vocabulary has duplicate tokens")
         config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
         saved = {}
-        if os.path.exists(config):
-            with open(config, encoding="utf-8") as f:
-                saved = json.load(f)
+        if os.path.lexists(config):
+            saved = read_json(config, config)
+            if not isinstance(saved, dict):
+                raise UsageError(f"{config}: expected a JSON object")
+            for name, kinds in (
+                ("do_lower_case", (bool, type(None))),
+                ("strip_accents", (bool, type(None))),
+            ):
+                if not isinstance(saved.get(name), kinds):
+                    raise UsageError(
+                        f"{config}: {name} {saved[name]!r} is not true, "
+                        "false or null"
+                    )
         if lowercase is None:
             lowercase = saved.get("do_lower_case")
         if lowercase is None:

@@ -45,7 +45,9 @@ from kerasbert.errors import TrainingDiverged, UsageError
 from kerasbert.files import (
     check_output,
     check_writable_dir,
+    only_stale_temps,
     replacement_dir,
+    stale_temp,
     swap_in,
     write_json_atomic,
 )
@@ -214,7 +216,11 @@ def _output_folder(cfg, settings: dict, log) -> str:
         shutil.rmtree(replacement)
     if not os.path.isdir(out):
         return out
-    foreign = sorted(set(os.listdir(out)) - {*STAGES, SETTINGS})
+    foreign = sorted(
+        name
+        for name in set(os.listdir(out)) - {*STAGES, SETTINGS}
+        if not stale_temp(name)  # a kill inside the first write
+    )
     if foreign:
         raise UsageError(
             f"--output-dir: {out} holds files that are not an adapt run's "
@@ -224,7 +230,7 @@ def _output_folder(cfg, settings: dict, log) -> str:
         path = os.path.join(out, stage)
         if (
             os.path.isdir(path)
-            and os.listdir(path)
+            and not only_stale_temps(path)
             and not os.path.isfile(os.path.join(path, "config.json"))
         ):
             raise UsageError(

@@ -37,6 +37,7 @@ from kerasbert.config import (
 from kerasbert.errors import UsageError
 from kerasbert.files import (
     check_writable_dir,
+    only_stale_temps,
     pid_alive,
     remove_stale_temps,
     replacement_dir,
@@ -93,7 +94,7 @@ class RunDir:
             if (
                 not overwrite
                 and os.path.isdir(self.path)
-                and os.listdir(self.path)
+                and not only_stale_temps(self.path)
             ):
                 raise UsageError(
                     f"--output-dir: {self.path} exists and is not a kerasbert "
