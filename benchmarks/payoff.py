@@ -19,14 +19,18 @@ The arms, all `mini`, all fine-tuned by the same `finetune` command:
                    as `self` (masked LM only, 64 x 64); its steps come on
                    top of general's
 
-Every pretraining arm gets the same --pretrain-steps of the same tokens
-per step (4,096); the wall time is in each row. Labelled sets: for each
-count and seed one stratified sample of the training split (the same for
-every arm), a fixed stratified validation subset (--validation-size) and
-the whole test split. Each run fine-tunes for at most --epochs with
-`--patience`, keeping and testing the best validation epoch. The learning
-rate of each arm is picked from --learning-rates by the best validation
-score of seed 0 at --grid-labels labels; test scores never choose.
+Every pretraining arm gets the same --pretrain-steps of the same 4,096
+positions per step, nearly all real tokens: the masked-LM-only runs pack
+several texts per row (--packing on); the wall time is in each row.
+Labelled sets: for each count and seed one stratified sample of the
+training split (the same for every arm), a fixed stratified validation
+subset (--validation-size) and the whole test split. Each run fine-tunes
+for at most --epochs with `--patience`, both counted at --grid-labels and
+scaled up for fewer labels so that every count waits as many optimizer
+steps (`budget`), keeping and testing the best validation epoch. The
+learning rate of each arm is picked from --learning-rates by the best
+validation score of seed 0 at --grid-labels labels, the grid growing past
+an end that wins (`Bench.grid`); test scores never choose.
 
 Each finished fine-tuning (and pretraining) run appends one JSON line to
 --results (commit, machine, CPU flags, date, arm, labels, seed, epochs,
@@ -44,6 +48,7 @@ its own seeds, so a run's numbers do not depend on what ran before it.
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import random
@@ -52,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 from curve import RECIPE, corpus  # benchmarks/curve.py, beside this
 from throughput import cpu_info, describe_cpu  # benchmarks/throughput.py
@@ -209,9 +215,12 @@ class Results:
             with open(path, encoding="utf-8") as f:
                 self.rows = [json.loads(line) for line in f if line.strip()]
 
-    def find(self, **key):
+    def find(self, recipe=None, **key):
+        """The first row with these fields whose recipe `matches`."""
         for row in self.rows:
-            if all(row.get(k) == v for k, v in key.items()):
+            if all(row.get(k) == v for k, v in key.items()) and (
+                recipe is None or matches(row, recipe)
+            ):
                 return row
         return None
 
@@ -241,27 +250,58 @@ def _commit():
         return None
 
 
-def recipe(args) -> dict:
-    """The settings every row is keyed by: a row of other settings is
-    neither skipped over nor tabled with these."""
-    return {
-        "size": args.size,
-        "pretrain_steps": args.pretrain_steps,
-        "adapt_steps": args.adapt_steps,
-        "adapt_learning_rate": args.adapt_learning_rate,
-        "vocab_size": args.vocab_size,
-        "validation_size": args.validation_size,
-        "epochs": args.epochs,
-        "patience": args.patience,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-    }
+# The settings that make each arm's starting point (random weights: none
+# but the model's size and vocabulary).
+PRETRAINING = {
+    "random": ("size", "vocab_size"),
+    "general": ("size", "vocab_size", "pretrain_steps"),
+    "self": ("size", "vocab_size", "pretrain_steps", "packing"),
+    "general+adapt": (
+        *("size", "vocab_size", "pretrain_steps", "packing"),
+        *("adapt_steps", "adapt_learning_rate"),
+    ),
+}
+
+
+def budget(args, labels):
+    """(--epochs, --patience) at `labels` examples. Below --grid-labels
+    both grow with grid_labels / labels, so that patience waits the same
+    number of optimizer steps at every count: with a fixed 10 epochs, 100
+    labels gave up after 130 steps, on the majority-class plateau, in
+    every arm (the table of 2026-12-07)."""
+    scale = max(1.0, args.grid_labels / labels)
+    return round(args.epochs * scale), round(args.patience * scale)
+
+
+def recipe(args, arm, labels=None) -> dict:
+    """The settings a row is keyed by: those its result depends on (the
+    starting point's, and the fine-tuning's at `labels`; a pretraining
+    row: labels None). A row matches when its recipe holds these values
+    (`matches`): rows of other settings are neither skipped over nor
+    tabled, and a random-weights row is shared by every pretraining
+    budget."""
+    key = {name: getattr(args, name) for name in PRETRAINING[arm]}
+    if labels is not None:
+        epochs, patience = budget(args, labels)
+        key.update(
+            validation_size=args.validation_size,
+            epochs=epochs,
+            patience=patience,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+        )
+    return key
+
+
+def matches(row, key):
+    """Whether `row`'s recipe holds every setting of `key`."""
+    held = row.get("recipe") or {}
+    return all(held.get(name) == value for name, value in key.items())
 
 
 class Bench:
     def __init__(self, args, log):
         self.args, self.log = args, log
-        self.recipe = recipe(args)
         self.data = Data(args.task, args.data, args.work, args.validation_size)
         self.results = Results(
             args.results,
@@ -279,8 +319,10 @@ class Bench:
         args = self.args
         if arm == "random":
             return ["--from-scratch", args.size], {}
-        key = dict(kind="pretrain", task=args.task, arm=arm, recipe=self.recipe)
-        out = self._out(f"pretrain-{arm}")
+        settings = recipe(args, arm)
+        key = dict(kind="pretrain", task=args.task, arm=arm, recipe=settings)
+        # Named by its settings: a folder of another budget is not reused.
+        out = self._out(f"pretrain-{arm}-{_tag(settings)}")
         done = os.path.join(out, "summary.json")
         if arm == "general+adapt":
             _, base = self.pretrain("general")
@@ -345,6 +387,7 @@ class Bench:
                 *self.data.task["corpus_flags"],
             ),
             *("--sequence-length", "64", "--batch-size", "64", "--no-nsp"),
+            *("--packing", self.args.packing),
             *("--learning-rate", "5e-4", "--warmup-ratio", "0.1"),
             *("--clipnorm", "1.0", "--final-eval-batches", "100"),
             *self._pretrain_common(),
@@ -352,13 +395,14 @@ class Bench:
 
     def adapt_flags(self):
         a = self.args
-        base = self._out("pretrain-general")
+        base = self._out(f"pretrain-general-{_tag(recipe(a, 'general'))}")
         return [
             *("--model", base, "--unlabelled", self.data.unlabelled),
             *("--train", self.data.labelled(a.grid_labels, 0)),
             *("--validation", self.data.validation),
             *self.data.task["flags"],
             *("--adapt-steps", str(a.adapt_steps), "--no-nsp"),
+            *("--packing", a.packing),
             *("--adapt-batch-size", "64", "--adapt-sequence-length", "64"),
             *("--adapt-learning-rate", str(a.adapt_learning_rate)),
             # Stage 3 is not one of the table's runs: the arm's runs all
@@ -378,7 +422,7 @@ class Bench:
             labels=labels,
             seed=seed,
             lr=lr,
-            recipe=self.recipe,
+            recipe=recipe(args, arm, labels),
         )
         found = self.results.find(**key)
         if found:
@@ -421,6 +465,7 @@ class Bench:
 
     def _finetune(self, start, labels, seed, lr, out):
         args = self.args
+        epochs, patience = budget(args, labels)
         call(
             "finetune",
             [
@@ -429,8 +474,8 @@ class Bench:
                 *("--validation", self.data.validation),
                 *("--test", self.data.test),
                 *self.data.task["flags"],
-                *("--epochs", str(args.epochs)),
-                *("--patience", str(args.patience)),
+                *("--epochs", str(epochs)),
+                *("--patience", str(patience)),
                 *("--learning-rate", f"{lr:g}", "--seed", str(seed)),
                 *("--batch-size", str(args.batch_size)),
                 *("--max-length", str(args.max_length)),
@@ -446,30 +491,70 @@ class Bench:
         a = self.args
         task = a.task
 
-        def find(**key):
-            return self.results.find(**key, recipe=self.recipe)
+        def find(kind, labels, seed, lr):
+            return self.results.find(
+                kind=kind,
+                task=task,
+                arm=arm,
+                labels=labels,
+                seed=seed,
+                lr=lr,
+                recipe=recipe(a, arm, labels),
+            )
 
-        grid = [
-            find(kind="grid", task=task, arm=arm, labels=a.grid_labels, lr=lr)
-            for lr in a.learning_rates
-        ]
-        if all(grid):
-            lr = _best(grid)
-            if all(
-                find(kind="cell", task=task, arm=arm, labels=n, seed=s, lr=lr)
-                for n in a.labels
-                for s in a.seeds
-            ):
-                return  # all in --results: no pretraining needed
+        lr = self.grid(lambda lr: find("grid", a.grid_labels, 0, lr))
+        if lr is not None and all(
+            find("cell", n, s, lr) for n in a.labels for s in a.seeds
+        ):
+            return  # all in --results: no pretraining needed
         start, facts = self.pretrain(arm)
-        grid = [
-            self.finetune(arm, start, facts, a.grid_labels, 0, lr, "grid")
-            for lr in a.learning_rates
-        ]
-        lr = _best(grid)
+
+        def run(kind, labels, seed, lr):
+            return self.finetune(arm, start, facts, labels, seed, lr, kind)
+
+        lr = self.grid(lambda lr: run("grid", a.grid_labels, 0, lr))
         for labels in a.labels:
             for seed in a.seeds:
-                self.finetune(arm, start, facts, labels, seed, lr, "cell")
+                run("cell", labels, seed, lr)
+
+    def grid(self, score):
+        """The learning rate the grid picks: `score(lr)` gives lr's row
+        (or None: not known yet, then so is the answer). When the best is
+        at an end of the grid, the grid grows past it by its own ratio
+        (up to WIDEN times each way), so that no arm is judged at a rate
+        the grid cut off."""
+        rates = list(self.args.learning_rates)
+        rows, widened = {}, {"up": 0, "down": 0}
+        while True:
+            for lr in rates:
+                if lr not in rows:
+                    rows[lr] = score(lr)
+                    if rows[lr] is None:
+                        return None
+            best = _best([rows[lr] for lr in rates])
+            if len(rates) < 2:
+                return best
+            if best == rates[-1] and widened["up"] < WIDEN:
+                widened["up"] += 1
+                rates.append(_round(rates[-1] * rates[-1] / rates[-2]))
+            elif best == rates[0] and widened["down"] < WIDEN:
+                widened["down"] += 1
+                rates.insert(0, _round(rates[0] * rates[0] / rates[1]))
+            else:
+                return best
+
+
+WIDEN = 2
+
+
+def _round(lr):
+    """One significant digit: 1e-3 * (1e-3 / 3e-4) is 3e-3."""
+    return float(f"{lr:.1g}")
+
+
+def _tag(settings):
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _best(grid):
@@ -484,12 +569,14 @@ def _best(grid):
 def table(rows, task, arms, settings=None):
     """Markdown: arms x label counts, mean ± sd over seeds, gain over
     random (mean paired per-seed difference ± its standard error), of the
-    rows of `settings` (a recipe; None: every row)."""
+    rows whose recipe matches `settings(arm, labels)` (None: every row)."""
     cells, lrs, cost = {}, {}, {}
     for r in rows:
         if r.get("task") != task:
             continue
-        if settings is not None and r.get("recipe") != settings:
+        if settings is not None and not matches(
+            r, settings(r["arm"], r.get("labels"))
+        ):
             continue
         if r["kind"] == "pretrain":
             cost[r["arm"]] = r
@@ -591,12 +678,19 @@ def main(argv=None):
     parser.add_argument("--learning-rates", default="1e-4,3e-4,1e-3")
     parser.add_argument("--grid-labels", type=int, default=300)
     parser.add_argument("--validation-size", type=int, default=500)
-    parser.add_argument("--pretrain-steps", type=int, default=1500)
-    parser.add_argument("--adapt-steps", type=int, default=500)
+    # 4,500 steps: about 45 minutes of this 2-core CPU, the budget.
+    parser.add_argument("--pretrain-steps", type=int, default=4500)
+    parser.add_argument("--adapt-steps", type=int, default=1500)
+    parser.add_argument(
+        "--packing",
+        default="on",
+        choices=("on", "off"),
+        help="--packing of the masked-LM-only runs (self, the adaptation)",
+    )
     parser.add_argument("--adapt-learning-rate", type=float, default=1e-4)
-    # Few labels make short epochs: 60 x (100 / 8) is still 780 steps, and
-    # a pilot with --patience 5 and batch 16 stopped random weights on the
-    # majority-class plateau after 6 epochs (results/payoff-pilot.jsonl).
+    # At --grid-labels; fewer labels get more (`budget`). A pilot with
+    # --patience 5 and batch 16 stopped random weights on the majority-
+    # class plateau after 6 epochs (results/payoff-pilot.jsonl).
     parser.add_argument("--epochs", type=int, default=60, help="the most")
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -628,7 +722,7 @@ def main(argv=None):
     args.pretrain_extra, args.finetune_extra = [], []
     if args.markdown:
         rows = Results(args.results, {}).rows
-        print(table(rows, args.task, args.arms, recipe(args)))
+        print(table(rows, args.task, args.arms, partial(recipe, args)))
         return 0
     if args.smoke:
         args = smoke_settings(args)
@@ -639,7 +733,7 @@ def main(argv=None):
         bench = Bench(args, log)
         for arm in args.arms:
             bench.arm(arm)
-    print(table(bench.results.rows, args.task, args.arms, bench.recipe))
+    print(table(bench.results.rows, args.task, args.arms, partial(recipe, args)))
     return 0
 
 

@@ -451,3 +451,46 @@ def test_packing_benchmark_smoke_runs_both_contenders(tmp_path):
         assert 0 <= r["heldout_mlm_accuracy"] <= 1
     assert lines[-1]["speedup_real_tokens_per_second"] > 0
     assert set(lines[-1]["in_turns"]) == {"unpacked", "packed"}
+
+
+def test_payoff_budget_grid_and_row_keys():
+    """Fewer labels wait as many optimizer steps; the learning-rate grid
+    grows past an end that wins; random-weights rows are shared by every
+    pretraining budget, pretrained ones are not."""
+    from types import SimpleNamespace
+
+    import payoff
+
+    args = SimpleNamespace(
+        grid_labels=300, epochs=60, patience=10, size="mini",
+        vocab_size=8000, pretrain_steps=4500, packing="on", adapt_steps=1500,
+        adapt_learning_rate=1e-4, validation_size=500, batch_size=8,
+        max_length=64, learning_rates=[1e-4, 3e-4, 1e-3],
+    )  # fmt: skip
+    assert payoff.budget(args, 100) == (180, 30)
+    assert payoff.budget(args, 300) == payoff.budget(args, 1000) == (60, 10)
+
+    asked = []
+
+    def score(lr):  # best at 3e-3, beyond the given grid
+        asked.append(lr)
+        return {"lr": lr, "validation": -abs(lr - 3e-3)}
+
+    bench = SimpleNamespace(args=args)
+    assert payoff.Bench.grid(bench, score) == 3e-3
+    assert asked == [1e-4, 3e-4, 1e-3, 3e-3, 9e-3]
+    # an interior best asks nothing more; an unknown row: no answer yet
+    asked.clear()
+    args.learning_rates = [1e-3, 3e-3, 9e-3]
+    assert payoff.Bench.grid(bench, score) == 3e-3 and len(asked) == 3
+    assert payoff.Bench.grid(bench, lambda lr: None) is None
+
+    old = {**payoff.recipe(args, "general+adapt", 300), "pretrain_steps": 1500}
+    row = {"recipe": old}
+    assert payoff.matches(row, payoff.recipe(args, "random", 300))
+    assert not payoff.matches(row, payoff.recipe(args, "random", 100))
+    assert not payoff.matches(row, payoff.recipe(args, "self", 300))
+    assert payoff.matches(
+        {"recipe": payoff.recipe(args, "self", 300)},
+        payoff.recipe(args, "self", 300),
+    )
