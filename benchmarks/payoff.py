@@ -319,10 +319,10 @@ class Bench:
         args = self.args
         if arm == "random":
             return ["--from-scratch", args.size], {}
-        settings = recipe(args, arm)
-        key = dict(kind="pretrain", task=args.task, arm=arm, recipe=settings)
-        # Named by its settings: a folder of another budget is not reused.
-        out = self._out(f"pretrain-{arm}-{_tag(settings)}")
+        key = dict(
+            kind="pretrain", task=args.task, arm=arm, recipe=recipe(args, arm)
+        )
+        out = self._pretrained(arm)
         done = os.path.join(out, "summary.json")
         if arm == "general+adapt":
             _, base = self.pretrain("general")
@@ -360,6 +360,13 @@ class Bench:
         model = os.path.join(out, "adapted") if arm == "general+adapt" else out
         return ["--model", model], facts
 
+    def _pretrained(self, arm):
+        """The arm's checkpoint folder, named by its settings: a folder of
+        another budget is not reused."""
+        settings = json.dumps(recipe(self.args, arm), sort_keys=True)
+        tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
+        return self._out(f"pretrain-{arm}-{tag}")
+
     def _pretrain_common(self):
         a = self.args
         return [
@@ -395,7 +402,7 @@ class Bench:
 
     def adapt_flags(self):
         a = self.args
-        base = self._out(f"pretrain-general-{_tag(recipe(a, 'general'))}")
+        base = self._pretrained("general")
         return [
             *("--model", base, "--unlabelled", self.data.unlabelled),
             *("--train", self.data.labelled(a.grid_labels, 0)),
@@ -413,17 +420,20 @@ class Bench:
 
     # Fine-tuning.
 
-    def finetune(self, arm, start, facts, labels, seed, lr, kind):
-        args = self.args
-        key = dict(
+    def key(self, kind, arm, labels, seed, lr):
+        """The fields a fine-tuning row is found by."""
+        return dict(
             kind=kind,
-            task=args.task,
+            task=self.args.task,
             arm=arm,
             labels=labels,
             seed=seed,
             lr=lr,
-            recipe=recipe(args, arm, labels),
+            recipe=recipe(self.args, arm, labels),
         )
+
+    def finetune(self, arm, start, facts, labels, seed, lr, kind):
+        key = self.key(kind, arm, labels, seed, lr)
         found = self.results.find(**key)
         if found:
             return found
@@ -489,18 +499,9 @@ class Bench:
 
     def arm(self, arm):
         a = self.args
-        task = a.task
 
         def find(kind, labels, seed, lr):
-            return self.results.find(
-                kind=kind,
-                task=task,
-                arm=arm,
-                labels=labels,
-                seed=seed,
-                lr=lr,
-                recipe=recipe(a, arm, labels),
-            )
+            return self.results.find(**self.key(kind, arm, labels, seed, lr))
 
         lr = self.grid(lambda lr: find("grid", a.grid_labels, 0, lr))
         if lr is not None and all(
@@ -550,11 +551,6 @@ WIDEN = 2
 def _round(lr):
     """One significant digit: 1e-3 * (1e-3 / 3e-4) is 3e-3."""
     return float(f"{lr:.1g}")
-
-
-def _tag(settings):
-    text = json.dumps(settings, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _best(grid):
@@ -733,7 +729,9 @@ def main(argv=None):
         bench = Bench(args, log)
         for arm in args.arms:
             bench.arm(arm)
-    print(table(bench.results.rows, args.task, args.arms, partial(recipe, args)))
+    print(
+        table(bench.results.rows, args.task, args.arms, partial(recipe, args))
+    )
     return 0
 
 
